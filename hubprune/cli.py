@@ -1,0 +1,217 @@
+"""The `hubprune` command: parse, call one library function, report. Only this module prints or exits."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .build import PruneSettings, build_family, make_plan, prune_one
+from .errors import HubpruneError, TargetError
+from .importance import CRITERIA
+from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
+from .source import open_source
+from .writer import DEFAULT_MAX_SHARD_BYTES
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected library errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HubpruneError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was kept; run the same command again to finish", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).upper() not in SIZE_UNITS:
+        raise click.BadParameter(f"{text!r} is not a size: use e.g. 5GB, 500MB or 2GiB")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+
+
+def _family_targets(ratios: str | None, pcts: str | None, sizes: str | None, preset: str | None) -> list[Target]:
+    given = [(kind, text) for kind, text in (("ratio", ratios), ("pct", pcts), ("size", sizes)) if text is not None]
+    if preset is not None:
+        given.append(("pct", ",".join(PAPER_PCTS)))
+    if len(given) != 1:
+        raise TargetError("give exactly one of --ratios, --pcts, --sizes or --preset paper")
+    kind, text = given[0]
+    return parse_targets(kind, text)  # type: ignore[arg-type]
+
+
+def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc="pruning", file=sys.stderr, disable=None)
+        bar["bar"].update(done - bar["bar"].n)
+
+    def close() -> None:
+        if "bar" in bar:
+            bar["bar"].close()
+
+    return update, close
+
+
+def _human_bytes(count: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count} B"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
+    shape = plan.shape
+    header = ["member", "target", "ratio", "width", "params", "MLP params", "size", "params vs base"]
+    if paths:
+        header.append("path")
+    rows = [header]
+    base = ["(base)", "-", f"{shape.intermediate_size / shape.hidden_size:.2f}", str(shape.intermediate_size),
+            f"{shape.params_total / 1e6:.2f}M", f"{shape.params_mlp / 1e6:.2f}M", _human_bytes(shape.weight_bytes), "-"]
+    rows.append(base + ([""] if paths else []))
+    for m in plan.members:
+        change = (m.params_total - shape.params_total) / shape.params_total * 100
+        row = [m.name, m.target.describe(), f"{m.ratio:.2f}", str(m.intermediate_size), f"{m.params_total / 1e6:.2f}M",
+               f"{m.params_mlp / 1e6:.2f}M", _human_bytes(m.weight_bytes), f"{change:+.1f}%"]
+        if paths:
+            row.append(paths[m.name])
+        rows.append(row)
+    return _table(rows)
+
+
+source_argument = click.argument("source")
+revision_option = click.option("--revision", help="Hub branch, tag or commit (Hub sources only).")
+criterion_option = click.option(
+    "--criterion", default="maw", show_default=True, help=f"Neuron importance: {', '.join(CRITERIA)}."
+)
+seed_option = click.option("--seed", type=int, default=None, help="Seed of the random criterion (default 0).")
+multiple_option = click.option(
+    "--multiple-of", type=click.IntRange(min=1), default=None, help="Round every width to the nearest multiple of N."
+)
+shard_option = click.option(
+    "--max-shard-size", "max_shard_size", default=f"{DEFAULT_MAX_SHARD_BYTES // 2**30}GiB", show_default=True,
+    help="Largest safetensors shard written."
+)
+
+
+def _family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--ratios", help="Expansion ratios intermediate/hidden, e.g. 3.6,2.4,1.6."),
+        click.option("--pcts", help="Percentages of MLP width to remove, e.g. 10,20,40."),
+        click.option("--sizes", help="Explicit intermediate sizes, e.g. 6144,4096."),
+        click.option("--preset", type=click.Choice(["paper"]), help="paper: 10,20,30,40,50,60 % (arXiv 2512.22671)."),
+    ]):
+        func = option(func)
+    return func
+
+
+@click.group()
+@click.version_option(__version__, prog_name="hubprune")
+def main() -> None:
+    """Build a family of width-pruned GLU checkpoints that load with plain from_pretrained."""
+
+
+@main.command()
+@source_argument
+@_family_target_options
+@multiple_option
+@revision_option
+@_handle_errors
+def plan(source: str, ratios: str | None, pcts: str | None, sizes: str | None, preset: str | None,
+         multiple_of: int | None, revision: str | None) -> None:
+    """Print the members a build would write (width, parameters, size); write nothing."""
+    targets = _family_targets(ratios, pcts, sizes, preset)
+    checkpoint = open_source(source, revision=revision)
+    _, family_plan = make_plan(checkpoint, targets, multiple_of)
+    click.echo(_plan_table(family_plan))
+
+
+@main.command()
+@source_argument
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="New folder to write.")
+@click.option("--ratio", help="Expansion ratio intermediate/hidden, e.g. 2.4.")
+@click.option("--pct", help="Percentage of MLP width to remove, e.g. 40.")
+@click.option("--intermediate-size", "intermediate_size", help="Explicit intermediate size, e.g. 4096.")
+@criterion_option
+@seed_option
+@multiple_option
+@shard_option
+@revision_option
+@_handle_errors
+def prune(source: str, output: Path, ratio: str | None, pct: str | None, intermediate_size: str | None,
+          criterion: str, seed: int | None, multiple_of: int | None, max_shard_size: str, revision: str | None) -> None:
+    """Write one pruned checkpoint."""
+    given = [(k, v) for k, v in (("ratio", ratio), ("pct", pct), ("size", intermediate_size)) if v is not None]
+    if len(given) != 1:
+        raise TargetError("give exactly one of --ratio, --pct or --intermediate-size")
+    target = parse_targets(given[0][0], given[0][1])  # type: ignore[arg-type]
+    if len(target) != 1:
+        raise TargetError("prune writes one checkpoint: give one width (use build-family for several)")
+    checkpoint = open_source(source, revision=revision)
+    settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
+    update, close = _progress()
+    try:
+        member = prune_one(checkpoint, output, target[0], settings, on_progress=update)
+    finally:
+        close()
+    click.echo(
+        f"wrote {output}: intermediate size {member.intermediate_size} (ratio {member.ratio:.2f}), "
+        f"{member.params_total / 1e6:.2f}M parameters, {_human_bytes(member.weight_bytes)}"
+    )
+
+
+@main.command("build-family")
+@source_argument
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Family folder.")
+@_family_target_options
+@criterion_option
+@seed_option
+@multiple_option
+@shard_option
+@revision_option
+@click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
+@_handle_errors
+def build_family_command(source: str, output: Path, ratios: str | None, pcts: str | None, sizes: str | None,
+                         preset: str | None, criterion: str, seed: int | None, multiple_of: int | None,
+                         max_shard_size: str, revision: str | None, force: bool) -> None:
+    """Prune at every width in one streaming pass and write the family with its manifest (family.json)."""
+    targets = _family_targets(ratios, pcts, sizes, preset)
+    checkpoint = open_source(source, revision=revision)
+    settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
+    click.echo(f"[prune] {checkpoint.source} -> {output} ({criterion})", err=True)
+    update, close = _progress()
+    try:
+        build_family(checkpoint, output, targets, settings, force=force, on_progress=update)
+    finally:
+        close()
+    _, family_plan = make_plan(checkpoint, targets, multiple_of)
+    paths = {m.name: str(output / m.name) for m in family_plan.members}
+    click.echo(_plan_table(family_plan, paths))
+    click.echo(f"manifest: {output / 'family.json'}")

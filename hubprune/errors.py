@@ -1,0 +1,34 @@
+"""Every error hubprune raises on purpose.
+
+Each class subclasses a builtin so callers can catch it the usual way, and HubpruneError so the CLI can tell
+an expected problem (one clear line, non-zero exit) from a bug (a traceback). Messages say what was wrong,
+the value received, and how to fix it.
+"""
+
+
+class HubpruneError(Exception):
+    """Marker base class: an expected, user-facing error with a one-line message."""
+
+
+class UnsupportedArchitectureError(HubpruneError, ValueError):
+    """The checkpoint's model type has no GLU MLP that hubprune knows how to prune."""
+
+
+class CheckpointError(HubpruneError, OSError):
+    """The source checkpoint is missing, unreadable, truncated or inconsistent."""
+
+
+class TargetError(HubpruneError, ValueError):
+    """A requested width (ratio, percentage or size) is invalid for this model."""
+
+
+class CriterionError(HubpruneError, ValueError):
+    """An unknown importance criterion, or weights it cannot score."""
+
+
+class OutputError(HubpruneError, OSError):
+    """The output folder exists, is not a hubprune family, or cannot be written."""
+
+
+class SourceError(HubpruneError, ValueError):
+    """The SOURCE argument is neither a usable local folder nor a reachable Hub repository."""

@@ -1,0 +1,96 @@
+"""Neuron importance criteria for GLU MLPs and the deterministic ranking built on them. Pure: no I/O.
+
+Neuron i of a GLU block is row i of gate_proj.weight G and of up_proj.weight U (shape [intermediate, hidden])
+and column i of down_proj.weight. Every score is computed in float32 from the stored weights.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+
+from .errors import CriterionError
+
+
+def maw(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """MAW ("PPM" since v3): (max_j G_ij + |min_j G_ij|) + (max_j U_ij + |min_j U_ij|).
+
+    Martra 2025, arXiv 2512.22671, and optipfair/pruning/mlp_glu.py. Not max|w|: for a row holding both signs
+    it is the row's peak-to-peak range. down_proj is not used.
+    """
+    g, u = gate.float(), up.float()
+    return (g.amax(dim=1) + g.amin(dim=1).abs()) + (u.amax(dim=1) + u.amin(dim=1).abs())
+
+
+def vow(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """VOW: var(G_i) + var(U_i), unbiased variance of each row (arXiv 2512.22671, Table 9)."""
+    return gate.float().var(dim=1, unbiased=True) + up.float().var(dim=1, unbiased=True)
+
+
+def pon(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """PON: ||G_i||_1 · ||U_i||_1 (arXiv 2512.22671, Table 9)."""
+    return gate.float().abs().sum(dim=1) * up.float().abs().sum(dim=1)
+
+
+def l2(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """L2: ||G_i||_2 + ||U_i||_2 (optipfair's L2 option)."""
+    return torch.linalg.vector_norm(gate.float(), dim=1) + torch.linalg.vector_norm(up.float(), dim=1)
+
+
+WEIGHT_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "maw": maw,
+    "ppm": maw,  # the paper's v3 name for the same criterion
+    "vow": vow,
+    "pon": pon,
+    "l2": l2,
+}
+CRITERIA = (*WEIGHT_CRITERIA, "random")
+
+
+def random_scores(width: int, *, seed: int, layer: int) -> torch.Tensor:
+    """Seeded uniform scores for the random baseline, identical on every machine and Python version.
+
+    Python's random.Random with a str seed and its random() method are the stream the standard library
+    promises to keep stable, unlike torch's or numpy's samplers.
+    """
+    rng = random.Random(f"hubprune-random:{seed}:{layer}")
+    return torch.tensor([rng.random() for _ in range(width)], dtype=torch.float32)
+
+
+def check_criterion(name: str) -> str:
+    """The criterion's canonical name, or a clear error listing the known ones."""
+    if name not in CRITERIA:
+        raise CriterionError(f"unknown criterion {name!r}: choose one of {', '.join(CRITERIA)}")
+    return "maw" if name == "ppm" else name
+
+
+def score_layer(
+    criterion: str, gate: torch.Tensor, up: torch.Tensor, *, layer: int, seed: int = 0
+) -> torch.Tensor:
+    """float32 importance of every neuron of one layer under `criterion`."""
+    name = check_criterion(criterion)
+    if name == "random":
+        return random_scores(gate.shape[0], seed=seed, layer=layer)
+    scores = WEIGHT_CRITERIA[name](gate, up)
+    if not bool(torch.isfinite(scores).all()):
+        raise CriterionError(
+            f"layer {layer}: criterion {name!r} gives non-finite scores (NaN or inf weights in gate/up): "
+            "the checkpoint is damaged; re-download it"
+        )
+    return scores
+
+
+def rank(scores: torch.Tensor) -> torch.Tensor:
+    """Neuron indices from most to least important: higher score first; equal scores keep the lower index first.
+
+    A stable ascending sort of the negated scores gives exactly that order (ties keep their index order),
+    and is the same on every machine, unlike topk, whose choice among ties is unspecified.
+    """
+    return torch.sort(-scores, stable=True).indices
+
+
+def keep(ranking: torch.Tensor, width: int) -> torch.Tensor:
+    """The `width` most important neurons, in ascending index order (as they are written)."""
+    return torch.sort(ranking[:width]).values

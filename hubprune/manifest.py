@@ -1,0 +1,101 @@
+"""family.json, the family's manifest: what was built from what, and each member's stage status.
+
+Every stage (prune now; eval, profile, card and push later) reads it and writes its own part back under
+members[i]["stages"][<stage>], so each stage can run alone and a stopped build resumes where it stopped.
+Writes are atomic (temporary file, then rename) so a crash never leaves half a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+MANIFEST = "family.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    id: str  # local path or Hub repo id, as given
+    revision: str | None  # resolved commit sha for Hub sources
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    params_total: int
+    params_mlp: int
+    weight_bytes: int
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    name: str
+    path: str  # relative to the family folder
+    target: dict[str, str]  # {"kind": "ratio"|"pct"|"size", "value": "2.4"}
+    ratio: float
+    intermediate_size: int
+    params_total: int
+    params_mlp: int
+    weight_bytes: int
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def with_stage(self, stage: str, **record: Any) -> MemberRecord:
+        return replace(self, stages={**self.stages, stage: record})
+
+
+@dataclass(frozen=True)
+class Family:
+    hubprune_version: str
+    source: SourceRecord
+    criterion: str
+    seed: int | None
+    multiple_of: int | None
+    members: tuple[MemberRecord, ...]
+    format: int = FORMAT_VERSION
+
+    def member(self, name: str) -> MemberRecord | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    def with_member(self, record: MemberRecord) -> Family:
+        """This family with `record` added or replacing the member of the same name, kept widest first."""
+        others = [m for m in self.members if m.name != record.name]
+        members = sorted([*others, record], key=lambda m: -m.intermediate_size)
+        return replace(self, members=tuple(members))
+
+
+def load(folder: Path) -> Family:
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT_VERSION:
+            raise OutputError(
+                f"{path} has manifest format {data.get('format')!r}; this hubprune reads format {FORMAT_VERSION}: "
+                "upgrade hubprune or rebuild the family"
+            )
+        return Family(
+            hubprune_version=data["hubprune_version"],
+            source=SourceRecord(**data["source"]),
+            criterion=data["criterion"],
+            seed=data["seed"],
+            multiple_of=data["multiple_of"],
+            members=tuple(MemberRecord(**m) for m in data["members"]),
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"cannot read the family manifest {path} ({exc}): rebuild the family in a new folder") from None
+
+
+def save(family: Family, folder: Path) -> None:
+    write_json_atomic(Path(folder) / MANIFEST, asdict(family))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,274 @@
+"""One streaming pass over a source checkpoint writes every member of a family.
+
+Tensors are visited in file order. An untouched tensor is copied byte-for-byte into every member (no dtype
+conversion, no trip through Python memory). The first time a layer's MLP is needed, its gate and up weights
+are read once, scored, ranked, and kept until that layer's tensors are written to every member; then they
+are dropped. Peak memory is one layer's MLP, whatever the size of the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import ArchSpec, resolve
+from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
+from .errors import CheckpointError, TargetError
+from .importance import keep, rank, score_layer
+from .plan import ModelShape
+from .writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
+
+# Roles of MLP tensors, and which dimension of each is indexed by neuron.
+ROW_ROLES = ("gate.weight", "gate.bias", "up.weight", "up.bias")
+FUSED_ROLES = ("gate_up.weight", "gate_up.bias")  # rows [0, n) are gate, rows [n, 2n) are up
+COLUMN_ROLES = ("down.weight",)
+UNTOUCHED_ROLES = ("down.bias",)
+
+ProgressCallback = Callable[[int, int], None]  # (bytes of source processed, total bytes)
+
+
+@dataclass(frozen=True)
+class MlpLayout:
+    """Where each layer's GLU tensors are in a checkpoint, checked for a single uniform width."""
+
+    spec: ArchSpec
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    roles: dict[str, tuple[int, str]]  # tensor name -> (layer, role)
+    scoring_tensors: dict[int, tuple[str, ...]]  # layer -> (gate, up) names, or (gate_up,) when fused
+
+    def params_per_neuron(self, tensors: dict[str, TensorInfo]) -> tuple[int, int]:
+        """(parameters, bytes) that one neuron owns across all layers."""
+        params = nbytes = 0
+        for name, (_, role) in self.roles.items():
+            if role in UNTOUCHED_ROLES:
+                continue
+            info = tensors[name]
+            per = info.numel // self.intermediate_size
+            params += per
+            nbytes += info.nbytes // self.intermediate_size
+        return params, nbytes
+
+
+def analyse(checkpoint: Checkpoint) -> MlpLayout:
+    """Find and check every GLU tensor: known roles, float dtypes, the shapes the config promises."""
+    spec = resolve(checkpoint.config)
+    hidden, n = spec.widths(checkpoint.config)
+    role_of_suffix = _suffix_roles(spec)
+    roles: dict[str, tuple[int, str]] = {}
+    for name in checkpoint.tensors:
+        match = spec.mlp_prefix.match(name)
+        if not match:
+            continue
+        suffix = name[match.end() :]
+        if suffix not in role_of_suffix:
+            raise CheckpointError(
+                f"unexpected MLP tensor {name!r} in a {spec.name} checkpoint: hubprune knows "
+                f"{', '.join(sorted(role_of_suffix))}; is it quantized or a different architecture?"
+            )
+        roles[name] = (int(match.group("layer")), role_of_suffix[suffix])
+    layers = sorted({layer for layer, _ in roles.values()})
+    num_layers = spec.text_config(checkpoint.config).get("num_hidden_layers", len(layers))
+    if not layers:
+        raise CheckpointError(f"no {spec.name} MLP tensors found in {checkpoint.folder}: is the checkpoint complete?")
+    if layers != list(range(num_layers)):
+        raise CheckpointError(
+            f"config.json says {num_layers} layers but MLP tensors exist for layers {layers[0]}..{layers[-1]} "
+            f"({len(layers)} layers): the checkpoint is incomplete or inconsistent"
+        )
+    needed = ("gate_up.weight", "down.weight") if spec.gate_up else ("gate.weight", "up.weight", "down.weight")
+    by_layer: dict[int, dict[str, str]] = {layer: {} for layer in layers}
+    for name, (layer, role) in roles.items():
+        by_layer[layer][role] = name
+    for layer, found in by_layer.items():
+        missing = [role for role in needed if role not in found]
+        if missing:
+            raise CheckpointError(f"layer {layer} lacks its MLP {', '.join(missing)} tensor(s): the checkpoint is incomplete")
+        for role, name in found.items():
+            _check_shape(checkpoint.tensors[name], role, layer, hidden, n)
+    scoring = {layer: tuple(found[r] for r in needed[:-1]) for layer, found in by_layer.items()}
+    return MlpLayout(spec, hidden, n, num_layers, roles, scoring)
+
+
+def _suffix_roles(spec: ArchSpec) -> dict[str, str]:
+    parts = {"gate_up": spec.gate_up} if spec.gate_up else {"gate": spec.gate, "up": spec.up}
+    parts["down"] = spec.down
+    return {f"{module}.{kind}": f"{part}.{kind}" for part, module in parts.items() for kind in ("weight", "bias")}
+
+
+def _check_shape(info: TensorInfo, role: str, layer: int, hidden: int, n: int) -> None:
+    fused = role in FUSED_ROLES
+    neuron_dim = 1 if role in COLUMN_ROLES else 0
+    expected = [2 * n if fused else n, hidden] if role.endswith(".weight") else [2 * n if fused else n]
+    if role in COLUMN_ROLES:
+        expected = [hidden, n]
+    elif role in UNTOUCHED_ROLES:
+        expected = [hidden]
+    shape = list(info.shape)
+    if shape != expected:
+        only_width_differs = (
+            role not in UNTOUCHED_ROLES
+            and len(shape) == len(expected)
+            and all(a == b for d, (a, b) in enumerate(zip(shape, expected)) if d != neuron_dim)
+        )
+        if only_width_differs:
+            width = shape[neuron_dim] // 2 if fused else shape[neuron_dim]
+            raise TargetError(
+                f"layer {layer} has MLP width {width} but config.json says intermediate_size {n}: per-layer widths "
+                "differ, and plain from_pretrained needs one width for all layers; prune a uniform-width model"
+            )
+        raise CheckpointError(
+            f"{info.name} has shape {shape}, expected {expected} from config.json: the checkpoint and its config disagree"
+        )
+    if info.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{info.name} is stored as {info.dtype}: hubprune prunes float16/bfloat16/float32 weights; "
+            "prune the unquantized model"
+        )
+
+
+def model_shape(checkpoint: Checkpoint, layout: MlpLayout) -> ModelShape:
+    params_per_neuron, bytes_per_neuron = layout.params_per_neuron(checkpoint.tensors)
+    return ModelShape(
+        hidden_size=layout.hidden_size,
+        intermediate_size=layout.intermediate_size,
+        num_layers=layout.num_layers,
+        params_total=sum(t.numel for t in checkpoint.tensors.values()),
+        params_mlp=sum(checkpoint.tensors[name].numel for name in layout.roles),
+        weight_bytes=checkpoint.weight_bytes,
+        params_per_neuron=params_per_neuron,
+        bytes_per_neuron=bytes_per_neuron,
+    )
+
+
+def output_specs(checkpoint: Checkpoint, layout: MlpLayout, width: int) -> list[TensorSpec]:
+    """Every output tensor, in source order, with its MLP dimensions cut to `width`."""
+    specs = []
+    for info in checkpoint.tensors.values():
+        shape = list(info.shape)
+        role = layout.roles.get(info.name, (0, ""))[1]
+        if role in ROW_ROLES:
+            shape[0] = width
+        elif role in FUSED_ROLES:
+            shape[0] = 2 * width
+        elif role in COLUMN_ROLES:
+            shape[1] = width
+        specs.append(TensorSpec(info.name, info.dtype, tuple(shape)))
+    return specs
+
+
+def slice_tensor(tensor: torch.Tensor, role: str, kept: torch.Tensor, intermediate_size: int) -> torch.Tensor:
+    """The part of one MLP tensor that the kept neurons own."""
+    if role in ROW_ROLES:
+        return tensor.index_select(0, kept)
+    if role in FUSED_ROLES:
+        return tensor.index_select(0, torch.cat([kept, kept + intermediate_size]))
+    if role in COLUMN_ROLES:
+        return tensor.index_select(1, kept)
+    return tensor
+
+
+def _as_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+@dataclass(frozen=True)
+class MemberOutput:
+    """Where one member's weights go and how wide its MLP is."""
+
+    folder: Path
+    intermediate_size: int
+
+
+def prune_pass(
+    checkpoint: Checkpoint,
+    layout: MlpLayout,
+    outputs: list[MemberOutput],
+    *,
+    criterion: str,
+    seed: int = 0,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    on_progress: ProgressCallback | None = None,
+) -> dict[int, list[list[int]]]:
+    """Write every member's weights in one pass over the source; return each width's kept indices per layer.
+
+    Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
+    shapes re-read) before this returns.
+    """
+    specs = {out.intermediate_size: output_specs(checkpoint, layout, out.intermediate_size) for out in outputs}
+    writers = [
+        (out, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes)) for out in outputs
+    ]
+    kept: dict[int, list[list[int]]] = {out.intermediate_size: [[] for _ in range(layout.num_layers)] for out in outputs}
+    pending: dict[int, dict[str, torch.Tensor]] = {}  # layer -> its MLP tensors already read for scoring
+    remaining = {layer: sum(1 for l, _ in layout.roles.values() if l == layer) for layer in range(layout.num_layers)}
+    kept_tensors: dict[int, dict[int, torch.Tensor]] = {}  # layer -> width -> kept indices
+    total, done = checkpoint.weight_bytes, 0
+    source_fds: dict[Path, int] = {}
+    try:
+        for info in checkpoint.tensors.values():
+            if info.name not in layout.roles:
+                fd = source_fds.get(info.file)
+                if fd is None:
+                    fd = source_fds[info.file] = os.open(info.file, os.O_RDONLY)
+                for _, writer in writers:
+                    writer.copy(info.name, fd, info.offset)
+            else:
+                layer, role = layout.roles[info.name]
+                if layer not in kept_tensors:
+                    pending[layer] = {name: read_tensor(checkpoint.tensors[name]) for name in layout.scoring_tensors[layer]}
+                    kept_tensors[layer] = _rank_layer(layout, layer, pending[layer], kept, criterion, seed)
+                tensor = pending[layer].pop(info.name, None)
+                if tensor is None:
+                    tensor = read_tensor(info)
+                for out, writer in writers:
+                    part = slice_tensor(tensor, role, kept_tensors[layer][out.intermediate_size], layout.intermediate_size)
+                    writer.write(info.name, _as_bytes(part))
+                remaining[layer] -= 1
+                if remaining[layer] == 0:  # the layer is written everywhere: free its memory
+                    pending.pop(layer, None)
+                    kept_tensors[layer] = {}
+            done += info.nbytes
+            if on_progress is not None:
+                on_progress(done, total)
+        for _, writer in writers:
+            writer.close()
+    except BaseException:
+        for _, writer in writers:
+            writer.abort()
+        raise
+    finally:
+        for fd in source_fds.values():
+            os.close(fd)
+    for out in outputs:
+        verify(out.folder, specs[out.intermediate_size])
+    return kept
+
+
+def _rank_layer(
+    layout: MlpLayout,
+    layer: int,
+    tensors: dict[str, torch.Tensor],
+    kept: dict[int, list[list[int]]],
+    criterion: str,
+    seed: int,
+) -> dict[int, torch.Tensor]:
+    n = layout.intermediate_size
+    if layout.spec.gate_up:
+        fused = tensors[layout.scoring_tensors[layer][0]]
+        gate, up = fused[:n], fused[n:]
+    else:
+        gate, up = (tensors[name] for name in layout.scoring_tensors[layer])
+    ranking = rank(score_layer(criterion, gate, up, layer=layer, seed=seed))
+    result = {}
+    for width in kept:
+        indices = keep(ranking, width)
+        kept[width][layer] = indices.tolist()
+        result[width] = indices
+    return result

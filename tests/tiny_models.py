@@ -1,0 +1,58 @@
+"""Tiny random checkpoints of every supported family, built locally with transformers (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+HIDDEN, WIDTH, LAYERS, VOCAB = 32, 64, 2, 96
+_COMMON = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=WIDTH,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "phi3")
+
+
+def tiny_config(model_type: str, **overrides):
+    kw = dict(_COMMON, **overrides)
+    if model_type in ("qwen3", "gemma2", "gemma3_text", "gemma3"):
+        kw.setdefault("head_dim", 8)
+    if model_type == "gemma3":
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=28, patch_size=14)
+        return Gemma3Config(text_config=kw, vision_config=vision, mm_tokens_per_image=4)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def build_tiny(folder: Path, model_type: str, *, dtype: torch.dtype = torch.float32, seed: int = 0,
+               max_shard_size: str | None = None, **overrides) -> Path:
+    """Save a randomly initialised tiny model (weights scaled up so pruning visibly changes logits)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.3)
+    model = model.to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    _tokenizer().save_pretrained(folder)
+    return Path(folder)
