@@ -56,14 +56,16 @@ def _family_targets(ratios: str | None, pcts: str | None, sizes: str | None, pre
     return parse_targets(kind, text)  # type: ignore[arg-type]
 
 
-def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+def _progress(title: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A byte progress bar on stderr, announced by `title` once work starts (after every check has passed)."""
     from tqdm import tqdm
 
     bar: dict[str, Any] = {}
 
     def update(done: int, total: int) -> None:
         if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc="pruning", file=sys.stderr, disable=None)
+            click.echo(title, err=True)
+            bar["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc="prune", file=sys.stderr, disable=None)
         bar["bar"].update(done - bar["bar"].n)
 
     def close() -> None:
@@ -176,7 +178,7 @@ def prune(source: str, output: Path, ratio: str | None, pct: str | None, interme
         raise TargetError("prune writes one checkpoint: give one width (use build-family for several)")
     checkpoint = open_source(source, revision=revision)
     settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
-    update, close = _progress()
+    update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
     try:
         member = prune_one(checkpoint, output, target[0], settings, on_progress=update)
     finally:
@@ -205,8 +207,7 @@ def build_family_command(source: str, output: Path, ratios: str | None, pcts: st
     targets = _family_targets(ratios, pcts, sizes, preset)
     checkpoint = open_source(source, revision=revision)
     settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
-    click.echo(f"[prune] {checkpoint.source} -> {output} ({criterion})", err=True)
-    update, close = _progress()
+    update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
     try:
         build_family(checkpoint, output, targets, settings, force=force, on_progress=update)
     finally:

@@ -20,8 +20,12 @@ def maw(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     Martra 2025, arXiv 2512.22671, and optipfair/pruning/mlp_glu.py. Not max|w|: for a row holding both signs
     it is the row's peak-to-peak range. down_proj is not used.
     """
-    g, u = gate.float(), up.float()
-    return (g.amax(dim=1) + g.amin(dim=1).abs()) + (u.amax(dim=1) + u.amin(dim=1).abs())
+    # max and min are exact in any float dtype, so they are taken in the stored dtype (no full-size float32
+    # copy of the weights) and only the per-row sums are done in float32.
+    def peak_to_peak(w: torch.Tensor) -> torch.Tensor:
+        return w.amax(dim=1).float() + w.amin(dim=1).float().abs()
+
+    return peak_to_peak(gate) + peak_to_peak(up)
 
 
 def vow(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ are dropped. Peak memory is one layer's MLP, whatever the size of the model.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,14 +213,17 @@ def prune_pass(
     kept_tensors: dict[int, dict[int, torch.Tensor]] = {}  # layer -> width -> kept indices
     total, done = checkpoint.weight_bytes, 0
     source_fds: dict[Path, int] = {}
+    # Members are written in parallel: os.write, copy_file_range and index_select release the GIL, and
+    # copying into the page cache is CPU-bound, so a second core nearly halves the time. Each member's writer
+    # still receives its tensors in order: every tensor is finished everywhere before the next one starts.
+    pool = ThreadPoolExecutor(max_workers=min(len(writers), os.cpu_count() or 1))
     try:
         for info in checkpoint.tensors.values():
             if info.name not in layout.roles:
                 fd = source_fds.get(info.file)
                 if fd is None:
                     fd = source_fds[info.file] = os.open(info.file, os.O_RDONLY)
-                for _, writer in writers:
-                    writer.copy(info.name, fd, info.offset)
+                _all(pool, [functools.partial(writer.copy, info.name, fd, info.offset) for _, writer in writers])
             else:
                 layer, role = layout.roles[info.name]
                 if layer not in kept_tensors:
@@ -227,9 +232,14 @@ def prune_pass(
                 tensor = pending[layer].pop(info.name, None)
                 if tensor is None:
                     tensor = read_tensor(info)
-                for out, writer in writers:
-                    part = slice_tensor(tensor, role, kept_tensors[layer][out.intermediate_size], layout.intermediate_size)
-                    writer.write(info.name, _as_bytes(part))
+                jobs = [
+                    functools.partial(
+                        _write_slice, writer, info.name, tensor, role,
+                        kept_tensors[layer][out.intermediate_size], layout.intermediate_size,
+                    )
+                    for out, writer in writers
+                ]
+                _all(pool, jobs)
                 remaining[layer] -= 1
                 if remaining[layer] == 0:  # the layer is written everywhere: free its memory
                     pending.pop(layer, None)
@@ -240,15 +250,31 @@ def prune_pass(
         for _, writer in writers:
             writer.close()
     except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no job may still be writing when the files close
         for _, writer in writers:
             writer.abort()
         raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         for fd in source_fds.values():
             os.close(fd)
     for out in outputs:
         verify(out.folder, specs[out.intermediate_size])
     return kept
+
+
+def _write_slice(
+    writer: ShardedWriter, name: str, tensor: torch.Tensor, role: str, kept: torch.Tensor, intermediate_size: int
+) -> None:
+    writer.write(name, _as_bytes(slice_tensor(tensor, role, kept, intermediate_size)))
+
+
+def _all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
+    """Run jobs on the pool, wait until every one has finished, then re-raise the first failure."""
+    futures = [pool.submit(job) for job in jobs]
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 def _rank_layer(
