@@ -158,7 +158,12 @@ def _finish_member(
     (folder / KEPT_INDICES).write_text(kept_json, encoding="utf-8")
     provenance = {
         "hubprune_version": __version__,
-        "source": {"id": checkpoint.source, "revision": checkpoint.revision, "model_type": checkpoint.config.get("model_type")},
+        "source": {
+            "id": checkpoint.source,
+            "revision": checkpoint.revision,
+            "model_type": checkpoint.config.get("model_type"),
+            "origin": checkpoint.origin,
+        },
         "criterion": settings.criterion,
         "seed": settings.seed,
         "target": {"kind": member.target.kind, "value": member.target.value},
@@ -205,6 +210,7 @@ def _source_record(checkpoint: Checkpoint, plan: FamilyPlan) -> SourceRecord:
         params_total=shape.params_total,
         params_mlp=shape.params_mlp,
         weight_bytes=shape.weight_bytes,
+        origin=checkpoint.origin,
     )
 
 

@@ -143,24 +143,29 @@ def _tensor_info(path: Path, name: str, entry: Any, data_start: int, fix: str) -
     return info
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor into its own buffer (no memory map), as a torch tensor of its stored dtype and shape."""
-    buffer = bytearray(info.nbytes)
-    view = memoryview(buffer)
+def read_tensor(info: TensorInfo, start_row: int = 0, stop_row: int | None = None) -> torch.Tensor:
+    """Read one tensor, or rows [start_row, stop_row) of it, into a buffer of its own (no memory map)."""
+    torch_dtype = DTYPES[info.dtype][1]
+    rows = info.shape[0] if info.shape else 1
+    stop_row = rows if stop_row is None else stop_row
+    shape = (stop_row - start_row, *info.shape[1:]) if info.shape else ()
+    row_bytes = info.nbytes // rows if rows else 0
+    nbytes, offset = (stop_row - start_row) * row_bytes, info.offset + start_row * row_bytes
+    if nbytes == 0:
+        return torch.empty(shape, dtype=torch_dtype)
+    buffer = torch.empty(nbytes, dtype=torch.uint8)  # uninitialised: no time spent zeroing it first
+    view = memoryview(buffer.numpy())
     fd = os.open(info.file, os.O_RDONLY)
     try:
         done = 0
-        while done < info.nbytes:
-            got = os.preadv(fd, [view[done:]], info.offset + done)
+        while done < nbytes:
+            got = os.preadv(fd, [view[done:]], offset + done)
             if got == 0:
                 raise CheckpointError(f"{info.file} ended while reading tensor {info.name!r}: the file is truncated")
             done += got
     finally:
         os.close(fd)
-    torch_dtype = DTYPES[info.dtype][1]
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=torch_dtype)
-    return torch.frombuffer(buffer, dtype=torch_dtype).reshape(info.shape)
+    return buffer.view(torch_dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -173,17 +178,26 @@ class Checkpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]  # every tensor, in (file, offset) order
     copied_files: tuple[str, ...]  # names of the non-weight files a member carries over
+    name: str | None = None  # the base model's name when the source path does not say it (GGUF files)
+    origin: dict[str, Any] | None = None  # how the weights were obtained when not as-is (GGUF dequantization)
 
     @property
     def base_name(self) -> str:
-        return self.source.rstrip("/").split("/")[-1] or self.folder.name
+        return self.name or self.source.rstrip("/").split("/")[-1] or self.folder.name
 
     @property
     def weight_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def open_checkpoint(folder: Path, *, source: str | None = None, revision: str | None = None) -> Checkpoint:
+def open_checkpoint(
+    folder: Path,
+    *,
+    source: str | None = None,
+    revision: str | None = None,
+    name: str | None = None,
+    origin: dict[str, Any] | None = None,
+) -> Checkpoint:
     """Open a local folder holding config.json and safetensors weights (one file, or shards with an index)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -193,9 +207,11 @@ def open_checkpoint(folder: Path, *, source: str | None = None, revision: str | 
     tensors: dict[str, TensorInfo] = {}
     for path in files:
         found, _ = read_header(path)
-        for name in found:
-            if name in tensors:
-                raise CheckpointError(f"tensor {name!r} appears in both {tensors[name].file.name} and {path.name}")
+        for tensor_name in found:
+            if tensor_name in tensors:
+                raise CheckpointError(
+                    f"tensor {tensor_name!r} appears in both {tensors[tensor_name].file.name} and {path.name}"
+                )
         tensors.update(found)
     index = folder / INDEX_FILE
     if index.exists():
@@ -207,6 +223,8 @@ def open_checkpoint(folder: Path, *, source: str | None = None, revision: str | 
         config=config,
         tensors=tensors,
         copied_files=tuple(sorted(_copied_files(folder))),
+        name=name,
+        origin=origin,
     )
 
 

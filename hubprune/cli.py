@@ -108,7 +108,7 @@ def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
     return _table(rows)
 
 
-source_argument = click.argument("source")
+source_argument = click.argument("source", required=False)
 revision_option = click.option("--revision", help="Hub branch, tag or commit (Hub sources only).")
 criterion_option = click.option(
     "--criterion", default="maw", show_default=True, help=f"Neuron importance: {', '.join(CRITERIA)}."
@@ -146,7 +146,7 @@ def main() -> None:
 @multiple_option
 @revision_option
 @_handle_errors
-def plan(source: str, ratios: str | None, pcts: str | None, sizes: str | None, preset: str | None,
+def plan(source: str | None, ratios: str | None, pcts: str | None, sizes: str | None, preset: str | None,
          multiple_of: int | None, revision: str | None) -> None:
     """Print the members a build would write (width, parameters, size); write nothing."""
     targets = _family_targets(ratios, pcts, sizes, preset)
@@ -167,7 +167,7 @@ def plan(source: str, ratios: str | None, pcts: str | None, sizes: str | None, p
 @shard_option
 @revision_option
 @_handle_errors
-def prune(source: str, output: Path, ratio: str | None, pct: str | None, intermediate_size: str | None,
+def prune(source: str | None, output: Path, ratio: str | None, pct: str | None, intermediate_size: str | None,
           criterion: str, seed: int | None, multiple_of: int | None, max_shard_size: str, revision: str | None) -> None:
     """Write one pruned checkpoint."""
     given = [(k, v) for k, v in (("ratio", ratio), ("pct", pct), ("size", intermediate_size)) if v is not None]
@@ -200,7 +200,7 @@ def prune(source: str, output: Path, ratio: str | None, pct: str | None, interme
 @revision_option
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
 @_handle_errors
-def build_family_command(source: str, output: Path, ratios: str | None, pcts: str | None, sizes: str | None,
+def build_family_command(source: str | None, output: Path, ratios: str | None, pcts: str | None, sizes: str | None,
                          preset: str | None, criterion: str, seed: int | None, multiple_of: int | None,
                          max_shard_size: str, revision: str | None, force: bool) -> None:
     """Prune at every width in one streaming pass and write the family with its manifest (family.json)."""

@@ -70,13 +70,14 @@ def check_criterion(name: str) -> str:
     return "maw" if name == "ppm" else name
 
 
-def score_layer(
-    criterion: str, gate: torch.Tensor, up: torch.Tensor, *, layer: int, seed: int = 0
-) -> torch.Tensor:
-    """float32 importance of every neuron of one layer under `criterion`."""
+def score_rows(criterion: str, gate: torch.Tensor, up: torch.Tensor, *, layer: int) -> torch.Tensor:
+    """float32 importance of the neurons whose gate and up rows are given, under a weight criterion.
+
+    Every weight criterion is a function of each neuron's own rows, so a layer can be scored in row chunks.
+    """
     name = check_criterion(criterion)
-    if name == "random":
-        return random_scores(gate.shape[0], seed=seed, layer=layer)
+    if name not in WEIGHT_CRITERIA:
+        raise CriterionError(f"criterion {name!r} does not score weights")
     scores = WEIGHT_CRITERIA[name](gate, up)
     if not bool(torch.isfinite(scores).all()):
         raise CriterionError(

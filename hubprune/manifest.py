@@ -30,6 +30,7 @@ class SourceRecord:
     params_total: int
     params_mlp: int
     weight_bytes: int
+    origin: dict[str, Any] | None = None  # e.g. the GGUF file the weights were dequantized from
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """One streaming pass over a source checkpoint writes every member of a family.
 
-Tensors are visited in file order. An untouched tensor is copied byte-for-byte into every member (no dtype
-conversion, no trip through Python memory). The first time a layer's MLP is needed, its gate and up weights
-are read once, scored, ranked, and kept until that layer's tensors are written to every member; then they
-are dropped. Peak memory is one layer's MLP, whatever the size of the model.
+Tensors are visited in file order. An untouched tensor is copied byte-for-byte into every member by the
+kernel (no dtype conversion, no trip through Python memory). MLP tensors are handled in row chunks of at most
+CHUNK_BYTES: the first time a layer is met, its gate and up rows are streamed through the criterion to rank
+the neurons; then each MLP tensor is streamed again, chunk by chunk, and every member receives its kept rows
+(or columns) of each chunk. Peak memory is a few chunks, whatever the size of the model or of its layers.
+The disk reads the source once: the second read of a layer's gate and up finds them in the page cache.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from .arch import ArchSpec, resolve
 from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
 from .errors import CheckpointError, TargetError
-from .importance import keep, rank, score_layer
+from .importance import keep, random_scores, rank, score_rows
 from .plan import ModelShape
 from .writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
 
@@ -31,6 +33,7 @@ COLUMN_ROLES = ("down.weight",)
 UNTOUCHED_ROLES = ("down.bias",)
 
 ProgressCallback = Callable[[int, int], None]  # (bytes of source processed, total bytes)
+CHUNK_BYTES = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -164,20 +167,17 @@ def output_specs(checkpoint: Checkpoint, layout: MlpLayout, width: int) -> list[
     return specs
 
 
-def slice_tensor(tensor: torch.Tensor, role: str, kept: torch.Tensor, intermediate_size: int) -> torch.Tensor:
-    """The part of one MLP tensor that the kept neurons own."""
-    if role in ROW_ROLES:
-        return tensor.index_select(0, kept)
-    if role in FUSED_ROLES:
-        return tensor.index_select(0, torch.cat([kept, kept + intermediate_size]))
-    if role in COLUMN_ROLES:
-        return tensor.index_select(1, kept)
-    return tensor
-
-
 def _as_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _row_chunks(info: TensorInfo, start: int, stop: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into row ranges of at most CHUNK_BYTES (at least one row each)."""
+    rows = info.shape[0] if info.shape else 1
+    row_bytes = max(1, info.nbytes // rows) if rows else 1
+    step = max(1, CHUNK_BYTES // row_bytes)
+    return [(r, min(r + step, stop)) for r in range(start, stop, step)]
 
 
 @dataclass(frozen=True)
@@ -204,46 +204,35 @@ def prune_pass(
     shapes re-read) before this returns.
     """
     specs = {out.intermediate_size: output_specs(checkpoint, layout, out.intermediate_size) for out in outputs}
-    writers = [
-        (out, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes)) for out in outputs
-    ]
+    writers = [(out.intermediate_size, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes))
+               for out in outputs]
     kept: dict[int, list[list[int]]] = {out.intermediate_size: [[] for _ in range(layout.num_layers)] for out in outputs}
-    pending: dict[int, dict[str, torch.Tensor]] = {}  # layer -> its MLP tensors already read for scoring
-    remaining = {layer: sum(1 for l, _ in layout.roles.values() if l == layer) for layer in range(layout.num_layers)}
-    kept_tensors: dict[int, dict[int, torch.Tensor]] = {}  # layer -> width -> kept indices
+    kept_tensors: dict[int, dict[int, torch.Tensor]] = {}  # layer -> width -> kept indices, ascending
     total, done = checkpoint.weight_bytes, 0
     source_fds: dict[Path, int] = {}
     # Members are written in parallel: os.write, copy_file_range and index_select release the GIL, and
     # copying into the page cache is CPU-bound, so a second core nearly halves the time. Each member's writer
-    # still receives its tensors in order: every tensor is finished everywhere before the next one starts.
+    # still receives its bytes in order: every chunk is finished everywhere before the next one starts.
     pool = ThreadPoolExecutor(max_workers=min(len(writers), os.cpu_count() or 1))
     try:
         for info in checkpoint.tensors.values():
-            if info.name not in layout.roles:
+            role = layout.roles.get(info.name, (0, "untouched"))[1]
+            if info.name not in layout.roles or role in UNTOUCHED_ROLES:
                 fd = source_fds.get(info.file)
                 if fd is None:
                     fd = source_fds[info.file] = os.open(info.file, os.O_RDONLY)
                 _all(pool, [functools.partial(writer.copy, info.name, fd, info.offset) for _, writer in writers])
             else:
-                layer, role = layout.roles[info.name]
+                layer = layout.roles[info.name][0]
                 if layer not in kept_tensors:
-                    pending[layer] = {name: read_tensor(checkpoint.tensors[name]) for name in layout.scoring_tensors[layer]}
-                    kept_tensors[layer] = _rank_layer(layout, layer, pending[layer], kept, criterion, seed)
-                tensor = pending[layer].pop(info.name, None)
-                if tensor is None:
-                    tensor = read_tensor(info)
-                jobs = [
-                    functools.partial(
-                        _write_slice, writer, info.name, tensor, role,
-                        kept_tensors[layer][out.intermediate_size], layout.intermediate_size,
-                    )
-                    for out, writer in writers
-                ]
-                _all(pool, jobs)
-                remaining[layer] -= 1
-                if remaining[layer] == 0:  # the layer is written everywhere: free its memory
-                    pending.pop(layer, None)
+                    ranking = rank(_layer_scores(checkpoint, layout, layer, criterion, seed))
                     kept_tensors[layer] = {}
+                    for width in kept:
+                        kept_tensors[layer][width] = keep(ranking, width)
+                        kept[width][layer] = kept_tensors[layer][width].tolist()
+                for _, writer in writers:
+                    writer.begin(info.name)
+                _write_mlp_tensor(pool, info, role, kept_tensors[layer], writers, layout.intermediate_size)
             done += info.nbytes
             if on_progress is not None:
                 on_progress(done, total)
@@ -263,10 +252,54 @@ def prune_pass(
     return kept
 
 
-def _write_slice(
-    writer: ShardedWriter, name: str, tensor: torch.Tensor, role: str, kept: torch.Tensor, intermediate_size: int
+def _layer_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criterion: str, seed: int) -> torch.Tensor:
+    """Every neuron's float32 score in one layer, streaming gate and up rows through the criterion in chunks."""
+    n = layout.intermediate_size
+    if criterion == "random":
+        return random_scores(n, seed=seed, layer=layer)
+    names = layout.scoring_tensors[layer]
+    if len(names) == 1:  # fused: gate rows [0, n), up rows [n, 2n) of the same tensor
+        gate_info = up_info = checkpoint.tensors[names[0]]
+        up_start = n
+    else:
+        gate_info, up_info = (checkpoint.tensors[name] for name in names)
+        up_start = 0
+    parts = []
+    for start, stop in _row_chunks(gate_info, 0, n):
+        gate = read_tensor(gate_info, start, stop)
+        up = read_tensor(up_info, up_start + start, up_start + stop)
+        parts.append(score_rows(criterion, gate, up, layer=layer))
+    return torch.cat(parts)
+
+
+def _write_mlp_tensor(
+    pool: ThreadPoolExecutor,
+    info: TensorInfo,
+    role: str,
+    kept: dict[int, torch.Tensor],
+    writers: list[tuple[int, ShardedWriter]],
+    intermediate_size: int,
 ) -> None:
-    writer.write(name, _as_bytes(slice_tensor(tensor, role, kept, intermediate_size)))
+    """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk."""
+    if role in COLUMN_ROLES:  # down_proj [hidden, n]: any rows, the kept columns
+        for start, stop in _row_chunks(info, 0, info.shape[0]):
+            chunk = read_tensor(info, start, stop)
+            _all(pool, [functools.partial(_append_slice, writer, chunk, 1, kept[width]) for width, writer in writers])
+        return
+    # gate / up rows [0, n); a fused gate_up has gate rows [0, n) then up rows [n, 2n), kept in that order
+    for segment in (0, intermediate_size) if role in FUSED_ROLES else (0,):
+        for start, stop in _row_chunks(info, 0, intermediate_size):
+            chunk = read_tensor(info, segment + start, segment + stop)
+            jobs = []
+            for width, writer in writers:
+                indices = kept[width]
+                lo, hi = (int(torch.searchsorted(indices, bound)) for bound in (start, stop))
+                jobs.append(functools.partial(_append_slice, writer, chunk, 0, indices[lo:hi] - start))
+            _all(pool, jobs)
+
+
+def _append_slice(writer: ShardedWriter, chunk: torch.Tensor, dim: int, indices: torch.Tensor) -> None:
+    writer.append(_as_bytes(chunk.index_select(dim, indices)))
 
 
 def _all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
@@ -275,26 +308,3 @@ def _all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
     wait(futures)
     for future in futures:
         future.result()
-
-
-def _rank_layer(
-    layout: MlpLayout,
-    layer: int,
-    tensors: dict[str, torch.Tensor],
-    kept: dict[int, list[list[int]]],
-    criterion: str,
-    seed: int,
-) -> dict[int, torch.Tensor]:
-    n = layout.intermediate_size
-    if layout.spec.gate_up:
-        fused = tensors[layout.scoring_tensors[layer][0]]
-        gate, up = fused[:n], fused[n:]
-    else:
-        gate, up = (tensors[name] for name in layout.scoring_tensors[layer])
-    ranking = rank(score_layer(criterion, gate, up, layer=layer, seed=seed))
-    result = {}
-    for width in kept:
-        indices = keep(ranking, width)
-        kept[width][layer] = indices.tolist()
-        result[width] = indices
-    return result

@@ -10,20 +10,29 @@ from pathlib import Path
 
 from .checkpoint import COPIED_FILE_PATTERNS, INDEX_FILE, Checkpoint, is_hub_id, open_checkpoint
 from .errors import SourceError
+from .gguf_source import embedded_default, open_gguf
 
 HUB_PATTERNS = ("config.json", "*.safetensors", INDEX_FILE, *COPIED_FILE_PATTERNS)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-def open_source(source: str, *, revision: str | None = None, cache_dir: Path | None = None) -> Checkpoint:
-    """A Checkpoint for a local folder or a Hub repo id ('owner/name', optionally at a revision)."""
+def open_source(source: str | None, *, revision: str | None = None, cache_dir: Path | None = None) -> Checkpoint:
+    """A Checkpoint for a local folder, a .gguf file, a Hub repo id ('owner/name', optionally at a revision),
+    or, with no source, the embedded default model.
+
+    cache_dir: where Hub downloads (huggingface_hub's cache) or dequantized GGUFs (hubprune's cache) go.
+    """
+    if source is None:
+        source = str(embedded_default())
     path = Path(source).expanduser()
     if path.exists():
         if revision is not None:
             raise SourceError(f"--revision {revision!r} applies to Hub repositories only; {source} is a local path")
         if path.is_file():
+            if path.suffix.lower() == ".gguf":
+                return open_gguf(path, cache_dir)
             raise SourceError(
-                f"{source} is a file: give a checkpoint folder holding config.json and safetensors weights"
+                f"{source} is a file: give a checkpoint folder (config.json plus safetensors) or a .gguf file"
             )
         return open_checkpoint(path, source=str(path))
     if is_hub_id(source):

@@ -77,8 +77,11 @@ class ShardedWriter:
         self._next = 0
         self._fd: int | None = None
         self._open_shard = -1
+        self._current, self._left = "", 0  # the tensor being written and the bytes it still needs
 
-    def _start(self, name: str) -> int:
+    def begin(self, name: str) -> int:
+        """Start the next planned tensor (its bytes follow through append); returns its size in bytes."""
+        self._check_previous_complete()
         if self._next >= len(self._order) or self._order[self._next][1].name != name:
             expected = self._order[self._next][1].name if self._next < len(self._order) else "nothing"
             raise RuntimeError(f"writer expected tensor {expected!r} next, got {name!r}")
@@ -90,21 +93,27 @@ class ShardedWriter:
             _write_all(self._fd, _header_bytes(self.shards[shard_index]))
             self._open_shard = shard_index
         self._next += 1
+        self._current, self._left = name, spec.nbytes
         return spec.nbytes
 
-    def write(self, name: str, data: memoryview) -> None:
-        """Write the next tensor's bytes (little-endian, C order)."""
-        expected = self._start(name)
-        if data.nbytes != expected:
-            raise RuntimeError(f"tensor {name!r}: got {data.nbytes} bytes, planned {expected}")
+    def append(self, data: memoryview) -> None:
+        """Write the next bytes of the current tensor (little-endian, C order)."""
+        if data.nbytes > self._left:
+            raise RuntimeError(f"tensor {self._current!r}: {data.nbytes} more bytes than planned")
         assert self._fd is not None
         _write_all(self._fd, data.cast("B"))
+        self._left -= data.nbytes
 
     def copy(self, name: str, src_fd: int, src_offset: int) -> None:
         """Copy the next tensor's bytes straight from another file: in the kernel where it can, else in chunks."""
-        nbytes = self._start(name)
+        nbytes = self.begin(name)
         assert self._fd is not None
         _copy_range(src_fd, src_offset, self._fd, nbytes)
+        self._left = 0
+
+    def _check_previous_complete(self) -> None:
+        if self._left:
+            raise RuntimeError(f"tensor {self._current!r} is {self._left} bytes short of its planned size")
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -113,6 +122,7 @@ class ShardedWriter:
 
     def close(self) -> None:
         """Finish the last shard and write the index when there is more than one shard."""
+        self._check_previous_complete()
         if self._next != len(self._order):
             raise RuntimeError(f"writer closed after {self._next} of {len(self._order)} tensors")
         self._close_fd()

