@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import re
 import sys
@@ -134,10 +135,27 @@ def _family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _return_large_buffers_to_the_system() -> None:
+    """Make glibc give every buffer of 1 MiB or more back to the system as soon as it is freed.
+
+    By default glibc raises its mmap threshold after each large free, so the 16 MiB chunks the pruner
+    streams end up cached in per-thread heaps: peak RSS then grows with the number of members written in
+    parallel (about 0.5 GiB instead of 0.3 GiB for six members of a 1B model), for no gain in speed.
+    The process belongs to the CLI, so this is set here and not in the library.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    m_mmap_threshold = -3  # from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1024 * 1024)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="hubprune")
 def main() -> None:
     """Build a family of width-pruned GLU checkpoints that load with plain from_pretrained."""
+    _return_large_buffers_to_the_system()
 
 
 @main.command()
