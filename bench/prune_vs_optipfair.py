@@ -34,10 +34,24 @@ from safetensors.torch import save_file
 
 SHAPES = {
     # Llama-3.2-1B / 3B shapes (tied embeddings), as published in their config.json
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, head_dim=64),
-    "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-               num_key_value_heads=8, vocab_size=128256, head_dim=128),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        head_dim=64,
+    ),
+    "3b": dict(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        head_dim=128,
+    ),
 }
 PAPER_PCTS = (10, 20, 30, 40, 50, 60)
 SHARD_BYTES = 2 * 1024**3
@@ -60,12 +74,17 @@ def build_source(folder: Path, shape: str) -> Path:
     names: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (s["vocab_size"], h))]
     for i in range(s["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        names += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,)),
-                  (p + "self_attn.q_proj.weight", (s["num_attention_heads"] * s["head_dim"], h)),
-                  (p + "self_attn.k_proj.weight", (kv, h)), (p + "self_attn.v_proj.weight", (kv, h)),
-                  (p + "self_attn.o_proj.weight", (h, s["num_attention_heads"] * s["head_dim"])),
-                  (p + "mlp.gate_proj.weight", (n, h)), (p + "mlp.up_proj.weight", (n, h)),
-                  (p + "mlp.down_proj.weight", (h, n))]
+        names += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (s["num_attention_heads"] * s["head_dim"], h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, s["num_attention_heads"] * s["head_dim"])),
+            (p + "mlp.gate_proj.weight", (n, h)),
+            (p + "mlp.up_proj.weight", (n, h)),
+            (p + "mlp.down_proj.weight", (h, n)),
+        ]
     names.append(("model.norm.weight", (h,)))
     gen = torch.Generator().manual_seed(0)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -89,10 +108,17 @@ def build_source(folder: Path, shape: str) -> Path:
             weight_map.update({k: file for k in shard})
         total = sum(t.numel() * 2 for shard in shards for t in shard.values())
         (partial / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     del shards
-    config = LlamaConfig(**s, tie_word_embeddings=True, rope_theta=500000.0, max_position_embeddings=131072,
-                         bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        **s,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     config.dtype = "bfloat16"
     config.save_pretrained(partial)
     _tokenizer().save_pretrained(partial)  # optipfair's CLI insists on loading a tokenizer
@@ -111,8 +137,9 @@ def run(python: str, args: list[str]) -> tuple[float, int]:
     os.sync()
     with tempfile.NamedTemporaryFile(suffix=".rss") as peak:
         start = time.perf_counter()
-        proc = subprocess.run([python, str(PEAK_RSS), peak.name, *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+        proc = subprocess.run(
+            [python, str(PEAK_RSS), peak.name, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"command failed: {' '.join(args)}\n{proc.stderr.decode()[-3000:]}")
@@ -165,8 +192,11 @@ def compare(source: Path, hub_family: Path, peer_outputs: dict[int, Path], layer
     from hubprune.source import open_source
 
     checkpoint = open_source(str(source))
-    members = {json.loads((d / "hubprune.json").read_text())["target"]["value"]: d
-               for d in hub_family.iterdir() if (d / "hubprune.json").exists()}
+    members = {
+        json.loads((d / "hubprune.json").read_text())["target"]["value"]: d
+        for d in hub_family.iterdir()
+        if (d / "hubprune.json").exists()
+    }
     compared = tie_decided = 0
     for layer in range(layers):
         gate = read_tensor(checkpoint.tensors[f"model.layers.{layer}.mlp.gate_proj.weight"])
@@ -213,16 +243,21 @@ def main() -> None:
     hub_runs, floor_runs = [], []
     for attempt in range(args.repeats):
         shutil.rmtree(hub_out, ignore_errors=True)
-        hub_runs.append(run(sys.executable, ["-m", "hubprune", "build-family", str(source), "-o", str(hub_out),
-                                             "--preset", "paper"]))
+        hub_runs.append(
+            run(
+                sys.executable, ["-m", "hubprune", "build-family", str(source), "-o", str(hub_out), "--preset", "paper"]
+            )
+        )
         out_bytes = tree_bytes(hub_out)
         floor_runs.append(read_and_write_floor(source, work / "floor", out_bytes))
         shutil.rmtree(work / "floor")
         print(f"  run {attempt + 1}: hubprune {hub_runs[-1][0]:.1f} s, floor {floor_runs[-1][0]:.1f} s", flush=True)
     hub_time, hub_rss = statistics.median(t for t, _ in hub_runs), max(r for _, r in hub_runs)
     floor_time, floor_rss = statistics.median(t for t, _ in floor_runs), max(r for _, r in floor_runs)
-    rows = [("hubprune build-family (6 members, one pass)", hub_time, hub_rss, hub_runs),
-            ("floor: read source once + write the same bytes", floor_time, floor_rss, floor_runs)]
+    rows = [
+        ("hubprune build-family (6 members, one pass)", hub_time, hub_rss, hub_runs),
+        ("floor: read source once + write the same bytes", floor_time, floor_rss, floor_runs),
+    ]
 
     peer_outputs: dict[int, Path] = {}
     if not args.skip_optipfair:
@@ -231,9 +266,27 @@ def main() -> None:
         peer_time, peer_rss = 0.0, 0
         for pct in PAPER_PCTS:
             out = work / f"optipfair-{pct}"
-            t, rss = run(peer_python, [peer_bin, "prune", "--model-path", str(source), "--pruning-type", "MLP_GLU", "--method",
-                          "MAW", "--pruning-percentage", str(pct), "--output-path", str(out), "--device", "cpu",
-                          "--dtype", "bfloat16"])
+            t, rss = run(
+                peer_python,
+                [
+                    peer_bin,
+                    "prune",
+                    "--model-path",
+                    str(source),
+                    "--pruning-type",
+                    "MLP_GLU",
+                    "--method",
+                    "MAW",
+                    "--pruning-percentage",
+                    str(pct),
+                    "--output-path",
+                    str(out),
+                    "--device",
+                    "cpu",
+                    "--dtype",
+                    "bfloat16",
+                ],
+            )
             peer_time += t
             peer_rss = max(peer_rss, rss)
             peer_outputs[pct] = out
@@ -241,18 +294,21 @@ def main() -> None:
         rows.append(("optipfair 0.4.2 (6 processes, one per ratio)", peer_time, peer_rss, []))
 
     print(f"\nfamily output: {out_bytes / 1e9:.2f} GB of safetensors\n")
-    print(f"| run | wall s (median) | runs | peak RSS GiB |\n|---|---|---|---|")
+    print("| run | wall s (median) | runs | peak RSS GiB |\n|---|---|---|---|")
     for name, t, rss, runs in rows:
         spread = ", ".join(f"{r[0]:.1f}" for r in runs) if runs else "sum of 6"
         print(f"| {name} | {t:.1f} | {spread} | {rss / 2**30:.2f} |")
     print(f"\nhubprune / floor time (medians): {hub_time / floor_time:.2f}x")
     if peer_outputs:
-        print(f"optipfair / hubprune time: {peer_time / hub_time:.1f}x faster; "
-              f"peak RSS {peer_rss / hub_rss:.1f}x smaller")
+        print(
+            f"optipfair / hubprune time: {peer_time / hub_time:.1f}x faster; peak RSS {peer_rss / hub_rss:.1f}x smaller"
+        )
         compared, tie_decided = compare(source, hub_out, peer_outputs, SHAPES[args.shape]["num_hidden_layers"])
-        print(f"same neurons kept wherever MAW does not tie at the cut: yes ({compared} layer-members checked; "
-              f"{tie_decided} neuron choices were decided by ties, where hubprune keeps the lower index and "
-              "optipfair's topk picks arbitrarily)")
+        print(
+            f"same neurons kept wherever MAW does not tie at the cut: yes ({compared} layer-members checked; "
+            f"{tie_decided} neuron choices were decided by ties, where hubprune keeps the lower index and "
+            "optipfair's topk picks arbitrarily)"
+        )
     shutil.rmtree(work)
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from . import __version__, manifest
 from .checkpoint import Checkpoint
 from .errors import OutputError
@@ -131,7 +133,9 @@ def _write_members(
             on_progress=on_progress,
         )
         for member in members:
-            _finish_member(checkpoint, layout, plan, member, folders[member.name], kept[member.intermediate_size], settings)
+            _finish_member(
+                checkpoint, layout, plan, member, folders[member.name], kept[member.intermediate_size], settings
+            )
     except BaseException:
         for member in members:
             shutil.rmtree(folders[member.name], ignore_errors=True)
@@ -144,17 +148,19 @@ def _finish_member(
     plan: FamilyPlan,
     member: MemberPlan,
     folder: Path,
-    kept: list[list[int]],
+    kept: torch.Tensor,
     settings: PruneSettings,
 ) -> None:
     config = copy.deepcopy(checkpoint.config)
     text = layout.spec.text_config(config)
     width = member.intermediate_size
-    text["intermediate_size"] = [width] * len(text["intermediate_size"]) if isinstance(text["intermediate_size"], list) else width
+    text["intermediate_size"] = (
+        [width] * len(text["intermediate_size"]) if isinstance(text["intermediate_size"], list) else width
+    )
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     for name in checkpoint.copied_files:
         shutil.copy2(checkpoint.folder / name, folder / name)
-    kept_json = json.dumps({"layers": kept}, separators=(",", ":")) + "\n"
+    kept_json = json.dumps({"layers": kept.tolist()}, separators=(",", ":")) + "\n"
     (folder / KEPT_INDICES).write_text(kept_json, encoding="utf-8")
     provenance = {
         "hubprune_version": __version__,

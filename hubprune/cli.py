@@ -96,13 +96,29 @@ def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
     if paths:
         header.append("path")
     rows = [header]
-    base = ["(base)", "-", f"{shape.intermediate_size / shape.hidden_size:.2f}", str(shape.intermediate_size),
-            f"{shape.params_total / 1e6:.2f}M", f"{shape.params_mlp / 1e6:.2f}M", _human_bytes(shape.weight_bytes), "-"]
+    base = [
+        "(base)",
+        "-",
+        f"{shape.intermediate_size / shape.hidden_size:.2f}",
+        str(shape.intermediate_size),
+        f"{shape.params_total / 1e6:.2f}M",
+        f"{shape.params_mlp / 1e6:.2f}M",
+        _human_bytes(shape.weight_bytes),
+        "-",
+    ]
     rows.append(base + ([""] if paths else []))
     for m in plan.members:
         change = (m.params_total - shape.params_total) / shape.params_total * 100
-        row = [m.name, m.target.describe(), f"{m.ratio:.2f}", str(m.intermediate_size), f"{m.params_total / 1e6:.2f}M",
-               f"{m.params_mlp / 1e6:.2f}M", _human_bytes(m.weight_bytes), f"{change:+.1f}%"]
+        row = [
+            m.name,
+            m.target.describe(),
+            f"{m.ratio:.2f}",
+            str(m.intermediate_size),
+            f"{m.params_total / 1e6:.2f}M",
+            f"{m.params_mlp / 1e6:.2f}M",
+            _human_bytes(m.weight_bytes),
+            f"{change:+.1f}%",
+        ]
         if paths:
             row.append(paths[m.name])
         rows.append(row)
@@ -119,18 +135,25 @@ multiple_option = click.option(
     "--multiple-of", type=click.IntRange(min=1), default=None, help="Round every width to the nearest multiple of N."
 )
 shard_option = click.option(
-    "--max-shard-size", "max_shard_size", default=f"{DEFAULT_MAX_SHARD_BYTES // 2**30}GiB", show_default=True,
-    help="Largest safetensors shard written."
+    "--max-shard-size",
+    "max_shard_size",
+    default=f"{DEFAULT_MAX_SHARD_BYTES // 2**30}GiB",
+    show_default=True,
+    help="Largest safetensors shard written.",
 )
 
 
 def _family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed([
-        click.option("--ratios", help="Expansion ratios intermediate/hidden, e.g. 3.6,2.4,1.6."),
-        click.option("--pcts", help="Percentages of MLP width to remove, e.g. 10,20,40."),
-        click.option("--sizes", help="Explicit intermediate sizes, e.g. 6144,4096."),
-        click.option("--preset", type=click.Choice(["paper"]), help="paper: 10,20,30,40,50,60 % (arXiv 2512.22671)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--ratios", help="Expansion ratios intermediate/hidden, e.g. 3.6,2.4,1.6."),
+            click.option("--pcts", help="Percentages of MLP width to remove, e.g. 10,20,40."),
+            click.option("--sizes", help="Explicit intermediate sizes, e.g. 6144,4096."),
+            click.option(
+                "--preset", type=click.Choice(["paper"]), help="paper: 10,20,30,40,50,60 % (arXiv 2512.22671)."
+            ),
+        ]
+    ):
         func = option(func)
     return func
 
@@ -164,8 +187,15 @@ def main() -> None:
 @multiple_option
 @revision_option
 @_handle_errors
-def plan(source: str | None, ratios: str | None, pcts: str | None, sizes: str | None, preset: str | None,
-         multiple_of: int | None, revision: str | None) -> None:
+def plan(
+    source: str | None,
+    ratios: str | None,
+    pcts: str | None,
+    sizes: str | None,
+    preset: str | None,
+    multiple_of: int | None,
+    revision: str | None,
+) -> None:
     """Print the members a build would write (width, parameters, size); write nothing."""
     targets = _family_targets(ratios, pcts, sizes, preset)
     checkpoint = open_source(source, revision=revision)
@@ -185,8 +215,18 @@ def plan(source: str | None, ratios: str | None, pcts: str | None, sizes: str | 
 @shard_option
 @revision_option
 @_handle_errors
-def prune(source: str | None, output: Path, ratio: str | None, pct: str | None, intermediate_size: str | None,
-          criterion: str, seed: int | None, multiple_of: int | None, max_shard_size: str, revision: str | None) -> None:
+def prune(
+    source: str | None,
+    output: Path,
+    ratio: str | None,
+    pct: str | None,
+    intermediate_size: str | None,
+    criterion: str,
+    seed: int | None,
+    multiple_of: int | None,
+    max_shard_size: str,
+    revision: str | None,
+) -> None:
     """Write one pruned checkpoint."""
     given = [(k, v) for k, v in (("ratio", ratio), ("pct", pct), ("size", intermediate_size)) if v is not None]
     if len(given) != 1:
@@ -218,9 +258,20 @@ def prune(source: str | None, output: Path, ratio: str | None, pct: str | None, 
 @revision_option
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
 @_handle_errors
-def build_family_command(source: str | None, output: Path, ratios: str | None, pcts: str | None, sizes: str | None,
-                         preset: str | None, criterion: str, seed: int | None, multiple_of: int | None,
-                         max_shard_size: str, revision: str | None, force: bool) -> None:
+def build_family_command(
+    source: str | None,
+    output: Path,
+    ratios: str | None,
+    pcts: str | None,
+    sizes: str | None,
+    preset: str | None,
+    criterion: str,
+    seed: int | None,
+    multiple_of: int | None,
+    max_shard_size: str,
+    revision: str | None,
+    force: bool,
+) -> None:
     """Prune at every width in one streaming pass and write the family with its manifest (family.json)."""
     targets = _family_targets(ratios, pcts, sizes, preset)
     checkpoint = open_source(source, revision=revision)

@@ -20,6 +20,7 @@ def maw(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     Martra 2025, arXiv 2512.22671, and optipfair/pruning/mlp_glu.py. Not max|w|: for a row holding both signs
     it is the row's peak-to-peak range. down_proj is not used.
     """
+
     # max and min are exact in any float dtype, so they are taken in the stored dtype (no full-size float32
     # copy of the weights) and only the per-row sums are done in float32.
     def peak_to_peak(w: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,9 @@ def load(folder: Path) -> Family:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         if isinstance(exc, OutputError):
             raise
-        raise OutputError(f"cannot read the family manifest {path} ({exc}): rebuild the family in a new folder") from None
+        raise OutputError(
+            f"cannot read the family manifest {path} ({exc}): rebuild the family in a new folder"
+        ) from None
 
 
 def save(family: Family, folder: Path) -> None:

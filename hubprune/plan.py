@@ -83,7 +83,9 @@ def _decimal(item: str, option: str) -> Decimal:
     try:
         value = Decimal(item)
     except InvalidOperation:
-        raise TargetError(f"{option}: {item!r} is not a number: give numbers separated by commas, like 3.6,2.4") from None
+        raise TargetError(
+            f"{option}: {item!r} is not a number: give numbers separated by commas, like 3.6,2.4"
+        ) from None
     if not value.is_finite():
         raise TargetError(f"{option}: {item!r} is not a finite number")
     return value
@@ -101,7 +103,9 @@ def width_for(target: Target, *, hidden_size: int, intermediate_size: int, multi
     value = Decimal(target.value)
     if target.kind == "ratio":
         if value <= 0:
-            raise TargetError(f"{target.describe()} must be positive: expansion ratios are intermediate/hidden, e.g. 2.4")
+            raise TargetError(
+                f"{target.describe()} must be positive: expansion ratios are intermediate/hidden, e.g. 2.4"
+            )
         k = math.ceil(value * hidden_size)
     elif target.kind == "pct":
         if not 0 < value < 100:

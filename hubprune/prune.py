@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +93,9 @@ def analyse(checkpoint: Checkpoint) -> MlpLayout:
     for layer, found in by_layer.items():
         missing = [role for role in needed if role not in found]
         if missing:
-            raise CheckpointError(f"layer {layer} lacks its MLP {', '.join(missing)} tensor(s): the checkpoint is incomplete")
+            raise CheckpointError(
+                f"layer {layer} lacks its MLP {', '.join(missing)} tensor(s): the checkpoint is incomplete"
+            )
         for role, name in found.items():
             _check_shape(checkpoint.tensors[name], role, layer, hidden, n)
     scoring = {layer: tuple(found[r] for r in needed[:-1]) for layer, found in by_layer.items()}
@@ -197,23 +199,26 @@ def prune_pass(
     seed: int = 0,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     on_progress: ProgressCallback | None = None,
-) -> dict[int, list[list[int]]]:
-    """Write every member's weights in one pass over the source; return each width's kept indices per layer.
+) -> dict[int, torch.Tensor]:
+    """Write every member's weights in one pass over the source; return each width's kept indices,
+    a [num_layers, width] int64 tensor with each row ascending.
 
     Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
     shapes re-read) before this returns.
     """
     specs = {out.intermediate_size: output_specs(checkpoint, layout, out.intermediate_size) for out in outputs}
-    writers = [(out.intermediate_size, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes))
-               for out in outputs]
-    kept: dict[int, list[list[int]]] = {out.intermediate_size: [[] for _ in range(layout.num_layers)] for out in outputs}
-    kept_tensors: dict[int, dict[int, torch.Tensor]] = {}  # layer -> width -> kept indices, ascending
+    writers = [
+        (out.intermediate_size, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes))
+        for out in outputs
+    ]
+    kept = {
+        out.intermediate_size: torch.empty(layout.num_layers, out.intermediate_size, dtype=torch.int64)
+        for out in outputs
+    }
+    scored: set[int] = set()
     total, done = checkpoint.weight_bytes, 0
     source_fds: dict[Path, int] = {}
-    # Members are written in parallel: os.write, copy_file_range and index_select release the GIL, and
-    # copying into the page cache is CPU-bound, so a second core nearly halves the time. Each member's writer
-    # still receives its bytes in order: every chunk is finished everywhere before the next one starts.
-    pool = ThreadPoolExecutor(max_workers=min(len(writers), os.cpu_count() or 1))
+    pipeline = _Pipeline(workers=min(len(writers), os.cpu_count() or 1))
     try:
         for info in checkpoint.tensors.values():
             role = layout.roles.get(info.name, (0, "untouched"))[1]
@@ -221,35 +226,62 @@ def prune_pass(
                 fd = source_fds.get(info.file)
                 if fd is None:
                     fd = source_fds[info.file] = os.open(info.file, os.O_RDONLY)
-                _all(pool, [functools.partial(writer.copy, info.name, fd, info.offset) for _, writer in writers])
+                pipeline.submit([functools.partial(writer.copy, info.name, fd, info.offset) for _, writer in writers])
             else:
                 layer = layout.roles[info.name][0]
-                if layer not in kept_tensors:
+                if layer not in scored:
                     ranking = rank(_layer_scores(checkpoint, layout, layer, criterion, seed))
-                    kept_tensors[layer] = {}
-                    for width in kept:
-                        kept_tensors[layer][width] = keep(ranking, width)
-                        kept[width][layer] = kept_tensors[layer][width].tolist()
-                for _, writer in writers:
-                    writer.begin(info.name)
-                _write_mlp_tensor(pool, info, role, kept_tensors[layer], writers, layout.intermediate_size)
+                    for width, indices in kept.items():
+                        indices[layer] = keep(ranking, width)
+                    scored.add(layer)
+                _write_mlp_tensor(
+                    pipeline, info, role, {w: k[layer] for w, k in kept.items()}, writers, layout.intermediate_size
+                )
             done += info.nbytes
             if on_progress is not None:
                 on_progress(done, total)
+        pipeline.drain()
         for _, writer in writers:
             writer.close()
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # no job may still be writing when the files close
+        pipeline.close()  # no job may still be writing when the files close
         for _, writer in writers:
             writer.abort()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pipeline.close()
         for fd in source_fds.values():
             os.close(fd)
     for out in outputs:
         verify(out.folder, specs[out.intermediate_size])
     return kept
+
+
+class _Pipeline:
+    """Writes one batch of jobs (one per member) on worker threads while the main thread reads the next chunk.
+
+    os.write, copy_file_range and index_select release the GIL, and copying into the page cache is CPU-bound,
+    so members are written in parallel. A batch starts only when the previous one has finished, so every
+    member's writer still receives its bytes in order.
+    """
+
+    def __init__(self, workers: int):
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._in_flight: list[Future[None]] = []
+
+    def submit(self, jobs: list[Callable[[], None]]) -> None:
+        self.drain()
+        self._in_flight = [self._pool.submit(job) for job in jobs]
+
+    def drain(self) -> None:
+        """Wait until every job in flight has finished, then re-raise the first failure."""
+        futures, self._in_flight = self._in_flight, []
+        wait(futures)
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _layer_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criterion: str, seed: int) -> torch.Tensor:
@@ -273,7 +305,7 @@ def _layer_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criteri
 
 
 def _write_mlp_tensor(
-    pool: ThreadPoolExecutor,
+    pipeline: _Pipeline,
     info: TensorInfo,
     role: str,
     kept: dict[int, torch.Tensor],
@@ -281,10 +313,17 @@ def _write_mlp_tensor(
     intermediate_size: int,
 ) -> None:
     """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk."""
+    first = True
     if role in COLUMN_ROLES:  # down_proj [hidden, n]: any rows, the kept columns
         for start, stop in _row_chunks(info, 0, info.shape[0]):
             chunk = read_tensor(info, start, stop)
-            _all(pool, [functools.partial(_append_slice, writer, chunk, 1, kept[width]) for width, writer in writers])
+            pipeline.submit(
+                [
+                    functools.partial(_append_columns, writer, info.name if first else None, chunk, kept[width])
+                    for width, writer in writers
+                ]
+            )
+            first = False
         return
     # gate / up rows [0, n); a fused gate_up has gate rows [0, n) then up rows [n, 2n), kept in that order
     for segment in (0, intermediate_size) if role in FUSED_ROLES else (0,):
@@ -294,17 +333,29 @@ def _write_mlp_tensor(
             for width, writer in writers:
                 indices = kept[width]
                 lo, hi = (int(torch.searchsorted(indices, bound)) for bound in (start, stop))
-                jobs.append(functools.partial(_append_slice, writer, chunk, 0, indices[lo:hi] - start))
-            _all(pool, jobs)
+                jobs.append(
+                    functools.partial(_append_rows, writer, info.name if first else None, chunk, indices[lo:hi] - start)
+                )
+            pipeline.submit(jobs)
+            first = False
 
 
-def _append_slice(writer: ShardedWriter, chunk: torch.Tensor, dim: int, indices: torch.Tensor) -> None:
-    writer.append(_as_bytes(chunk.index_select(dim, indices)))
+def _append_columns(writer: ShardedWriter, begin: str | None, chunk: torch.Tensor, indices: torch.Tensor) -> None:
+    if begin is not None:
+        writer.begin(begin)
+    writer.append(_as_bytes(chunk.index_select(1, indices)))
 
 
-def _all(pool: ThreadPoolExecutor, jobs: list[Callable[[], None]]) -> None:
-    """Run jobs on the pool, wait until every one has finished, then re-raise the first failure."""
-    futures = [pool.submit(job) for job in jobs]
-    wait(futures)
-    for future in futures:
-        future.result()
+def _append_rows(writer: ShardedWriter, begin: str | None, chunk: torch.Tensor, indices: torch.Tensor) -> None:
+    """Write the chunk's rows at `indices` (ascending) straight from the chunk: runs of consecutive rows go
+    out as one slice each (writev), with no gathered copy in between."""
+    if begin is not None:
+        writer.begin(begin)
+    if indices.numel() == 0:
+        return
+    raw = _as_bytes(chunk)
+    row_bytes = raw.nbytes // chunk.shape[0]
+    breaks = torch.nonzero(indices[1:] - indices[:-1] != 1).flatten() + 1
+    starts = torch.cat([indices[:1], indices[breaks]]).tolist()
+    stops = (torch.cat([indices[breaks - 1], indices[-1:]]) + 1).tolist()
+    writer.append_many([raw[a * row_bytes : b * row_bytes] for a, b in zip(starts, stops)])

@@ -58,9 +58,7 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Che
                     "arbitrary code: use a repo or revision with safetensors weights"
                 )
             raise SourceError(f"{where} has no safetensors weights: choose a model repository that has them")
-        folder = snapshot_download(
-            repo_id, revision=info.sha, allow_patterns=list(HUB_PATTERNS), cache_dir=cache_dir
-        )
+        folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=list(HUB_PATTERNS), cache_dir=cache_dir)
     except GatedRepoError:
         raise SourceError(
             f"{where} is gated: accept its licence on the Hub, then log in (hf auth login) or set HF_TOKEN"

@@ -20,6 +20,7 @@ from .errors import OutputError
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 COPY_CHUNK = 64 * 1024**2
+IOV_MAX = 1024  # Linux's limit on ranges per writev call
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,11 @@ def _header_bytes(shard: list[TensorSpec]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for spec in shard:
-        header[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # align the data to 8 bytes, as the safetensors library does
@@ -103,6 +108,23 @@ class ShardedWriter:
         assert self._fd is not None
         _write_all(self._fd, data.cast("B"))
         self._left -= data.nbytes
+
+    def append_many(self, views: list[memoryview]) -> None:
+        """Write several byte ranges of the current tensor, in order, with as few system calls as possible."""
+        nbytes = sum(v.nbytes for v in views)
+        if nbytes > self._left:
+            raise RuntimeError(f"tensor {self._current!r}: {nbytes} more bytes than planned")
+        assert self._fd is not None
+        for batch_start in range(0, len(views), IOV_MAX):
+            batch = views[batch_start : batch_start + IOV_MAX]
+            written = os.writev(self._fd, batch)
+            for view in batch:  # a short write (rare on files) finishes one range at a time
+                if written >= view.nbytes:
+                    written -= view.nbytes
+                    continue
+                _write_all(self._fd, view[written:])
+                written = 0
+        self._left -= nbytes
 
     def copy(self, name: str, src_fd: int, src_offset: int) -> None:
         """Copy the next tensor's bytes straight from another file: in the kernel where it can, else in chunks."""

@@ -82,8 +82,9 @@ class Repo:
     tags: dict[str, str] = field(default_factory=dict)
     private: bool = False
 
-    def commit(self, files: dict[str, bytes], branch: str = "main", message: str = "commit",
-               delete: Iterable[str] = ()) -> str:
+    def commit(
+        self, files: dict[str, bytes], branch: str = "main", message: str = "commit", delete: Iterable[str] = ()
+    ) -> str:
         """Apply `files` (added or replaced) and `delete` on top of the branch head; return the new commit sha."""
         parent = self.branches.get(branch)
         tree = dict(self.commits[parent].files) if parent else {}
@@ -114,12 +115,13 @@ class Repo:
         for path in sorted(commit.files):
             if not path.startswith(base):
                 continue
-            parts = path[len(base):].split("/")
+            parts = path[len(base) :].split("/")
             for depth in range(1, len(parts)):  # the folders on the way to this file
                 folder = base + "/".join(parts[:depth])
                 if recursive or depth == 1:
-                    out.setdefault(folder, {"type": "directory", "oid": _git_sha1(folder.encode()), "size": 0,
-                                            "path": folder})
+                    out.setdefault(
+                        folder, {"type": "directory", "oid": _git_sha1(folder.encode()), "size": 0, "path": folder}
+                    )
             if recursive or len(parts) == 1:
                 out[path] = self.blobs[commit.files[path]].tree_entry(path)
         return list(out.values()) if out or not prefix else None
@@ -176,8 +178,15 @@ class HubServer:
                 self.repos.setdefault((repo_type, repo_id), Repo(repo_id, repo_type))
             return self.repos.get((repo_type, repo_id))
 
-    def add_commit(self, repo_id: str, files: dict[str, bytes], branch: str = "main", message: str = "commit",
-                   delete: Iterable[str] = (), repo_type: str = "model") -> str:
+    def add_commit(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        branch: str = "main",
+        message: str = "commit",
+        delete: Iterable[str] = (),
+        repo_type: str = "model",
+    ) -> str:
         """Commit `files` on top of `branch` (creating the repo if needed); return the 40-hex commit sha."""
         repo = self.repo(repo_id, repo_type, create=True)
         with self._lock:
@@ -189,8 +198,14 @@ class HubServer:
         assert commit is not None, f"no revision {revision!r} in {repo_id}"
         repo.tags[tag] = commit.sha
 
-    def fail_next(self, path_regex: str, status: int, times: int = 1, headers: dict[str, str] | None = None,
-                  method: str | None = None) -> None:
+    def fail_next(
+        self,
+        path_regex: str,
+        status: int,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        method: str | None = None,
+    ) -> None:
         """Answer the next `times` requests whose path matches `path_regex` (re.search) with `status`."""
         with self._lock:
             self.faults.append(Fault(re.compile(path_regex), status, times, dict(headers or {}), method))
@@ -231,14 +246,30 @@ class HubServer:
             entry = repo.blobs[commit.files[path]].tree_entry(path)
             sibling = {"rfilename": path, "size": entry["size"], "blobId": entry["oid"]}
             if "lfs" in entry:
-                sibling["lfs"] = {"sha256": entry["lfs"]["oid"], "size": entry["size"],
-                                  "pointerSize": entry["lfs"]["pointerSize"]}
+                sibling["lfs"] = {
+                    "sha256": entry["lfs"]["oid"],
+                    "size": entry["size"],
+                    "pointerSize": entry["lfs"]["pointerSize"],
+                }
             siblings.append(sibling)
         first = min(repo.commits.values(), key=lambda c: c.date)
-        h.send_json({"_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
-                     "modelId": repo.repo_id, "sha": commit.sha, "private": repo.private, "gated": False,
-                     "disabled": False, "downloads": 0, "likes": 0, "tags": [], "lastModified": commit.date,
-                     "createdAt": first.date, "siblings": siblings})
+        h.send_json(
+            {
+                "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "sha": commit.sha,
+                "private": repo.private,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "lastModified": commit.date,
+                "createdAt": first.date,
+                "siblings": siblings,
+            }
+        )
 
     def tree(self, h: "_Handler", m: re.Match) -> None:
         """GET /api/{T}/{id}/tree/{rev}[/{path}]?recursive=: list_repo_tree (snapshot_download's file listing).
@@ -258,8 +289,10 @@ class HubServer:
         if not (found := self._lookup(h, m)):
             return
         repo, _ = found
+
         def ref(kind, refs):
             return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": s} for n, s in sorted(refs.items())]
+
         h.send_json({"branches": ref("heads", repo.branches), "tags": ref("tags", repo.tags), "converts": []})
 
     def resolve(self, h: "_Handler", m: re.Match) -> None:
@@ -272,8 +305,12 @@ class HubServer:
             return h.error(404, "EntryNotFound", f"{path} does not exist on {commit.sha}", commit.sha)
         blob = repo.blobs[commit.files[path]]
         size = len(blob.data)
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{blob.oid}"', "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{blob.oid}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         if blob.is_lfs:  # the client prefers X-Linked-Etag: the sha256 it names the cached blob by
             headers.update(ETag=f'"{blob.sha256}"', **{"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(size)})
         status, body = 200, blob.data
@@ -283,7 +320,7 @@ class HubServer:
             if begin >= size or end < begin:
                 return h.send(416, b"", {"Content-Range": f"bytes */{size}", **headers})
             end = min(end, size - 1)
-            status, body = 206, blob.data[begin:end + 1]
+            status, body = 206, blob.data[begin : end + 1]
             headers["Content-Range"] = f"bytes {begin}-{end}/{size}"
         h.send(status, body, headers)
 

@@ -9,13 +9,13 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from oracle import load_tensors
 from safetensors.torch import save_file
+from tiny_models import build_tiny
 from transformers import AutoModelForCausalLM
 
 from hubprune import build as build_module
 from hubprune.cli import main
-from oracle import load_tensors
-from tiny_models import build_tiny
 
 
 def invoke(*args):
@@ -73,7 +73,9 @@ def test_a_stopped_build_leaves_no_member_and_resumes(tiny_dir, tmp_path, monkey
     real_pass = build_module.prune_pass
 
     def interrupted(*args, **kwargs):
-        kwargs["on_progress"] = lambda done, total: (_ for _ in ()).throw(KeyboardInterrupt) if done > total / 2 else None
+        kwargs["on_progress"] = lambda done, total: (
+            (_ for _ in ()).throw(KeyboardInterrupt) if done > total / 2 else None
+        )
         return real_pass(*args, **kwargs)
 
     monkeypatch.setattr(build_module, "prune_pass", interrupted)
@@ -93,8 +95,11 @@ def test_a_stopped_build_leaves_no_member_and_resumes(tiny_dir, tmp_path, monkey
 def test_existing_family_with_other_settings_is_refused(tiny_dir, tmp_path):
     source, family = tiny_dir("llama"), tmp_path / "fam"
     assert invoke("build-family", source, "-o", family, "--sizes", "48").exit_code == 0
-    assert_clean_error(invoke("build-family", source, "-o", family, "--sizes", "48", "--criterion", "l2"),
-                       "criterion maw", "choose a new folder")
+    assert_clean_error(
+        invoke("build-family", source, "-o", family, "--sizes", "48", "--criterion", "l2"),
+        "criterion maw",
+        "choose a new folder",
+    )
 
 
 def test_non_empty_foreign_folder_needs_force(tiny_dir, tmp_path):
@@ -160,15 +165,18 @@ def _uneven_layers(folder, tiny_dir):
     return folder
 
 
-@pytest.mark.parametrize("make, fragments", [
-    (lambda f, t: _gpt2(f), ["'gpt2' is not supported", "llama"]),
-    (_truncated, ["truncated", "re-download"]),
-    (_corrupt_header, ["corrupt", "re-download"]),
-    (_missing_shard, ["missing", "model-00002"]),
-    (_no_config, ["no config.json"]),
-    (_pickled, ["pickled", "convert them to safetensors"]),
-    (_uneven_layers, ["per-layer widths differ", "layer 1 has MLP width 40"]),
-])
+@pytest.mark.parametrize(
+    "make, fragments",
+    [
+        (lambda f, t: _gpt2(f), ["'gpt2' is not supported", "llama"]),
+        (_truncated, ["truncated", "re-download"]),
+        (_corrupt_header, ["corrupt", "re-download"]),
+        (_missing_shard, ["missing", "model-00002"]),
+        (_no_config, ["no config.json"]),
+        (_pickled, ["pickled", "convert them to safetensors"]),
+        (_uneven_layers, ["per-layer widths differ", "layer 1 has MLP width 40"]),
+    ],
+)
 def test_bad_sources_give_one_line_and_write_nothing(tmp_path, tiny_dir, make, fragments):
     source = make(tmp_path / "src", tiny_dir)
     out = tmp_path / "fam"
@@ -178,17 +186,20 @@ def test_bad_sources_give_one_line_and_write_nothing(tmp_path, tiny_dir, make, f
     assert not (tmp_path / "one").exists()
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--ratios", "2"], ["ratio 2 gives intermediate size 64", "below the current width"]),
-    (["--ratios", "3"], ["below the current width"]),
-    (["--ratios", "0"], ["must be positive"]),
-    (["--ratios", "-1.5"], ["must be positive"]),
-    (["--sizes", "0"], ["at least 1"]),
-    (["--ratios", "1.5,big"], ["'big' is not a number"]),
-    (["--ratios", "1.5", "--criterion", "magnitude"], ["unknown criterion 'magnitude'", "maw"]),
-    (["--ratios", "1.5", "--pcts", "10"], ["exactly one of"]),
-    ([], ["exactly one of"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--ratios", "2"], ["ratio 2 gives intermediate size 64", "below the current width"]),
+        (["--ratios", "3"], ["below the current width"]),
+        (["--ratios", "0"], ["must be positive"]),
+        (["--ratios", "-1.5"], ["must be positive"]),
+        (["--sizes", "0"], ["at least 1"]),
+        (["--ratios", "1.5,big"], ["'big' is not a number"]),
+        (["--ratios", "1.5", "--criterion", "magnitude"], ["unknown criterion 'magnitude'", "maw"]),
+        (["--ratios", "1.5", "--pcts", "10"], ["exactly one of"]),
+        ([], ["exactly one of"]),
+    ],
+)
 def test_bad_targets_give_one_line_and_write_nothing(tmp_path, tiny_dir, args, fragments):
     out = tmp_path / "fam"
     assert_clean_error(invoke("build-family", tiny_dir("llama"), "-o", out, *args), *fragments)
@@ -204,22 +215,45 @@ def test_prune_refuses_an_existing_output(tmp_path, tiny_dir):
 
 def test_unknown_source_is_refused(tmp_path):
     assert_clean_error(invoke("plan", tmp_path / "nope" / "deeper", "--ratios", "1.5"), "neither an existing folder")
-    assert_clean_error(invoke("plan", "someone/model", "--ratios", "1.5", ), "cannot reach the Hub")
+    assert_clean_error(
+        invoke(
+            "plan",
+            "someone/model",
+            "--ratios",
+            "1.5",
+        ),
+        "cannot reach the Hub",
+    )
 
 
 def test_local_source_with_revision_is_refused(tiny_dir):
-    assert_clean_error(invoke("plan", tiny_dir("llama"), "--ratios", "1.5", "--revision", "main"), "Hub repositories only")
+    assert_clean_error(
+        invoke("plan", tiny_dir("llama"), "--ratios", "1.5", "--revision", "main"), "Hub repositories only"
+    )
 
 
 def test_members_carry_tokenizer_and_licence_but_not_readme_or_pickles(tmp_path):
     source = build_tiny(tmp_path / "src", "llama")
-    for name, text in {"LICENSE": "licence", "USE_POLICY.md": "policy", "README.md": "base card",
-                       "pytorch_model.bin": "pickle", "model.gguf": "gguf"}.items():
+    for name, text in {
+        "LICENSE": "licence",
+        "USE_POLICY.md": "policy",
+        "README.md": "base card",
+        "pytorch_model.bin": "pickle",
+        "model.gguf": "gguf",
+    }.items():
         (source / name).write_text(text)
     (source / "original").mkdir()
     (source / "original" / "consolidated.00.pth").write_text("x")
     assert invoke("prune", source, "-o", tmp_path / "m", "--ratio", "1.5").exit_code == 0
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert names == ["LICENSE", "USE_POLICY.md", "config.json", "generation_config.json",
-                     "hubprune-kept-indices.json", "hubprune.json", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json"]
+    assert names == [
+        "LICENSE",
+        "USE_POLICY.md",
+        "config.json",
+        "generation_config.json",
+        "hubprune-kept-indices.json",
+        "hubprune.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]

@@ -10,11 +10,11 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from oracle import logits, oracle_logits
 
 from hubprune.cli import main
 from hubprune.errors import SourceError
 from hubprune.gguf_source import DEFAULT_INSTALL, base_name, embedded_default
-from oracle import logits, oracle_logits
 
 try:
     DEFAULT_GGUF = embedded_default()
@@ -30,7 +30,10 @@ def gguf_cache(tmp_path_factory):
 
 
 def test_base_name_drops_the_quantization_suffix():
-    assert base_name(DEFAULT_GGUF or __import__("pathlib").Path("SmolLM2-135M-Instruct.Q4_1.gguf")) == "SmolLM2-135M-Instruct"
+    assert (
+        base_name(DEFAULT_GGUF or __import__("pathlib").Path("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        == "SmolLM2-135M-Instruct"
+    )
     assert base_name(__import__("pathlib").Path("gemma-3-270m-q4_k_m.gguf")) == "gemma-3-270m"
 
 
@@ -74,6 +77,13 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
     assert provenance["source"]["origin"]["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     got, want = logits(member, ids), oracle_logits(converted, kept, ids)
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (got - want).abs().max()
-    assert sorted(os.listdir(member)) == ["chat_template.jinja", "config.json", "generation_config.json",
-                                          "hubprune-kept-indices.json", "hubprune.json", "model.safetensors",
-                                          "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(member)) == [
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "hubprune-kept-indices.json",
+        "hubprune.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]

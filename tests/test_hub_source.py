@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
-
 from hub_server import HubServer
+
 from hubprune.cli import main
 from hubprune.errors import SourceError
 from hubprune.source import open_source
@@ -30,8 +30,13 @@ def hub(monkeypatch, tmp_path):
 
     home = tmp_path / "hf-home"
     with HubServer() as server:
-        env = {"HF_ENDPOINT": server.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
-               "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
+        env = {
+            "HF_ENDPOINT": server.endpoint,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"),
+        }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -54,8 +59,10 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def llama_files(tiny_dir):
     """The files of two different tiny Llamas (different weights and initializer_range), as {path: bytes}."""
+
     def read(folder: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
     return read(tiny_dir("llama")), read(tiny_dir("llama", seed=1, initializer_range=0.05))
 
 
@@ -70,13 +77,23 @@ def test_downloads_only_the_member_files_at_the_resolved_commit(hub, llama_files
 
     assert checkpoint.revision == sha and checkpoint.source == "acme/tiny"
     assert checkpoint.folder.is_relative_to(tmp_path / "cache") and checkpoint.folder.name == sha
-    assert downloaded(checkpoint) == {"config.json", "generation_config.json", "model.safetensors",
-                                      "tokenizer.json", "tokenizer_config.json", "LICENSE"}
+    assert downloaded(checkpoint) == {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "LICENSE",
+    }
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (checkpoint.folder / name).read_bytes() == base[name]
     assert checkpoint.config == json.loads(base["config.json"])
-    assert set(checkpoint.copied_files) == {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                            "LICENSE"}
+    assert set(checkpoint.copied_files) == {
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "LICENSE",
+    }
     assert checkpoint.tensors["model.embed_tokens.weight"].shape == (96, 32)
 
     # Files were fetched at the pinned sha, and the excluded ones were never asked for, not even with HEAD.
@@ -95,8 +112,9 @@ def test_revision_pins_an_older_commit(hub, llama_files, tmp_path, revision):
     second = hub.add_commit("acme/tiny", new, message="second")
     assert first != second
 
-    checkpoint = open_source("acme/tiny", revision=first if revision == "first-sha" else revision,
-                             cache_dir=tmp_path / "cache")
+    checkpoint = open_source(
+        "acme/tiny", revision=first if revision == "first-sha" else revision, cache_dir=tmp_path / "cache"
+    )
     assert checkpoint.revision == first
     assert checkpoint.config["initializer_range"] == 0.02
     assert (checkpoint.folder / "model.safetensors").read_bytes() == old["model.safetensors"]
@@ -141,8 +159,9 @@ def test_build_family_from_the_hub_records_the_commit(hub, llama_files, tmp_path
     base, _ = llama_files
     sha = hub.add_commit("acme/tiny", {**base, **EXCLUDED})
     out = tmp_path / "family"
-    result = CliRunner().invoke(main, ["build-family", "acme/tiny", "-o", str(out), "--ratios", "1.5"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["build-family", "acme/tiny", "-o", str(out), "--ratios", "1.5"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
 
     family = json.loads((out / "family.json").read_text())

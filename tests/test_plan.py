@@ -22,7 +22,9 @@ def test_paper_ratios_give_the_same_widths():
 
 def test_ratio_is_exact_for_decimal_input():
     assert width_for(Target("ratio", "2.4"), **LLAMA_1B) == 4916  # ceil(4915.2), no float drift
-    assert width_for(Target("ratio", "0.29"), hidden_size=100, intermediate_size=400) == 29  # 0.29*100 in float is 28.999...
+    assert (
+        width_for(Target("ratio", "0.29"), hidden_size=100, intermediate_size=400) == 29
+    )  # 0.29*100 in float is 28.999...
 
 
 def test_percentage_uses_exact_floor():
@@ -35,16 +37,19 @@ def test_multiple_of_rounds_to_nearest_with_halves_up():
     assert width_for(Target("size", "95"), **LLAMA_1B, multiple_of=64) == 64
 
 
-@pytest.mark.parametrize("target, fragment", [
-    (Target("ratio", "4.0"), "below the current width"),
-    (Target("ratio", "5"), "below the current width"),
-    (Target("ratio", "0"), "must be positive"),
-    (Target("ratio", "-1"), "must be positive"),
-    (Target("size", "8192"), "below the current width"),
-    (Target("size", "0"), "at least 1"),
-    (Target("pct", "0"), "between 0 and 100"),
-    (Target("pct", "100"), "between 0 and 100"),
-])
+@pytest.mark.parametrize(
+    "target, fragment",
+    [
+        (Target("ratio", "4.0"), "below the current width"),
+        (Target("ratio", "5"), "below the current width"),
+        (Target("ratio", "0"), "must be positive"),
+        (Target("ratio", "-1"), "must be positive"),
+        (Target("size", "8192"), "below the current width"),
+        (Target("size", "0"), "at least 1"),
+        (Target("pct", "0"), "between 0 and 100"),
+        (Target("pct", "100"), "between 0 and 100"),
+    ],
+)
 def test_widths_outside_one_to_n_are_refused(target, fragment):
     with pytest.raises(TargetError, match=fragment):
         width_for(target, **LLAMA_1B)
@@ -55,8 +60,10 @@ def test_rounding_to_zero_is_refused():
         width_for(Target("size", "20"), **LLAMA_1B, multiple_of=64)
 
 
-@pytest.mark.parametrize("text, fragment", [("2.4,abc", "not a number"), ("", "not a number"),
-                                            ("2.4,2.4", "given twice"), ("nan", "not a finite number")])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [("2.4,abc", "not a number"), ("", "not a number"), ("2.4,2.4", "given twice"), ("nan", "not a finite number")],
+)
 def test_bad_target_lists_are_refused(text, fragment):
     with pytest.raises(TargetError, match=fragment):
         parse_targets("ratio", text)
@@ -67,9 +74,16 @@ def test_sizes_must_be_whole():
         parse_targets("size", "100.5")
 
 
-SHAPE = ModelShape(hidden_size=2048, intermediate_size=8192, num_layers=16, params_total=1_235_814_400,
-                   params_mlp=805_306_368, weight_bytes=2_471_628_800, params_per_neuron=16 * 3 * 2048,
-                   bytes_per_neuron=16 * 3 * 2048 * 2)
+SHAPE = ModelShape(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_layers=16,
+    params_total=1_235_814_400,
+    params_mlp=805_306_368,
+    weight_bytes=2_471_628_800,
+    params_per_neuron=16 * 3 * 2048,
+    bytes_per_neuron=16 * 3 * 2048 * 2,
+)
 
 
 def test_family_plan_matches_the_paper_parameter_counts():

@@ -9,13 +9,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from oracle import load_tensors, logits, oracle_logits, scores_float64, top_k_tie_lower_index
+from tiny_models import FAMILIES, LAYERS, VOCAB, WIDTH
 from transformers import AutoConfig
 
 from hubprune.build import PruneSettings, build_family
 from hubprune.plan import Target
 from hubprune.source import open_source
-from oracle import load_tensors, logits, oracle_logits, scores_float64, top_k_tie_lower_index
-from tiny_models import FAMILIES, HIDDEN, LAYERS, VOCAB, WIDTH
 
 TARGETS = [Target("ratio", "1.5"), Target("pct", "40"), Target("size", "17")]
 EXPECTED_WIDTHS = {"1.5": 48, "40": 39, "17": 17}  # ceil(1.5*32); 64 - floor(0.4*64); as given
@@ -45,7 +45,9 @@ def _check_member(source, member_dir, criterion, source_tensors):
     # config says k, and nothing else changed
     config = json.loads((member_dir / "config.json").read_text())
     original = json.loads((source / "config.json").read_text())
-    text, original_text = (config["text_config"], original["text_config"]) if "text_config" in config else (config, original)
+    text, original_text = (
+        (config["text_config"], original["text_config"]) if "text_config" in config else (config, original)
+    )
     assert text["intermediate_size"] == width
     text["intermediate_size"] = original_text["intermediate_size"]
     assert config == original
@@ -129,7 +131,9 @@ def test_bf16_sharded_source_with_many_ties_follows_the_tie_rule(tmp_path, tiny_
     tied_source = tmp_path / "tied"
     tied_source.mkdir()
     for shard in set(index.values()):
-        save_file({n: tensors[n] for n, s in index.items() if s == shard}, tied_source / shard, metadata={"format": "pt"})
+        save_file(
+            {n: tensors[n] for n, s in index.items() if s == shard}, tied_source / shard, metadata={"format": "pt"}
+        )
     for extra in ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"):
         (tied_source / extra).write_bytes((source / extra).read_bytes())
 
@@ -155,8 +159,10 @@ def test_random_criterion_is_seeded_and_nested(tmp_path, tiny_dir):
     def kept(seed, folder):
         family = build_family(source, tmp_path / folder, targets, PruneSettings(criterion="random", seed=seed))
         assert family.seed == seed
-        return [json.loads((tmp_path / folder / m.path / "hubprune-kept-indices.json").read_text())["layers"]
-                for m in family.members]
+        return [
+            json.loads((tmp_path / folder / m.path / "hubprune-kept-indices.json").read_text())["layers"]
+            for m in family.members
+        ]
 
     first, again, other = kept(7, "a"), kept(7, "b"), kept(8, "c")
     assert first == again

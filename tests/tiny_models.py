@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, PreTrainedTokenizerFast
 
 HIDDEN, WIDTH, LAYERS, VOCAB = 32, 64, 2, 96
 _COMMON = dict(
@@ -28,8 +28,14 @@ def tiny_config(model_type: str, **overrides):
     if model_type in ("qwen3", "gemma2", "gemma3_text", "gemma3"):
         kw.setdefault("head_dim", 8)
     if model_type == "gemma3":
-        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      image_size=28, patch_size=14)
+        vision = dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
         return Gemma3Config(text_config=kw, vision_config=vision, mm_tokens_per_image=4)
     return AutoConfig.for_model(model_type, **kw)
 
@@ -43,8 +49,15 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny(folder: Path, model_type: str, *, dtype: torch.dtype = torch.float32, seed: int = 0,
-               max_shard_size: str | None = None, **overrides) -> Path:
+def build_tiny(
+    folder: Path,
+    model_type: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+    **overrides,
+) -> Path:
     """Save a randomly initialised tiny model (weights scaled up so pruning visibly changes logits)."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
