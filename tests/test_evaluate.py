@@ -1,0 +1,219 @@
+"""Benchmarks through lm-eval on tiny models with local tasks of all three request types, no network."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hubprune import evaluate as evaluate_module
+from hubprune.build import PruneSettings, build_family
+from hubprune.errors import EvaluationError
+from hubprune.evaluate import EvalSettings, correlations, evaluate, load_suite, vllm_model_args
+from hubprune.plan import Target
+from hubprune.source import open_source
+
+TASKS = {
+    "tiny_ppl": ("loglikelihood_rolling", [{"text": "w4 w5 w6 w7 w8 w9 w10 w11 w12"}, {"text": "w20 w21 w22 w23"}]),
+    "tiny_mc": (
+        "multiple_choice",
+        [
+            {"q": "w4 w5", "choices": ["w6", "w7", "w8"], "label": 0},
+            {"q": "w9 w10", "choices": ["w11", "w12"], "label": 1},
+            {"q": "w13", "choices": ["w14", "w15"], "label": 0},
+            {"q": "w30 w31", "choices": ["w32", "w33"], "label": 1},
+        ],
+    ),
+    "tiny_gen": ("generate_until", [{"q": "w4 w5", "a": "w6"}, {"q": "w7 w8", "a": "w9"}]),
+}
+BODY = {
+    "loglikelihood_rolling": 'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n',
+    "multiple_choice": (
+        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    ),
+    "generate_until": (
+        'doc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 3\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tasks")
+    for name, (kind, docs) in TASKS.items():
+        data = folder / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+        (folder / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"test_split: test\nfewshot_split: test\noutput_type: {kind}\n{BODY[kind]}metadata:\n  version: 1.0\n"
+        )
+    return folder
+
+
+def suite_file(tmp_path: Path, *entries: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: tiny\ntasks:\n" + "".join(f"  - {e}\n" for e in entries))
+    return path
+
+
+ALL_THREE = (
+    '{task: tiny_ppl, num_fewshot: 0, metric: "word_perplexity,none"}',
+    '{task: tiny_mc, num_fewshot: 1, metric: "acc,none"}',
+    '{task: tiny_gen, num_fewshot: 0, metric: "exact_match,none"}',
+)
+
+
+def direct_lm_eval(model_dir: Path, task: str, shots: int, task_dir: Path) -> dict:
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=1)
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    return simple_evaluate(model=lm, tasks=[task], num_fewshot=shots, task_manager=manager)["results"][task]
+
+
+def test_builtin_suites_carry_the_papers_settings():
+    paper = load_suite("paper")
+    assert len(paper.tasks) == 13
+    shots = {t.task: t.num_fewshot for t in paper.tasks}
+    assert shots["mmlu"] == 5 and shots["gsm8k"] == 5 and shots["hellaswag"] == 0
+    assert {t.task: t.metric for t in paper.tasks}["gsm8k"] == "exact_match,flexible-extract"
+    assert [t.task for t in load_suite("offline").tasks] == ["hubprune_jargon_ppl", "hubprune_jargon_lastword"]
+
+
+def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):
+    model = tiny_dir("llama")
+    settings = EvalSettings(suite=str(suite_file(tmp_path, *ALL_THREE)), include_paths=(task_dir,), batch_size="1")
+    evaluate(model, settings)
+    stored = json.loads((model / "results" / "eval.json").read_text())
+    assert stored["dtype"] == "float32" and stored["device"] == "cpu"
+    for task, metric, shots in (
+        ("tiny_ppl", "word_perplexity,none", 0),
+        ("tiny_mc", "acc,none", 1),
+        ("tiny_gen", "exact_match,none", 0),
+    ):
+        result = stored["tasks"][task]
+        assert result["metric"] == metric and result["num_fewshot"] == shots
+        assert result["value"] == direct_lm_eval(model, task, shots, task_dir)[metric]
+        assert result["n_samples"]["effective"] == len(TASKS[task][1])
+        raw = json.loads((model / "results" / "lm_eval" / f"{task}.json").read_text())
+        assert raw["n-shot"][task] == shots
+    assert stored["tasks"]["tiny_ppl"]["value"] > 1.0  # a real perplexity, not a placeholder
+    assert stored["tasks"]["tiny_mc"]["stderr"] > 0
+
+
+def test_finished_tasks_are_not_run_again_unless_settings_change(tmp_path, tiny_dir, task_dir, monkeypatch):
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(tiny_dir("llama"), model)
+    suite = str(suite_file(tmp_path, ALL_THREE[1]))
+    evaluate(model, EvalSettings(suite=suite, include_paths=(task_dir,)))
+    first = json.loads((model / "results" / "eval.json").read_text())["tasks"]["tiny_mc"]
+
+    calls = []
+    real = evaluate_module._run_lm_eval
+    monkeypatch.setattr(evaluate_module, "_run_lm_eval", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    evaluate(model, EvalSettings(suite=suite, include_paths=(task_dir,)))
+    assert calls == []
+    evaluate(model, EvalSettings(suite=suite, include_paths=(task_dir,), limit=2))
+    assert [[t.task for t in group] for group in calls] == [["tiny_mc"]]
+    second = json.loads((model / "results" / "eval.json").read_text())["tasks"]["tiny_mc"]
+    assert second["limit"] == 2 and second["n_samples"]["effective"] == 2
+    assert second["settings_key"] != first["settings_key"]
+
+
+def test_family_gets_base_and_members_with_stage_status_and_correlations(tmp_path, tiny_dir, task_dir):
+    family_dir = tmp_path / "fam"
+    targets = [Target("size", "48"), Target("size", "32")]
+    build_family(open_source(str(tiny_dir("llama"))), family_dir, targets, PruneSettings())
+    suite = str(suite_file(tmp_path, ALL_THREE[0], ALL_THREE[1]))
+    outcome = evaluate(family_dir, EvalSettings(suite=suite, include_paths=(task_dir,)))
+    assert sorted(outcome) == sorted(["base", "src-llama0-er1.5", "src-llama0-er1"])
+    assert (family_dir / "base-results" / "eval.json").exists()
+    manifest = json.loads((family_dir / "family.json").read_text())
+    assert [m["stages"]["eval"]["status"] for m in manifest["members"]] == ["done", "done"]
+    assert manifest["analysis"]["base_eval"]["status"] == "done"
+    (pair,) = manifest["analysis"]["correlations"]
+    assert pair["n"] == 3 and {pair["x"], pair["y"]} == {"tiny_ppl:word_perplexity,none", "tiny_mc:acc,none"}
+
+
+def test_correlation_matches_a_hand_computed_case():
+    table = {"a": {"x": 1.0, "y": 2.0}, "b": {"x": 2.0, "y": 4.5}, "c": {"x": 3.0, "y": 5.0}, "d": {"x": 4.0}}
+    (pair,) = correlations(table)
+    xs, ys = [1.0, 2.0, 3.0], [2.0, 4.5, 5.0]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    r = sxy / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+    t = r * math.sqrt(1 / (1 - r * r))  # n - 2 = 1 degree of freedom: Student t with 1 df is Cauchy
+    p = 1 - 2 * math.atan(abs(t)) / math.pi
+    assert pair["n"] == 3
+    assert pair["r"] == pytest.approx(r, rel=1e-12)
+    assert pair["p"] == pytest.approx(p, rel=1e-9)
+
+
+def test_a_single_model_gets_no_correlations():
+    assert correlations({"only": {"x": 1.0, "y": 2.0}}) == []
+
+
+def test_vllm_arguments():
+    settings = EvalSettings(backend="vllm", tensor_parallel_size=2, data_parallel_size=4, batch_size="16")
+    assert vllm_model_args(Path("/m/member"), settings, "bfloat16") == (
+        "pretrained=/m/member,dtype=bfloat16,tensor_parallel_size=2,data_parallel_size=4,"
+        "gpu_memory_utilization=0.9,batch_size=16"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--tasks", "tiny_mcq"], "unknown lm-eval task 'tiny_mcq': did you mean tiny_mc"),
+        (["--suite", "nonsense"], "unknown suite 'nonsense'"),
+        (["--limit", "0"], "--limit 0"),
+        (["--batch-size", "zero"], "--batch-size 'zero'"),
+        (["--device", "cuda"], "no CUDA GPU"),
+    ],
+)
+def test_bad_eval_input_gives_one_line(tiny_dir, task_dir, tmp_path, args, fragment):
+    from hubprune.cli import main
+
+    model = tiny_dir("llama")
+    suite = str(suite_file(tmp_path, ALL_THREE[1]))
+    base = ["eval", str(model), "--include-path", str(task_dir)]
+    if "--suite" not in args:
+        base += ["--suite", suite]
+    result = CliRunner().invoke(main, base + args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and fragment in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_suite_file_field_is_named(tmp_path):
+    bad = suite_file(tmp_path, "{task: tiny_mc, fewshot: 2}")
+    with pytest.raises(EvaluationError, match="unknown field.*fewshot"):
+        load_suite(str(bad))
+
+
+def test_path_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(EvaluationError, match="neither a hubprune family"):
+        evaluate(tmp_path, EvalSettings(suite="offline"))
+
+
+def test_network_task_offline_gives_a_clear_error(tiny_dir, tmp_path, monkeypatch):
+    """arc_easy's data comes from the Hub: offline, the run stops with a message, not a hang or traceback."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    suite = suite_file(tmp_path, '{task: arc_easy, num_fewshot: 0, metric: "acc,none", limit: 2}')
+    with pytest.raises(EvaluationError, match="download their datasets from the Hub"):
+        evaluate(tiny_dir("llama"), EvalSettings(suite=str(suite)))
