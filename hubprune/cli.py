@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -15,7 +18,7 @@ import click
 from . import __version__
 from .build import PruneSettings, build_family, make_plan, prune_one
 from .errors import HubpruneError, TargetError
-from .evaluate import EvalSettings, check_settings, evaluate
+from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate
 from .importance import CRITERIA
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .source import open_source
@@ -91,9 +94,13 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
+def _plan_table(
+    plan: FamilyPlan, paths: dict[str, str] | None = None, scores: tuple[str, dict[str, str]] | None = None
+) -> str:
     shape = plan.shape
     header = ["member", "target", "ratio", "width", "params", "MLP params", "size", "params vs base"]
+    if scores:
+        header.append(scores[0])
     if paths:
         header.append("path")
     rows = [header]
@@ -107,6 +114,8 @@ def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
         _human_bytes(shape.weight_bytes),
         "-",
     ]
+    if scores:
+        base.append(scores[1].get("base", "not measured"))
     rows.append(base + ([""] if paths else []))
     for m in plan.members:
         change = (m.params_total - shape.params_total) / shape.params_total * 100
@@ -120,6 +129,8 @@ def _plan_table(plan: FamilyPlan, paths: dict[str, str] | None = None) -> str:
             _human_bytes(m.weight_bytes),
             f"{change:+.1f}%",
         ]
+        if scores:
+            row.append(scores[1].get(m.name, "not measured"))
         if paths:
             row.append(paths[m.name])
         rows.append(row)
@@ -230,12 +241,32 @@ def _stage_message(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _results_table(outcome: dict[str, Any]) -> str:
-    tasks = sorted({task for record in outcome.values() for task in record["tasks"]})
+def _evaluate_quietly(path: Path, settings: EvalSettings) -> EvalOutcome:
+    """evaluate(), with what lm-eval print()s sent to stderr so that stdout holds only hubprune's tables."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return evaluate(path, settings, on_progress=_stage_message)
+
+
+def _results_table(outcome: EvalOutcome) -> str:
+    tasks = [t.task for t in outcome.tasks]
     rows = [["model", *tasks]]
-    for label, record in outcome.items():
+    for label, record in outcome.results.items():
         rows.append([label, *(_format_value(record["tasks"].get(task)) for task in tasks)])
     return _table(rows)
+
+
+def _headline_scores(outcome: EvalOutcome) -> tuple[str, dict[str, str]]:
+    """The suite's first task, per model, with its change against the base where the base was measured."""
+    task = outcome.tasks[0].task
+    base = outcome.results.get("base", {}).get("tasks", {}).get(task)
+    scores = {}
+    for label, record in outcome.results.items():
+        result = record["tasks"].get(task)
+        text = _format_value(result)
+        if result and base and label != "base" and base["value"]:
+            text += f" ({(result['value'] - base['value']) / abs(base['value']) * 100:+.1f}%)"
+        scores[label] = text
+    return f"{task} ({outcome.tasks[0].metric.split(',')[0]})", scores
 
 
 def _format_value(result: dict[str, Any] | None) -> str:
@@ -246,11 +277,23 @@ def _format_value(result: dict[str, Any] | None) -> str:
     return f"{value:.4g}{stderr}"
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for hubprune's own progress: lm-eval and transformers log every task default they
+    apply and draw a bar for every weight load. Warnings and errors still show."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 @click.group()
 @click.version_option(__version__, prog_name="hubprune")
 def main() -> None:
     """Build a family of width-pruned GLU checkpoints that load with plain from_pretrained."""
     _return_large_buffers_to_the_system()
+    _quiet_libraries()
 
 
 @main.command()
@@ -361,12 +404,14 @@ def build_family_command(
         build_family(checkpoint, output, targets, settings, force=force, on_progress=update)
     finally:
         close()
+    scores = None
+    if not skip_eval:
+        outcome = _evaluate_quietly(output, eval_settings)
+        click.echo(_results_table(outcome))
+        scores = _headline_scores(outcome)
     _, family_plan = make_plan(checkpoint, targets, multiple_of)
     paths = {m.name: str(output / m.name) for m in family_plan.members}
-    click.echo(_plan_table(family_plan, paths))
-    if not skip_eval:
-        outcome = evaluate(output, eval_settings, on_progress=_stage_message)
-        click.echo(_results_table(outcome))
+    click.echo(_plan_table(family_plan, paths, scores))
     click.echo(f"manifest: {output / 'family.json'}")
 
 
@@ -376,5 +421,5 @@ def build_family_command(
 @_handle_errors
 def eval_command(path: Path, **eval_options: Any) -> None:
     """Run lm-eval benchmarks on a family (its base and every member) or on one checkpoint folder."""
-    outcome = evaluate(path, _eval_settings(eval_options), on_progress=_stage_message)
+    outcome = _evaluate_quietly(path, _eval_settings(eval_options))
     click.echo(_results_table(outcome))

@@ -136,7 +136,8 @@ def test_family_gets_base_and_members_with_stage_status_and_correlations(tmp_pat
     build_family(open_source(str(tiny_dir("llama"))), family_dir, targets, PruneSettings())
     suite = str(suite_file(tmp_path, ALL_THREE[0], ALL_THREE[1]))
     outcome = evaluate(family_dir, EvalSettings(suite=suite, include_paths=(task_dir,)))
-    assert sorted(outcome) == sorted(["base", "src-llama0-er1.5", "src-llama0-er1"])
+    assert list(outcome.results) == ["base", "src-llama0-er1.5", "src-llama0-er1"]
+    assert [t.task for t in outcome.tasks] == ["tiny_ppl", "tiny_mc"]
     assert (family_dir / "base-results" / "eval.json").exists()
     manifest = json.loads((family_dir / "family.json").read_text())
     assert [m["stages"]["eval"]["status"] for m in manifest["members"]] == ["done", "done"]
@@ -217,3 +218,42 @@ def test_network_task_offline_gives_a_clear_error(tiny_dir, tmp_path, monkeypatc
     suite = suite_file(tmp_path, '{task: arc_easy, num_fewshot: 0, metric: "acc,none", limit: 2}')
     with pytest.raises(EvaluationError, match="download their datasets from the Hub"):
         evaluate(tiny_dir("llama"), EvalSettings(suite=str(suite)))
+
+
+def test_build_family_runs_the_eval_stage_and_prints_the_headline(tmp_path, tiny_dir, task_dir):
+    from hubprune.cli import main
+
+    suite = str(suite_file(tmp_path, ALL_THREE[0], ALL_THREE[1]))
+    family = tmp_path / "fam"
+    result = CliRunner().invoke(
+        main,
+        [
+            "build-family",
+            str(tiny_dir("llama")),
+            "-o",
+            str(family),
+            "--sizes",
+            "48",
+            "--suite",
+            suite,
+            "--include-path",
+            str(task_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    base = json.loads((family / "base-results" / "eval.json").read_text())["tasks"]["tiny_ppl"]["value"]
+    member = json.loads((family / "src-llama0-er1.5" / "results" / "eval.json").read_text())
+    value = member["tasks"]["tiny_ppl"]["value"]
+    assert "tiny_ppl (word_perplexity)" in result.output
+    assert f"{value:.4g} ({(value - base) / base * 100:+.1f}%)" in result.output
+
+
+def test_bad_eval_option_stops_build_family_before_anything_is_written(tmp_path, tiny_dir):
+    from hubprune.cli import main
+
+    family = tmp_path / "fam"
+    result = CliRunner().invoke(
+        main, ["build-family", str(tiny_dir("llama")), "-o", str(family), "--sizes", "48", "--limit", "0"]
+    )
+    assert result.exit_code == 1 and "--limit 0" in result.output
+    assert not family.exists()
