@@ -43,7 +43,8 @@ def family_perplexities(work: Path, name: str, settings: PruneSettings, pcts: st
     outcome = evaluate(folder, EvalSettings(suite=str(suite)))
     by_pct = {m.name: m.target["value"] for m in family.members}
     return {
-        by_pct.get(label, label): record["tasks"]["hubprune_jargon_ppl"]["value"] for label, record in outcome.results.items()
+        by_pct.get(label, label): record["tasks"]["hubprune_jargon_ppl"]["value"]
+        for label, record in outcome.results.items()
     }
 
 

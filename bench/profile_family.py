@@ -7,7 +7,7 @@ times. It prints, from the first repeat, TTFT, decode throughput, end-to-end lat
 model with its ratio to the base measured in the same run, then the coefficient of variation (sample standard
 deviation / mean) of each median across the repeats; the target is below 5 %.
 
-    python bench/profile_family.py                        # the full bench (about 10 minutes on 2 cores)
+    python bench/profile_family.py                        # the full bench (about 20 minutes on 2 cores)
     python bench/profile_family.py --pcts 50 --prompt-tokens 32 --new-tokens 8 --min-seconds 1   # a quick check
 
 The family is written to --family (kept, and reused by later runs) or to a temporary folder.
@@ -50,8 +50,8 @@ def _table(runs: list[dict[str, list[Headline]]]) -> tuple[str, float]:
     base = {h.batch_size: h for h in first[base_name]}
     lines = [
         "| model | batch | TTFT ms | decode tok/s | e2e s | peak RSS MB | TTFT vs base | decode vs base | peak vs base "
-        "| J/token | CV TTFT | CV decode | CV e2e |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| J/token | other CPUs | CV TTFT | CV decode | CV e2e |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     worst = 0.0
     for name, rows in first.items():
@@ -66,6 +66,7 @@ def _table(runs: list[dict[str, list[Headline]]]) -> tuple[str, float]:
                 f"{row.e2e_s:.2f} | {(row.peak_memory_bytes or 0) / 1e6:.0f} | {row.ttft_s / ref.ttft_s:.3f} | "
                 f"{row.decode_tokens_per_s / ref.decode_tokens_per_s:.3f} | "
                 f"{(row.peak_memory_bytes or 0) / (ref.peak_memory_bytes or 1):.3f} | {energy} | "
+                f"{max(_row(run, name, row.batch_size).other_cpu_load or 0 for run in runs):.2f} | "
                 + " | ".join(f"{cv * 100:.1f}%" for cv in cvs)
                 + " |"
             )

@@ -21,6 +21,8 @@ from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate
 from .importance import CRITERIA
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
+from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
+from .profile import check_settings as check_profile_settings
 from .source import open_source
 from .writer import DEFAULT_MAX_SHARD_BYTES
 
@@ -237,6 +239,63 @@ def _eval_settings(options: dict[str, Any]) -> EvalSettings:
     )
 
 
+def _profile_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to profile."),
+            click.option("--prompt-tokens", default=256, show_default=True, help="Prompt length (tokens)."),
+            click.option("--new-tokens", default=64, show_default=True, help="Generated tokens per sequence."),
+            click.option("--min-seconds", default=10.0, show_default=True, help="Least timed seconds per batch size."),
+            click.option(
+                "--energy", default="auto", show_default=True, help="auto, nvml, rapl, codecarbon (an estimate) or off."
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _profile_settings(options: dict[str, Any]) -> ProfileSettings:
+    return ProfileSettings(
+        device=options["device"],
+        dtype=options["dtype"],
+        batch_sizes=parse_batch_sizes(options["batch_sizes"]),
+        prompt_tokens=options["prompt_tokens"],
+        new_tokens=options["new_tokens"],
+        min_seconds=options["min_seconds"],
+        energy=options["energy"],
+    )
+
+
+def _profile_event(event: ProfileEvent) -> None:
+    if event.status in ("start", "reused", "skipped", "failed"):
+        verb = {"start": "measuring", "reused": "kept (same settings)", "skipped": "skipped", "failed": "failed"}
+        click.echo(f"[profile] {event.index + 1}/{event.total} {event.name}: {verb[event.status]}", err=True)
+
+
+def _profile_table(profiles: tuple[ModelProfile, ...]) -> str:
+    rows = [["model", "batch", "TTFT", "decode tok/s", "end-to-end", "peak memory", "J/token"]]
+    for item in profiles:
+        if item.document is None or item.status == "skipped":
+            rows.append([item.name, "-", f"not measured: {item.reason}", "", "", "", ""])
+            continue
+        for line in headline(item.document):
+            memory = _human_bytes(line.peak_memory_bytes) if line.peak_memory_bytes else "not measured"
+            energy = f"{line.joules_per_token:.3g}" if line.joules_per_token is not None else "not measured"
+            rows.append(
+                [
+                    item.name,
+                    str(line.batch_size),
+                    f"{line.ttft_s * 1000:.0f} ms",
+                    f"{line.decode_tokens_per_s:.1f}",
+                    f"{line.e2e_s:.2f} s",
+                    memory,
+                    energy,
+                ]
+            )
+    return _table(rows)
+
+
 def _stage_message(message: str) -> None:
     click.echo(message, err=True)
 
@@ -373,7 +432,9 @@ def prune(
 @revision_option
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
 @click.option("--skip-eval", is_flag=True, help="Do not run the benchmarks stage.")
+@click.option("--skip-profile", is_flag=True, help="Do not run the efficiency profiling stage.")
 @_eval_options
+@_profile_options
 @_handle_errors
 def build_family_command(
     source: str | None,
@@ -389,14 +450,18 @@ def build_family_command(
     revision: str | None,
     force: bool,
     skip_eval: bool,
-    **eval_options: Any,
+    skip_profile: bool,
+    **stage_options: Any,
 ) -> None:
     """Prune at every width in one streaming pass and write the family with its manifest (family.json), then
     run the benchmarks on the base and every member."""
     targets = _family_targets(ratios, pcts, sizes, preset)
-    eval_settings = _eval_settings(eval_options)
-    if not skip_eval:
-        check_settings(eval_settings)  # refuse bad evaluation options before anything is written
+    eval_settings = _eval_settings(stage_options)
+    profile_settings = _profile_settings(stage_options)
+    if not skip_eval:  # refuse bad stage options before anything is written
+        check_settings(eval_settings)
+    if not skip_profile:
+        check_profile_settings(profile_settings)
     checkpoint = open_source(source, revision=revision)
     settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
     update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
@@ -409,10 +474,26 @@ def build_family_command(
         outcome = _evaluate_quietly(output, eval_settings)
         click.echo(_results_table(outcome))
         scores = _headline_scores(outcome)
+    if not skip_profile:
+        click.echo(_profile_table(profile_path(output, profile_settings, on_progress=_profile_event)))
     _, family_plan = make_plan(checkpoint, targets, multiple_of)
     paths = {m.name: str(output / m.name) for m in family_plan.members}
     click.echo(_plan_table(family_plan, paths, scores))
     click.echo(f"manifest: {output / 'family.json'}")
+
+
+@main.command("profile")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--dtype", default="auto", show_default=True, help="auto (as stored), float32 or bfloat16.")
+@_profile_options
+@click.option("--force", is_flag=True, help="Measure again even where profile.json has these settings.")
+@_handle_errors
+def profile_command(path: Path, force: bool, **options: Any) -> None:
+    """Measure latency, throughput, memory and energy of a family (base and every member) or one checkpoint,
+    each model in a fresh process."""
+    profiles = profile_path(path, _profile_settings(options), force=force, on_progress=_profile_event)
+    click.echo(_profile_table(profiles))
 
 
 @main.command("eval")

@@ -20,17 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import HubpruneError
+from .errors import EnergyError
 
 ENERGY_CHOICES = ("auto", "nvml", "rapl", "codecarbon", "off")
 RAPL_ROOT = Path("/sys/class/powercap")
 JOULES_PER_KWH = 3.6e6
 NVML_INSTALL = "pip install nvidia-ml-py"
 CODECARBON_INSTALL = "pip install codecarbon"
-
-
-class EnergyError(HubpruneError, ValueError):
-    """An energy source was asked for explicitly and cannot measure on this machine."""
 
 
 class EnergyCounter(Protocol):

@@ -36,3 +36,15 @@ class SourceError(HubpruneError, ValueError):
 
 class EvaluationError(HubpruneError, ValueError):
     """A suite, task or evaluation setting is invalid, or a task cannot run here (e.g. its data needs the network)."""
+
+
+class ProfileSettingsError(HubpruneError, ValueError):
+    """A profiling setting is invalid or cannot be honoured on this machine (e.g. cuda without a GPU)."""
+
+
+class ProfileError(HubpruneError, RuntimeError):
+    """Profiling a model failed (its fresh process died, or the model cannot be profiled as asked)."""
+
+
+class EnergyError(HubpruneError, ValueError):
+    """An energy source was asked for explicitly and cannot measure on this machine."""

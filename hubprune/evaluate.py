@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from . import manifest
+from .base_model import BASE_RESULTS, locate_base
 from .errors import EvaluationError
 from .gguf_source import cache_root, is_embedded_default
 from .offline_tasks import task_folder
@@ -31,7 +32,6 @@ from .offline_tasks import task_folder
 BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "bfloat16", "float32")
 SUITE_FIELDS = {"task", "num_fewshot", "metric", "limit"}
-BASE_RESULTS = "base-results"  # a family's folder for its base model's results
 ProgressCallback = Callable[[str], None]
 
 
@@ -257,12 +257,9 @@ def models_to_evaluate(path: Path) -> tuple[list[ModelRef], str | None]:
     if (path / manifest.MANIFEST).exists():
         family = manifest.load(path)
         refs = []
-        skipped = None
-        base = Path(family.source.folder) if family.source.folder else None
-        if base is not None and (base / "config.json").exists():
+        base, skipped = locate_base(family)
+        if base is not None:
             refs.append(ModelRef("base", base, family.source.revision, path / BASE_RESULTS))
-        else:
-            skipped = f"the base model's folder ({family.source.folder}) is no longer on this machine"
         for member in family.members:
             if member.stages.get("prune", {}).get("status") == "done":
                 folder = path / member.path

@@ -40,28 +40,20 @@ from typing import Any
 import torch
 
 from . import __version__, manifest
+from .base_model import BASE_RESULTS, base_label, locate_base
 from .energy import EnergySource, check_energy, open_energy
-from .errors import HubpruneError
+from .errors import HubpruneError, ProfileError, ProfileSettingsError
 
 FORMAT = 1
 STAGE = "profile"
 RESULTS_DIR = "results"
 PROFILE_FILE = f"{RESULTS_DIR}/profile.json"  # inside a member (or checkpoint) folder
-BASE_RESULTS_DIR = "base-results"  # inside a family folder: base-results/profile.json
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 PROMPT_SEED = 0
 RSS_SAMPLE_SECONDS = 0.005
 REUSED = "profile.json already holds a completed run with these settings (force to measure again)"
-
-
-class ProfileSettingsError(HubpruneError, ValueError):
-    """A profiling setting is invalid, or asks for hardware this machine does not have."""
-
-
-class ProfileError(HubpruneError, RuntimeError):
-    """A model could not be profiled (it does not load, its context is too short, its process died)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +108,7 @@ class Headline:
     peak_memory_bytes: int | None
     joules_per_token: float | None
     energy_method: str
+    other_cpu_load: float | None  # CPUs kept busy by other work meanwhile: near 0 for trustworthy figures
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -257,7 +250,6 @@ def measure(folder: Path, settings: ProfileSettings, *, energy: EnergySource | N
     """
     settings = check_settings(settings)
     folder = Path(folder).resolve()
-    load_before = _load_average()
     energy = energy or open_energy(settings.energy, settings.device)
     params = _count_params(folder)
     model, dtype, load = _load(folder, settings)
@@ -292,15 +284,7 @@ def measure(folder: Path, settings: ProfileSettings, *, energy: EnergySource | N
         },
         "energy": energy.describe(),
         "batches": batches,
-        "environment": {
-            **_environment(settings.device, dtype),
-            "load_average": {
-                "before": load_before,
-                "after": _load_average(),
-                "how": "1-minute system load average (os.getloadavg) before loading and after the last run; "
-                "above cpus_usable, other work competed with this profile and its figures are pessimistic",
-            },
-        },
+        "environment": _environment(settings.device, dtype),
     }
 
 
@@ -431,11 +415,13 @@ def _profile_batch(
         for _ in range(settings.warmup_runs):
             _one_run(model, prompt, batch_size, settings.new_tokens, device)
         joules_before = energy.counter.read_joules() if energy.counter else None
+        cpu_before = _cpu_times()
         start = time.perf_counter()
         runs: list[dict[str, Any]] = []
         while len(runs) < settings.min_runs or time.perf_counter() - start < settings.min_seconds:
             runs.append(_one_run(model, prompt, batch_size, settings.new_tokens, device))
         window = time.perf_counter() - start
+        cpu_after = _cpu_times()
         joules_after = energy.counter.read_joules() if energy.counter else None
     joules = None if joules_before is None or joules_after is None else joules_after - joules_before
     generated = sum(run["generated_tokens"] for run in runs)
@@ -453,6 +439,7 @@ def _profile_batch(
         ),
         "e2e_latency": _distribution([r["e2e_s"] for r in runs], "s", "the whole generate() call"),
         **memory.figures(),
+        "other_cpu_load": _other_cpu_load(cpu_before, cpu_after, window),
         "energy_per_token": _energy_per_token(energy, joules, generated, window),
         "runs": runs,
     }
@@ -560,6 +547,35 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _cpu_times() -> tuple[float, float] | None:
+    """(CPU seconds used by the whole machine, CPU seconds used by this process), from /proc/stat and os.times.
+
+    The machine's busy time is user + nice + system + irq + softirq + steal of the aggregate "cpu" line
+    (Linux proc(5)); steal is time the hypervisor gave to other guests.
+    """
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    own = os.times()
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def _other_cpu_load(
+    before: tuple[float, float] | None, after: tuple[float, float] | None, window: float
+) -> dict[str, Any]:
+    """How many CPUs other processes (and the hypervisor) kept busy during the timed window, on average."""
+    how = (
+        "machine CPU time (/proc/stat, steal included) minus this process's CPU time, over the timed window; "
+        "near 0 means nothing competed with the measurement, and clock-tick granularity (10 ms) limits short windows"
+    )
+    if before is None or after is None or window <= 0:
+        return _figure(None, "CPUs", how)
+    other = (after[0] - before[0]) - (after[1] - before[1])
+    return _figure(max(other, 0.0) / window, "CPUs", how)
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -646,13 +662,6 @@ def _environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
 def _cpu_model() -> str:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -733,13 +742,13 @@ def _profile_base(
     total: int,
     on_progress: ProgressCallback | None,
 ) -> ModelProfile:
-    name = f"{_base_label(family)} (base)"
-    report = family_dir / BASE_RESULTS_DIR / "profile.json"
+    name = f"{base_label(family)} (base)"
+    report = family_dir / BASE_RESULTS / "profile.json"
     existing = None if force else _reusable(report, settings)
     if existing is not None:  # checked first: a base measured earlier is kept even if it has gone since
         _emit(on_progress, name, 0, total, "reused")
         return ModelProfile(name, "base", "reused", report, REUSED, existing)
-    folder, reason = _base_folder(family)
+    folder, reason = locate_base(family)
     if folder is None:
         _emit(on_progress, name, 0, total, "skipped")
         document = {"format": FORMAT, "status": "skipped", "reason": reason, "model": {"source": family.source.id}}
@@ -836,73 +845,6 @@ def _emit(on_progress: ProgressCallback | None, name: str, index: int, total: in
         on_progress(ProfileEvent(name, index, total, status))
 
 
-def _base_label(family: manifest.Family) -> str:
-    source = family.source
-    if source.origin and source.origin.get("format") == "gguf":
-        from .gguf_source import base_name
-
-        return base_name(Path(source.id))
-    return source.id.rstrip("/").split("/")[-1]
-
-
-def _base_folder(family: manifest.Family) -> tuple[Path | None, str | None]:
-    """A local folder holding the family's base checkpoint, checked against family.json, or why there is none.
-
-    Looked for without the network: the dequantized GGUF in hubprune's cache (re-created from the GGUF file if
-    only that is left), the local source folder, or the Hub cache at the recorded revision.
-    """
-    source = family.source
-    path = Path(source.id).expanduser()
-    folder: Path | None = None
-    if source.origin and source.origin.get("format") == "gguf":
-        from .gguf_source import GGUF_PROVENANCE, cache_root, open_gguf
-
-        cached = cache_root() / "gguf" / str(source.origin.get("sha256"))
-        if (cached / GGUF_PROVENANCE).exists():
-            folder = cached
-        elif path.is_file():
-            checkpoint = open_gguf(path)
-            if (checkpoint.origin or {}).get("sha256") != source.origin.get("sha256"):
-                return None, f"the GGUF file {path} has changed since the family was built (sha256 differs)"
-            folder = checkpoint.folder
-        else:
-            return None, f"neither the GGUF file {path} nor its dequantized copy in {cached.parent} exists any more"
-    elif path.is_dir():
-        folder = path
-    else:
-        folder = _hub_cache_folder(source.id, source.revision)
-        if folder is None:
-            return None, (
-                f"the base {source.id} is not on this machine (not a folder, not in the Hub cache at revision "
-                f"{source.revision}): download it, e.g. `hf download {source.id} --revision {source.revision}`"
-            )
-    try:
-        total = _count_params(folder)["params_total"]["value"]
-    except HubpruneError as exc:
-        return None, f"the base checkpoint at {folder} cannot be read ({exc})"
-    if total != source.params_total:
-        return None, (
-            f"the base checkpoint at {folder} has {total} parameters, family.json records {source.params_total}: "
-            "it changed since the family was built"
-        )
-    return folder, None
-
-
-def _hub_cache_folder(repo_id: str, revision: str | None) -> Path | None:
-    from .checkpoint import is_hub_id
-    from .source import HUB_PATTERNS
-
-    if not is_hub_id(repo_id):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        found = snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS), local_files_only=True)
-    except Exception:  # huggingface_hub raises several types for "not cached"; any means: no local copy
-        return None
-    return Path(found)
-
-
 def headline(document: dict[str, Any]) -> list[Headline]:
     """The figures of a profile.json document that a summary table shows, one per batch size ([] if skipped)."""
     rows = []
@@ -917,6 +859,7 @@ def headline(document: dict[str, Any]) -> list[Headline]:
                 peak_memory_bytes=batch["peak_memory"]["value"],
                 joules_per_token=energy["value"],
                 energy_method=energy["method"],
+                other_cpu_load=batch["other_cpu_load"]["value"],
             )
         )
     return rows

@@ -259,3 +259,22 @@ def test_members_carry_tokenizer_and_licence_but_not_readme_or_pickles(tmp_path)
         "tokenizer.json",
         "tokenizer_config.json",
     ]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--batch-sizes", "0"], "batch size 0"),
+        (["--batch-sizes", "one"], "'one' is not a whole number"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--energy", "nvml"], "nvml"),
+    ],
+)
+def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir, args, fragment):
+    assert_clean_error(invoke("profile", tiny_dir("llama"), *args), fragment)
+    assert not (tiny_dir("llama") / "results").exists()
+    family = tmp_path / "fam"
+    assert_clean_error(
+        invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", family, "--sizes", "48", *args), fragment
+    )
+    assert not family.exists()

@@ -19,16 +19,14 @@ from tiny_models import HIDDEN, LAYERS, VOCAB, WIDTH
 
 from hubprune import energy as energy_module
 from hubprune import manifest
+from hubprune.base_model import BASE_RESULTS
 from hubprune.build import PruneSettings, build_family
-from hubprune.energy import EnergyError, EnergySource, open_energy
-from hubprune.errors import HubpruneError
+from hubprune.energy import EnergySource, open_energy
+from hubprune.errors import EnergyError, HubpruneError, ProfileError, ProfileSettingsError
 from hubprune.plan import Target
 from hubprune.profile import (
-    BASE_RESULTS_DIR,
     PROFILE_FILE,
-    ProfileError,
     ProfileSettings,
-    ProfileSettingsError,
     check_settings,
     headline,
     measure,
@@ -155,6 +153,7 @@ def test_every_figure_is_there_with_its_unit_and_method(measured):
         assert batch["peak_memory"]["unit"] == "bytes" and batch["peak_memory"]["value"] > 10 * 2**20
         assert batch["peak_rss_hwm"]["value"] >= batch["peak_memory"]["value"] * 0.9
         assert batch["timed_runs"] == len(batch["runs"]) >= settings.min_runs
+        assert batch["other_cpu_load"]["unit"] == "CPUs" and batch["other_cpu_load"]["value"] >= 0
     assert json.loads(json.dumps(document)) == document  # plain JSON
 
 
@@ -271,7 +270,7 @@ def test_a_family_gets_a_profile_per_model_and_its_stage_in_family_json(family_d
     assert all(r.status == "done" for r in results)
     assert [(e.name, e.status) for e in events][:2] == [("llama (base)", "start"), ("llama (base)", "done")]
     assert len(events) == 6 and {e.total for e in events} == {3}
-    base = json.loads((family_dir / BASE_RESULTS_DIR / "profile.json").read_text())
+    base = json.loads((family_dir / BASE_RESULTS / "profile.json").read_text())
     assert base["model"]["params_total"]["value"] == family.source.params_total
     assert base["model"]["intermediate_size"] == WIDTH
     for member in family.members:
@@ -309,14 +308,14 @@ def test_a_base_that_is_not_on_this_machine_is_skipped_with_the_reason(family_di
     source = Path(family.source.id)
     moved = source.with_name("moved-away")
     source.rename(moved)
-    (family_dir / BASE_RESULTS_DIR / "profile.json").unlink()
+    (family_dir / BASE_RESULTS / "profile.json").unlink()
     try:
         results = profile_path(family_dir, settings)
     finally:
         moved.rename(source)
     assert [r.status for r in results] == ["skipped", "reused", "reused"]
     assert f"the base {source} is not on this machine" in results[0].reason
-    written = json.loads((family_dir / BASE_RESULTS_DIR / "profile.json").read_text())
+    written = json.loads((family_dir / BASE_RESULTS / "profile.json").read_text())
     assert written["status"] == "skipped" and written["reason"] == results[0].reason
 
 
