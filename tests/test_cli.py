@@ -53,13 +53,15 @@ def test_prune_writes_one_loadable_member(tiny_dir, tmp_path):
 
 def test_build_family_skips_members_already_built(tiny_dir, tmp_path):
     source, family = tiny_dir("llama"), tmp_path / "fam"
-    assert invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48,32").exit_code == 0
+    assert (
+        invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48,32").exit_code == 0
+    )
     members = json.loads((family / "family.json").read_text())["members"]
     assert [m["intermediate_size"] for m in members] == [48, 32]
     kept_file = family / members[0]["path"] / "model.safetensors"
     stamp = kept_file.stat().st_mtime_ns
     shutil.rmtree(family / members[1]["path"])
-    result = invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48,32,16")
+    result = invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48,32,16")
     assert result.exit_code == 0, result.output
     assert kept_file.stat().st_mtime_ns == stamp, "a finished member was rewritten"
     manifest = json.loads((family / "family.json").read_text())
@@ -79,7 +81,7 @@ def test_a_stopped_build_leaves_no_member_and_resumes(tiny_dir, tmp_path, monkey
         return real_pass(*args, **kwargs)
 
     monkeypatch.setattr(build_module, "prune_pass", interrupted)
-    result = invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48,32")
+    result = invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48,32")
     assert result.exit_code == 130
     assert "run the same command again" in result.output
     assert sorted(p.name for p in family.iterdir()) == ["family.json"]  # no member, no partial folder
@@ -87,16 +89,20 @@ def test_a_stopped_build_leaves_no_member_and_resumes(tiny_dir, tmp_path, monkey
     assert [m["stages"]["prune"]["status"] for m in pending] == ["pending", "pending"]
 
     monkeypatch.setattr(build_module, "prune_pass", real_pass)
-    assert invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48,32").exit_code == 0
+    assert (
+        invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48,32").exit_code == 0
+    )
     done = json.loads((family / "family.json").read_text())["members"]
     assert [m["stages"]["prune"]["status"] for m in done] == ["done", "done"]
 
 
 def test_existing_family_with_other_settings_is_refused(tiny_dir, tmp_path):
     source, family = tiny_dir("llama"), tmp_path / "fam"
-    assert invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48").exit_code == 0
+    assert invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48").exit_code == 0
     assert_clean_error(
-        invoke("build-family", "--skip-eval", source, "-o", family, "--sizes", "48", "--criterion", "l2"),
+        invoke(
+            "build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48", "--criterion", "l2"
+        ),
         "criterion maw",
         "choose a new folder",
     )
@@ -106,10 +112,16 @@ def test_non_empty_foreign_folder_needs_force(tiny_dir, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert_clean_error(invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", out, "--sizes", "48"), "--force")
+    assert_clean_error(
+        invoke("build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", out, "--sizes", "48"),
+        "--force",
+    )
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert (
-        invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", out, "--sizes", "48", "--force").exit_code == 0
+        invoke(
+            "build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", out, "--sizes", "48", "--force"
+        ).exit_code
+        == 0
     )
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -182,7 +194,9 @@ def _uneven_layers(folder, tiny_dir):
 def test_bad_sources_give_one_line_and_write_nothing(tmp_path, tiny_dir, make, fragments):
     source = make(tmp_path / "src", tiny_dir)
     out = tmp_path / "fam"
-    assert_clean_error(invoke("build-family", "--skip-eval", source, "-o", out, "--ratios", "1.5"), *fragments)
+    assert_clean_error(
+        invoke("build-family", "--skip-eval", "--skip-profile", source, "-o", out, "--ratios", "1.5"), *fragments
+    )
     assert not out.exists()
     assert_clean_error(invoke("prune", source, "-o", tmp_path / "one", "--ratio", "1.5"), *fragments)
     assert not (tmp_path / "one").exists()
@@ -204,7 +218,9 @@ def test_bad_sources_give_one_line_and_write_nothing(tmp_path, tiny_dir, make, f
 )
 def test_bad_targets_give_one_line_and_write_nothing(tmp_path, tiny_dir, args, fragments):
     out = tmp_path / "fam"
-    assert_clean_error(invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", out, *args), *fragments)
+    assert_clean_error(
+        invoke("build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", out, *args), *fragments
+    )
     assert not out.exists()
 
 
@@ -275,6 +291,9 @@ def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir,
     assert not (tiny_dir("llama") / "results").exists()
     family = tmp_path / "fam"
     assert_clean_error(
-        invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", family, "--sizes", "48", *args), fragment
+        invoke(
+            "build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", family, "--sizes", "48", *args
+        ),
+        fragment,
     )
     assert not family.exists()

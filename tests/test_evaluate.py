@@ -238,9 +238,13 @@ def test_build_family_runs_the_eval_stage_and_prints_the_headline(tmp_path, tiny
             suite,
             "--include-path",
             str(task_dir),
+            *("--batch-sizes", "1", "--prompt-tokens", "6", "--new-tokens", "3", "--min-seconds", "0"),
         ],
     )
     assert result.exit_code == 0, result.output
+    profiled = json.loads((family / "src-llama0-er1.5" / "results" / "profile.json").read_text())
+    assert profiled["status"] == "done" and [b["batch_size"] for b in profiled["batches"]] == [1]
+    assert "decode tok/s" in result.output
     base = json.loads((family / "base-results" / "eval.json").read_text())["tasks"]["tiny_ppl"]["value"]
     member = json.loads((family / "src-llama0-er1.5" / "results" / "eval.json").read_text())
     value = member["tasks"]["tiny_ppl"]["value"]
@@ -253,7 +257,8 @@ def test_bad_eval_option_stops_build_family_before_anything_is_written(tmp_path,
 
     family = tmp_path / "fam"
     result = CliRunner().invoke(
-        main, ["build-family", str(tiny_dir("llama")), "-o", str(family), "--sizes", "48", "--limit", "0"]
+        main,
+        ["build-family", "--skip-profile", str(tiny_dir("llama")), "-o", str(family), "--sizes", "48", "--limit", "0"],
     )
     assert result.exit_code == 1 and "--limit 0" in result.output
     assert not family.exists()

@@ -56,7 +56,9 @@ def test_missing_default_says_how_to_get_it(monkeypatch):
 def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monkeypatch):
     monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
     family = tmp_path / "family"
-    result = CliRunner().invoke(main, ["build-family", "--skip-eval", "-o", str(family), "--pcts", "10,40"])
+    result = CliRunner().invoke(
+        main, ["build-family", "--skip-eval", "--skip-profile", "-o", str(family), "--pcts", "10,40"]
+    )
     assert result.exit_code == 0, result.output
     converted = next((gguf_cache / "gguf").iterdir())
     origin = json.loads((converted / "hubprune-gguf.json").read_text())

@@ -160,7 +160,9 @@ def test_build_family_from_the_hub_records_the_commit(hub, llama_files, tmp_path
     sha = hub.add_commit("acme/tiny", {**base, **EXCLUDED})
     out = tmp_path / "family"
     result = CliRunner().invoke(
-        main, ["build-family", "--skip-eval", "acme/tiny", "-o", str(out), "--ratios", "1.5"], catch_exceptions=False
+        main,
+        ["build-family", "--skip-eval", "--skip-profile", "acme/tiny", "-o", str(out), "--ratios", "1.5"],
+        catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
 
