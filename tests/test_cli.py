@@ -292,7 +292,7 @@ def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir,
     family = tmp_path / "fam"
     assert_clean_error(
         invoke(
-            "build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", family, "--sizes", "48", *args
+            "build-family", "--skip-eval", tiny_dir("llama"), "-o", family, "--sizes", "48", *args
         ),
         fragment,
     )
