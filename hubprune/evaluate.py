@@ -509,12 +509,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _record_stage(family_dir: Path, label: str, **record: Any) -> None:
-    family = manifest.load(family_dir)
-    if label == "base":
-        family = family.with_analysis(base_eval=record)
-    elif (member := family.member(label)) is not None:
-        family = family.with_member(member.with_stage("eval", **record))
-    manifest.save(family, family_dir)
+    if label == "base":  # the base is no member: its status lives with the family-level results
+        family = manifest.load(family_dir)
+        manifest.save(family.with_analysis(base_eval=record), family_dir)
+    else:
+        manifest.record_stage(family_dir, label, "eval", **record)
 
 
 def _record_analysis(family_dir: Path, outcome: dict[str, Any], base_skipped: str | None) -> None:

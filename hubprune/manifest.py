@@ -104,6 +104,15 @@ def save(family: Family, folder: Path) -> None:
     write_json_atomic(Path(folder) / MANIFEST, asdict(family))
 
 
+def record_stage(folder: Path, member: str, stage: str, **record: Any) -> None:
+    """Reload family.json, set one member's record for `stage` and save it at once, so each finished model
+    survives an interruption of the stage."""
+    family = load(folder)
+    found = family.member(member)
+    if found is not None:
+        save(family.with_member(found.with_stage(stage, **record)), folder)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

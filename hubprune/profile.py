@@ -774,28 +774,19 @@ def _profile_member(
     try:
         result = _profile_one(name, "member", folder, folder / PROFILE_FILE, settings, force, index, total, on_progress)
     except ProfileError as exc:
-        _record_stage(family_dir, name, {"status": "failed", "error": str(exc)})
+        manifest.record_stage(family_dir, name, STAGE, status="failed", error=str(exc))
         raise
-    _record_stage(
+    manifest.record_stage(
         family_dir,
         name,
-        {
-            "status": "done",
-            "file": PROFILE_FILE,
-            "device": settings.device,
-            "dtype": result.document["settings"]["dtype"] if result.document else settings.dtype,
-            "batch_sizes": list(settings.batch_sizes),
-        },
+        STAGE,
+        status="done",
+        file=PROFILE_FILE,
+        device=settings.device,
+        dtype=result.document["settings"]["dtype"] if result.document else settings.dtype,
+        batch_sizes=list(settings.batch_sizes),
     )
     return result
-
-
-def _record_stage(family_dir: Path, name: str, stage: dict[str, Any]) -> None:
-    """Reload, update one member's profile stage and save, so each finished model survives an interruption."""
-    family = manifest.load(family_dir)
-    record = family.member(name)
-    if record is not None:
-        manifest.save(family.with_member(record.with_stage(STAGE, **stage)), family_dir)
 
 
 def _profile_one(
