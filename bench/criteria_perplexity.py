@@ -36,22 +36,28 @@ def suite_file(folder: Path, paragraphs: int) -> Path:
     return path
 
 
-def family_perplexities(work: Path, name: str, settings: PruneSettings, pcts: str, suite: Path) -> dict[str, float]:
-    """{'base' or pct: word perplexity} for one family."""
+def family_perplexities(
+    work: Path, name: str, settings: PruneSettings, pcts: str, suite: Path, with_base: bool
+) -> dict[str, float]:
+    """{pct (and 'base' when with_base): word perplexity} for one family; the base is the same model for every
+    criterion, so it is measured once."""
     folder = work / name
     family = build_family(open_source(None), folder, parse_targets("pct", pcts), settings)
-    outcome = evaluate(folder, EvalSettings(suite=str(suite)))
-    by_pct = {m.name: m.target["value"] for m in family.members}
-    return {
-        by_pct.get(label, label): record["tasks"]["hubprune_jargon_ppl"]["value"]
-        for label, record in outcome.results.items()
-    }
+    eval_settings = EvalSettings(suite=str(suite))
+    found = {}
+    if with_base:
+        outcome = evaluate(folder, eval_settings)  # the base and every member
+        found["base"] = outcome.results["base"]["tasks"]["hubprune_jargon_ppl"]["value"]
+    for member in family.members:
+        record = evaluate(folder / member.path, eval_settings).results[member.name]
+        found[member.target["value"]] = record["tasks"]["hubprune_jargon_ppl"]["value"]
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pcts", default="10,20,40")
-    parser.add_argument("--paragraphs", type=int, default=48, help="paragraphs of the text evaluated (of 130)")
+    parser.add_argument("--paragraphs", type=int, default=24, help="paragraphs of the text evaluated (of 130)")
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hubprune-criteria-"))
@@ -59,10 +65,13 @@ def main() -> None:
     started = time.perf_counter()
     table: dict[str, dict[str, float]] = {}
     for criterion in CRITERIA:
-        table[criterion] = family_perplexities(work, criterion, PruneSettings(criterion=criterion), args.pcts, suite)
+        settings = PruneSettings(criterion=criterion)
+        table[criterion] = family_perplexities(work, criterion, settings, args.pcts, suite, criterion == "maw")
         print(f"  {criterion}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     random_runs = [
-        family_perplexities(work, f"random-{seed}", PruneSettings(criterion="random", seed=seed), args.pcts, suite)
+        family_perplexities(
+            work, f"random-{seed}", PruneSettings(criterion="random", seed=seed), args.pcts, suite, False
+        )
         for seed in RANDOM_SEEDS
     ]
     pcts = args.pcts.split(",")

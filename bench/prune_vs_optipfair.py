@@ -245,7 +245,19 @@ def main() -> None:
         shutil.rmtree(hub_out, ignore_errors=True)
         hub_runs.append(
             run(
-                sys.executable, ["-m", "hubprune", "build-family", str(source), "-o", str(hub_out), "--preset", "paper"]
+                sys.executable,
+                [
+                    "-m",
+                    "hubprune",
+                    "build-family",
+                    "--skip-eval",
+                    "--skip-profile",
+                    str(source),
+                    "-o",
+                    str(hub_out),
+                    "--preset",
+                    "paper",
+                ],
             )
         )
         out_bytes = tree_bytes(hub_out)

@@ -18,7 +18,8 @@ import click
 from . import __version__
 from .build import PruneSettings, build_family, make_plan, prune_one
 from .errors import HubpruneError, TargetError
-from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate
+from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
+from .gguf_source import is_embedded_default
 from .importance import CRITERIA
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
@@ -463,6 +464,8 @@ def build_family_command(
     if not skip_profile:
         check_profile_settings(profile_settings)
     checkpoint = open_source(source, revision=revision)
+    if not skip_eval:  # unknown tasks or missing task data stop the build before anything is written
+        plan_tasks(eval_settings, embedded_default=is_embedded_default(checkpoint.origin))
     settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
     update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
     try:

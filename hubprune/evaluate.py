@@ -221,6 +221,7 @@ def plan_tasks(settings: EvalSettings, *, embedded_default: bool = False) -> _Pl
     if any(t.task.startswith("hubprune_") for t in tasks):
         include_paths.append(task_folder(cache_root()))
     _check_task_names([t.task for t in tasks], include_paths)
+    _check_task_requirements(tasks)
     return _Plan(suite, tasks, include_paths)
 
 
@@ -343,7 +344,6 @@ def evaluate_model(
     }
     if not todo:
         return record
-    _check_task_requirements(todo)
     if on_progress:
         on_progress(f"[eval] {ref.label}: loading {ref.folder}")
     lm = _load_model(ref.folder, settings, device, dtype)

@@ -291,9 +291,7 @@ def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir,
     assert not (tiny_dir("llama") / "results").exists()
     family = tmp_path / "fam"
     assert_clean_error(
-        invoke(
-            "build-family", "--skip-eval", tiny_dir("llama"), "-o", family, "--sizes", "48", *args
-        ),
+        invoke("build-family", "--skip-eval", tiny_dir("llama"), "-o", family, "--sizes", "48", *args),
         fragment,
     )
     assert not family.exists()

@@ -262,3 +262,26 @@ def test_bad_eval_option_stops_build_family_before_anything_is_written(tmp_path,
     )
     assert result.exit_code == 1 and "--limit 0" in result.output
     assert not family.exists()
+
+
+def test_ifeval_without_punkt_tab_says_how_to_provide_it(monkeypatch, tmp_path):
+    """IFEval needs nltk's punkt_tab: without it, a clear error, never a silent download."""
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])  # an empty data folder: punkt_tab is not there
+    with pytest.raises(EvaluationError, match="nltk.downloader punkt_tab"):
+        evaluate_module._check_task_requirements(
+            [evaluate_module.SuiteTask("ifeval", 0, "prompt_level_strict_acc,none")]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_task_stops_build_family_before_anything_is_written(tmp_path, tiny_dir, task_dir):
+    from hubprune.cli import main
+
+    family = tmp_path / "fam"
+    suite = str(suite_file(tmp_path, ALL_THREE[1]))
+    args = ["build-family", "--skip-profile", str(tiny_dir("llama")), "-o", str(family), "--sizes", "48"]
+    result = CliRunner().invoke(main, [*args, "--suite", suite, "--include-path", str(task_dir), "--tasks", "tiny_mcq"])
+    assert result.exit_code == 1 and "unknown lm-eval task 'tiny_mcq'" in result.output
+    assert not family.exists()
