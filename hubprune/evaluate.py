@@ -25,6 +25,7 @@ import yaml
 
 from . import manifest
 from .base_model import BASE_RESULTS, locate_base
+from .device import resolve_device
 from .errors import EvaluationError
 from .gguf_source import cache_root, is_embedded_default
 from .offline_tasks import task_folder
@@ -140,22 +141,10 @@ def check_settings(settings: EvalSettings) -> None:
         raise EvaluationError(f"--backend {settings.backend!r}: use one of {', '.join(BACKENDS)}")
     if settings.tensor_parallel_size < 1 or settings.data_parallel_size < 1:
         raise EvaluationError("--tensor-parallel-size and --data-parallel-size must be >= 1")
-    resolve_device(settings.device)
+    resolve_device(settings.device, EvaluationError)
     for path in settings.include_paths:
         if not Path(path).is_dir():
             raise EvaluationError(f"--include-path {path} is not a folder of lm-eval task YAMLs")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise EvaluationError(f"--device {device!r}: use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvaluationError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
-    return device
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -302,7 +291,7 @@ def evaluate(path: Path, settings: EvalSettings, *, on_progress: ProgressCallbac
     is_family = (path / manifest.MANIFEST).exists()
     embedded = is_family and is_embedded_default(manifest.load(path).source.origin)
     plan = plan_tasks(settings, embedded_default=embedded)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, EvaluationError)
     results: dict[str, Any] = {}
     for ref in refs:
         try:

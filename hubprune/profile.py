@@ -41,6 +41,7 @@ import torch
 
 from . import __version__, manifest
 from .base_model import BASE_RESULTS, base_label, locate_base
+from .device import resolve_device
 from .energy import EnergySource, check_energy, open_energy
 from .errors import HubpruneError, ProfileError, ProfileSettingsError
 
@@ -48,7 +49,6 @@ FORMAT = 1
 STAGE = "profile"
 RESULTS_DIR = "results"
 PROFILE_FILE = f"{RESULTS_DIR}/profile.json"  # inside a member (or checkpoint) folder
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 PROMPT_SEED = 0
@@ -131,7 +131,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def check_settings(settings: ProfileSettings) -> ProfileSettings:
     """The settings validated, with device auto resolved to cpu or cuda; raises ProfileSettingsError (or
     EnergyError for an energy source that cannot measure here)."""
-    device = _resolve_device(settings.device)
+    device = resolve_device(settings.device, ProfileSettingsError)
     if settings.dtype not in DTYPE_CHOICES:
         raise ProfileSettingsError(f"unknown dtype {settings.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     sizes = tuple(settings.batch_sizes) if isinstance(settings.batch_sizes, (list, tuple)) else None
@@ -153,20 +153,6 @@ def check_settings(settings: ProfileSettings) -> ProfileSettings:
         raise ProfileSettingsError(f"min seconds {settings.min_seconds!r}: give a number of seconds >= 0, e.g. 10")
     check_energy(settings.energy, device)
     return replace(settings, device=device, batch_sizes=sizes, min_seconds=seconds)
-
-
-def _resolve_device(device: str) -> str:
-    if device not in DEVICE_CHOICES:
-        raise ProfileSettingsError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
-    has_cuda = torch.cuda.is_available()  # counts devices; creates no CUDA context in this process
-    if device == "cuda" and not has_cuda:
-        raise ProfileSettingsError(
-            f"device cuda requested but torch sees no CUDA GPU (torch {torch.__version__}, CUDA build "
-            f"{torch.version.cuda or 'none'}): use --device cpu or auto, or install a CUDA build of torch"
-        )
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return device
 
 
 def _is_int(value: Any) -> bool:
