@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_builtin_suites_carry_the_papers_settings():
 
 
 def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):
-    model = tiny_dir("llama")
+    model = tmp_path / "model"  # a copy: results/ must not land in the checkpoint other tests share
+    shutil.copytree(tiny_dir("llama"), model)
     settings = EvalSettings(suite=str(suite_file(tmp_path, *ALL_THREE)), include_paths=(task_dir,), batch_size="1")
     evaluate(model, settings)
     stored = json.loads((model / "results" / "eval.json").read_text())
@@ -111,8 +113,6 @@ def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):
 
 def test_finished_tasks_are_not_run_again_unless_settings_change(tmp_path, tiny_dir, task_dir, monkeypatch):
     model = tmp_path / "model"
-    import shutil
-
     shutil.copytree(tiny_dir("llama"), model)
     suite = str(suite_file(tmp_path, ALL_THREE[1]))
     evaluate(model, EvalSettings(suite=suite, include_paths=(task_dir,)))
