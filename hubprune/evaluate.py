@@ -34,6 +34,10 @@ BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "bfloat16", "float32")
 SUITE_FIELDS = {"task", "num_fewshot", "metric", "limit"}
 ProgressCallback = Callable[[str], None]
+# keys of lm-eval's output that hold one entry per task (or group)
+PER_TASK_KEYS = frozenset(
+    {"results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples"}
+)
 
 
 @dataclass(frozen=True)
@@ -487,9 +491,26 @@ def _first_metric(results: dict[str, Any]) -> str:
 
 
 def _save_raw(results_dir: Path, task: str, raw: dict[str, Any]) -> None:
-    """lm-eval's own output for the task, kept beside eval.json for provenance."""
-    keep = {k: v for k, v in raw.items() if k not in ("samples",)}
-    _write_json(results_dir / "lm_eval" / f"{task}.json", keep)
+    """lm-eval's own output for the task (and the subtasks of a group task such as mmlu), kept beside eval.json
+    for provenance. A call runs several tasks; each file keeps only its own task's entries, not the whole call's."""
+    names = _with_subtasks(task, raw.get("group_subtasks", {}))
+    kept = {}
+    for key, value in raw.items():
+        if key == "samples":
+            continue
+        per_task = isinstance(value, dict) and key in PER_TASK_KEYS
+        kept[key] = {name: entry for name, entry in value.items() if name in names} if per_task else value
+    _write_json(results_dir / "lm_eval" / f"{task}.json", kept)
+
+
+def _with_subtasks(task: str, group_subtasks: dict[str, list[str]]) -> set[str]:
+    names, pending = set(), [task]
+    while pending:
+        name = pending.pop()
+        if name not in names:
+            names.add(name)
+            pending.extend(group_subtasks.get(name, []))
+    return names
 
 
 def _write_json(path: Path, data: Any) -> None:

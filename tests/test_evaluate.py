@@ -106,7 +106,7 @@ def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):
         assert result["value"] == direct_lm_eval(model, task, shots, task_dir)[metric]
         assert result["n_samples"]["effective"] == len(TASKS[task][1])
         raw = json.loads((model / "results" / "lm_eval" / f"{task}.json").read_text())
-        assert raw["n-shot"][task] == shots
+        assert raw["n-shot"] == {task: shots}
     assert stored["tasks"]["tiny_ppl"]["value"] > 1.0  # a real perplexity, not a placeholder
     assert stored["tasks"]["tiny_mc"]["stderr"] > 0
 
