@@ -128,7 +128,8 @@ def render_cards(family_dir: Path, settings: CardSettings = CardSettings()) -> C
     _write_plots(family_dir, panels, None, f"{common['base']['label']} family")
     _write_text(family_dir / CARD_FILE, family_text)
     stored = {"namespace": settings.namespace, "license": settings.license, "base_model": settings.base_model}
-    manifest.save(replace(manifest.load(family_dir), card=stored), family_dir)
+    latest = manifest.load(family_dir)
+    manifest.save(replace(latest, card={**latest.card, **stored}), family_dir)
     return CardOutcome(family_dir / CARD_FILE, tuple(cards), tuple(warnings))
 
 

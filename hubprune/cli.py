@@ -22,6 +22,7 @@ from .card import CardOutcome, CardSettings, render_cards
 from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
+from .hub import PushOutcome, PushSettings, push_family
 from .importance import CRITERIA
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
@@ -549,6 +550,8 @@ def build_family_command(
     click.echo(_plan_table(family_plan, paths, scores))
     _card_report(render_cards(output, card_settings))
     click.echo(f"manifest: {output / 'family.json'}")
+    namespace = card_settings.namespace or "YOUR-HF-NAMESPACE"
+    click.echo(f"next, publish it: {shlex.join(['hubprune', 'push', str(output), '--namespace', namespace])}")
 
 
 @main.command("profile")
@@ -585,3 +588,71 @@ def card_command(family: Path, **card_options: Any) -> None:
     """Render the model card (README.md and plots) of every member and of the family from what was measured."""
     settings = _card_settings(card_options)
     _card_report(render_cards(family, settings))
+
+
+@main.command("push")
+@click.argument("family", type=click.Path(path_type=Path))
+@click.option("--namespace", required=True, help="Hub user or organisation to publish under: repos NS/<member>.")
+@click.option("--private", is_flag=True, help="Create the repos and the collection private.")
+@click.option(
+    "--collection", "collection", help="Title of the family's collection (default: '<base> width-pruned family')."
+)
+@click.option("--no-collection", "no_collection", is_flag=True, help="Publish the repos without a collection.")
+@click.option("--members", help="Only these members, comma-separated names.")
+@click.option("--revision", help="Branch to commit to, created if missing (default: the repo's default branch).")
+@click.option("--commit-message", "commit_message", help="Message of each member's commit.")
+@click.option("--force", is_flag=True, help="Overwrite repos that exist and were not made by hubprune.")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Print what would be created and uploaded; no network.")
+@_handle_errors
+def push_command(
+    family: Path,
+    namespace: str,
+    private: bool,
+    collection: str | None,
+    no_collection: bool,
+    members: str | None,
+    revision: str | None,
+    commit_message: str | None,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    """Publish every member as the Hub repo NAMESPACE/<member> (one commit each) and the family as a collection.
+    The token comes from HF_TOKEN or `hf auth login`."""
+    if collection and no_collection:
+        raise TargetError("give --collection TITLE or --no-collection, not both")
+    settings = PushSettings(
+        namespace=namespace,
+        private=private,
+        collection=collection,
+        make_collection=not no_collection,
+        members=tuple(n.strip() for n in members.split(",") if n.strip()) if members else (),
+        revision=revision,
+        commit_message=commit_message,
+        force=force,
+        dry_run=dry_run,
+    )
+    _push_report(push_family(family, settings, on_progress=_stage_message))
+
+
+def _push_report(outcome: PushOutcome) -> None:
+    for name, why in outcome.skipped:
+        click.echo(f"skipped {name}: {why}", err=True)
+    if outcome.dry_run:
+        click.echo("dry run: nothing was sent. A push would create (if missing) and upload to:")
+    rows = [["repo", "status", "files", "size", "commit"]]
+    for member in outcome.members:
+        size = sum(f.size for f in member.files)
+        rows.append([member.repo_id, member.status, str(len(member.files)), _human_bytes(size), member.commit or "-"])
+    click.echo(_table(rows))
+    if outcome.dry_run:
+        for member in outcome.members:
+            click.echo(f"{member.repo_id}:")
+            for upload in member.files:
+                click.echo(f"  {upload.path}  {_human_bytes(upload.size)}")
+        if outcome.collection_title:
+            click.echo(f"collection: {outcome.collection_title!r} with {len(outcome.members)} members, widest first")
+        return
+    if outcome.collection_url:
+        click.echo(f"collection: {outcome.collection_url}")
+    first = outcome.members[0].repo_id
+    click.echo(f'load one: AutoModelForCausalLM.from_pretrained("{first}")')

@@ -52,3 +52,7 @@ class EnergyError(HubpruneError, ValueError):
 
 class CardError(HubpruneError, ValueError):
     """A card cannot be rendered: not a family, a broken template, or metadata the Hub would reject."""
+
+
+class PushError(HubpruneError, RuntimeError):
+    """Publishing failed or was refused: no token, a foreign repo in the way, or a Hub that keeps failing."""

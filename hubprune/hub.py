@@ -1,0 +1,409 @@
+"""Publishing: every member of a family becomes a Hub repo (one commit per member) and the family a collection.
+
+Through huggingface_hub's HfApi. Its upload_folder compares each file with what the repo already holds and
+sends only what changed, and makes no commit when nothing did, so pushing again is cheap and pushing an
+unchanged family changes nothing. huggingface_hub retries its upload requests itself, but not repo creation,
+commits or collection calls: those are retried here, with backoff, on 429, 5xx and lost connections.
+
+The token comes from HF_TOKEN or the huggingface_hub login. It is passed to HfApi and nowhere else, and every
+message this module raises is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import __version__, manifest
+from .base_model import base_label
+from .card import CARD_FILE, CardSettings, collect_results, render_cards
+from .card import STAGE as CARD_STAGE
+from .checkpoint import open_checkpoint
+from .errors import HubpruneError, PushError
+
+STAGE = "push"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Files never published: the writers' temporary files (hidden dot-files).
+IGNORE_PATTERNS = [".*", "**/.*"]
+COLLECTION_TITLE_LIMIT = 60  # the Hub's limit on a collection title
+NOTE_LIMIT = 500  # ... and on an item's note
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    namespace: str
+    private: bool = False
+    collection: str | None = None  # the collection's title; None: "<base> width-pruned family"
+    make_collection: bool = True
+    members: tuple[str, ...] = ()  # push only these members (all built members when empty)
+    revision: str | None = None  # the branch to commit to (created if missing); None: the default branch
+    commit_message: str | None = None
+    force: bool = False  # overwrite repos that exist and were not made by hubprune
+    dry_run: bool = False
+    retries: int = 5  # tries of each call that the client does not retry itself
+    backoff_s: float = 1.0  # first wait between tries, doubled each time (a 429's Retry-After wins)
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    path: str  # relative to the member folder
+    size: int
+
+
+@dataclass(frozen=True)
+class MemberPush:
+    name: str
+    repo_id: str
+    status: str  # "pushed" (a new commit), "unchanged" (no commit needed), "planned" (dry run)
+    files: tuple[FileUpload, ...]
+    commit: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    members: tuple[MemberPush, ...]
+    skipped: tuple[tuple[str, str], ...]  # (member, why it was not pushed)
+    collection_title: str | None
+    collection_url: str | None
+    dry_run: bool
+
+
+ProgressCallback = Callable[[str], None]
+
+
+def push_family(
+    family_dir: Path, settings: PushSettings, *, on_progress: ProgressCallback | None = None
+) -> PushOutcome:
+    """Publish the family's members as NS/<member> repos and, unless asked not to, one collection of them.
+
+    Everything that can be checked without the network is checked before the first request: the members
+    named, each member's files and card, the licence. A dry run stops there and reports what would be sent.
+    """
+    family_dir = Path(family_dir)
+    family = _load(family_dir)
+    chosen, skipped = _select(family_dir, family, settings.members)
+    title = _collection_title(family, settings)
+    if settings.dry_run:
+        planned = [_plan(family_dir, member, settings.namespace, "planned") for member in chosen]
+        return PushOutcome(tuple(planned), tuple(skipped), title, None, True)
+    render_cards(family_dir, CardSettings(namespace=settings.namespace))  # repo ids in the cards must be these
+    family = manifest.load(family_dir)
+    chosen = [family.member(m.name) for m in chosen]  # type: ignore[misc]
+    _check_cards(family_dir, chosen)
+    token = _token()
+    api = _api(token)
+    client = _Client(api, token, settings)
+    for member in chosen:  # every repo checked before the first write: a refusal publishes nothing
+        client.check_owner(f"{settings.namespace}/{member.name}")
+    pushed: list[MemberPush] = []
+    try:
+        for index, member in enumerate(chosen, 1):
+            if on_progress:
+                on_progress(f"[push] {index}/{len(chosen)} {settings.namespace}/{member.name}")
+            result = client.push_member(family_dir, member, _commit_message(family, member, settings))
+            manifest.record_stage(
+                family_dir,
+                member.name,
+                STAGE,
+                status="done",
+                repo_id=result.repo_id,
+                commit=result.commit,
+                url=result.url,
+                revision=settings.revision,
+            )
+            pushed.append(result)
+        url = None
+        if settings.make_collection and title is not None:
+            if on_progress:
+                on_progress(f"[push] collection {title!r}")
+            items = _collection_items(family_dir, family, chosen, settings.namespace)
+            url = client.collection(title, _collection_description(family, chosen), items)
+            latest = manifest.load(family_dir)
+            manifest.save(replace(latest, card={**latest.card, "collection": {"title": title, "url": url}}), family_dir)
+    except PushError as exc:
+        done = ", ".join(p.repo_id for p in pushed) or "nothing"
+        missing = ", ".join(f"{settings.namespace}/{m.name}" for m in chosen[len(pushed) :]) or "the collection"
+        raise PushError(
+            f"{exc}; published: {done}; not published: {missing}. Run the same command again to finish"
+        ) from None
+    return PushOutcome(tuple(pushed), tuple(skipped), title, url, False)
+
+
+# --- checks before any request ----------------------------------------------------------------------------------
+
+
+def _load(family_dir: Path) -> manifest.Family:
+    if not (family_dir / manifest.MANIFEST).exists():
+        raise PushError(
+            f"{family_dir} is not a hubprune family (no {manifest.MANIFEST}): give the folder build-family wrote"
+        )
+    try:
+        return manifest.load(family_dir)
+    except HubpruneError as exc:
+        raise PushError(str(exc)) from None
+
+
+def _select(
+    family_dir: Path, family: manifest.Family, names: tuple[str, ...]
+) -> tuple[list[manifest.MemberRecord], list[tuple[str, str]]]:
+    """The members to push, widest first, and those left out with the reason."""
+    known = [m.name for m in family.members]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PushError(f"--members names {', '.join(unknown)}, not in this family: choose from {', '.join(known)}")
+    chosen, skipped = [], []
+    for member in family.members:
+        if names and member.name not in names:
+            continue
+        problem = _member_problem(family_dir, member)
+        if problem:
+            skipped.append((member.name, problem))
+        else:
+            chosen.append(member)
+    if not chosen:
+        reasons = "; ".join(f"{n}: {why}" for n, why in skipped) or "the family has no members"
+        raise PushError(f"no member can be pushed ({reasons})")
+    return chosen, skipped
+
+
+def _member_problem(family_dir: Path, member: manifest.MemberRecord) -> str | None:
+    """Why this member must not be published, or None. The checkpoint is re-read, since files can change after
+    the build verified them."""
+    if member.stages.get("prune", {}).get("status") != "done":
+        return "it was not built and verified (run build-family again)"
+    folder = family_dir / member.path
+    try:
+        checkpoint = open_checkpoint(folder)
+    except HubpruneError as exc:
+        return f"its checkpoint no longer verifies ({exc})"
+    width = checkpoint.config.get(
+        "intermediate_size", checkpoint.config.get("text_config", {}).get("intermediate_size")
+    )
+    if width != member.intermediate_size:
+        return f"its config.json says intermediate_size {width}, family.json {member.intermediate_size}"
+    return None
+
+
+def _check_cards(family_dir: Path, members: list[manifest.MemberRecord]) -> None:
+    for member in members:
+        card = family_dir / member.path / CARD_FILE
+        if member.stages.get(CARD_STAGE, {}).get("status") != "done" or not card.exists():
+            raise PushError(f"{member.name} has no model card: run `hubprune card {family_dir}` first")
+        if "\nlicense:" not in card.read_text(encoding="utf-8").split("\n---", 1)[0]:
+            raise PushError(
+                f"{member.name}'s card declares no licence (none was found for the base): run "
+                f"`hubprune card {family_dir} --license ID` with the base model's licence first"
+            )
+
+
+def _plan(family_dir: Path, member: manifest.MemberRecord, namespace: str, status: str) -> MemberPush:
+    folder = family_dir / member.path
+    files = tuple(
+        FileUpload(str(p.relative_to(folder)), p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    return MemberPush(member.name, f"{namespace}/{member.name}", status, files)
+
+
+def _commit_message(family: manifest.Family, member: manifest.MemberRecord, settings: PushSettings) -> str:
+    if settings.commit_message:
+        return settings.commit_message
+    return f"hubprune {__version__}: {member.name} (expansion ratio {member.ratio:.2f}, MLP width {member.intermediate_size})"
+
+
+def _collection_title(family: manifest.Family, settings: PushSettings) -> str | None:
+    if not settings.make_collection:
+        return None
+    title = settings.collection or f"{base_label(family)} width-pruned family"
+    if len(title) > COLLECTION_TITLE_LIMIT:
+        if settings.collection:
+            raise PushError(
+                f"--collection title is {len(title)} characters; the Hub allows {COLLECTION_TITLE_LIMIT}: shorten it"
+            )
+        title = title[: COLLECTION_TITLE_LIMIT - 1] + "…"
+    return title
+
+
+def _collection_description(family: manifest.Family, members: list[manifest.MemberRecord]) -> str:
+    ratios = sorted(m.ratio for m in members)
+    text = f"{base_label(family)} with a narrower MLP, expansion ratio {ratios[-1]:.2f} to {ratios[0]:.2f}, by hubprune"
+    return text[:150]  # the Hub's limit on a collection description
+
+
+def _collection_items(
+    family_dir: Path, family: manifest.Family, members: list[manifest.MemberRecord], namespace: str
+) -> list[tuple[str, str]]:
+    """(repo id, note) in ratio order, widest first; the note: ratio, width, parameters, headline score change."""
+    base, results = collect_results(family_dir, family)
+    by_name = {r.name: r for r in results}
+    items = []
+    for member in sorted(members, key=lambda m: -m.ratio):
+        note = (
+            f"Expansion ratio {member.ratio:.2f}, MLP width {member.intermediate_size}, "
+            f"{member.params_total / 1e6:.1f}M parameters ({member.params_total / family.source.params_total * 100:.0f} % of the base)"
+        )
+        measured = by_name.get(member.name)
+        if measured and measured.eval:
+            task, record = next(iter(measured.eval.items()))
+            reference = base.eval.get(task)
+            if reference and reference.get("value"):
+                change = (record["value"] - reference["value"]) / abs(reference["value"]) * 100
+                note += f"; {task} {record['metric'].split(',')[0]} {record['value']:.4g} ({change:+.1f} % vs base)"
+        items.append((f"{namespace}/{member.name}", note[:NOTE_LIMIT]))
+    return items
+
+
+# --- the network ------------------------------------------------------------------------------------------------
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+    return token
+
+
+def _api(token: str) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token, library_name="hubprune", library_version=__version__)
+
+
+class _Client:
+    """The calls push makes, each retried on transient failures, each error scrubbed of the token."""
+
+    def __init__(self, api: Any, token: str, settings: PushSettings) -> None:
+        self.api, self.token, self.settings = api, token, settings
+
+    def check_owner(self, repo_id: str) -> None:
+        """Refuse a repo that exists and was not made by hubprune (no hubprune.json), unless --force."""
+        info = self._call(f"read {repo_id}", lambda: self.api.model_info(repo_id), missing_ok=True)
+        if info is None:
+            return
+        files = {s.rfilename for s in info.siblings or []}
+        if files - {".gitattributes"} and "hubprune.json" not in files and not self.settings.force:
+            raise PushError(
+                f"{repo_id} already exists and was not made by hubprune (it has no hubprune.json): push to another "
+                "--namespace, or pass --force to overwrite it"
+            )
+
+    def push_member(self, family_dir: Path, member: manifest.MemberRecord, message: str) -> MemberPush:
+        settings = self.settings
+        repo_id = f"{settings.namespace}/{member.name}"
+        self._call(
+            f"create {repo_id}",
+            lambda: self.api.create_repo(repo_id, private=settings.private, exist_ok=True, repo_type="model"),
+        )
+        if settings.revision:
+            self._call(
+                f"create branch {settings.revision} of {repo_id}",
+                lambda: self.api.create_branch(repo_id, branch=settings.revision, exist_ok=True),
+            )
+        before = self._head(repo_id)
+        planned = _plan(family_dir, member, settings.namespace, "pushed")
+        info = self._call(
+            f"upload {repo_id}",
+            lambda: self.api.upload_folder(
+                repo_id=repo_id,
+                folder_path=family_dir / member.path,
+                commit_message=message,
+                revision=settings.revision,
+                ignore_patterns=IGNORE_PATTERNS,
+            ),
+        )
+        status = "unchanged" if info.oid == before else "pushed"
+        return replace(planned, status=status, commit=info.oid, url=f"{self.api.endpoint}/{repo_id}")
+
+    def collection(self, title: str, description: str, items: list[tuple[str, str]]) -> str:
+        """Create the collection if missing, add what it lacks, fix notes and order; touch nothing already right."""
+        settings = self.settings
+        found = self._call(
+            f"create collection {title!r}",
+            lambda: self.api.create_collection(
+                title, namespace=settings.namespace, description=description, private=settings.private, exists_ok=True
+            ),
+        )
+        slug = found.slug
+        current = {item.item_id: item for item in found.items}
+        for repo_id, note in items:
+            if repo_id not in current:
+                self._call(
+                    f"add {repo_id} to the collection",
+                    lambda repo_id=repo_id, note=note: self.api.add_collection_item(
+                        slug, item_id=repo_id, item_type="model", note=note, exists_ok=True
+                    ),
+                )
+        collection = self._call("read the collection", lambda: self.api.get_collection(slug))
+        by_id = {item.item_id: item for item in collection.items}
+        for position, (repo_id, note) in enumerate(items):
+            item = by_id[repo_id]
+            changes: dict[str, Any] = {}
+            if item.note != note:
+                changes["note"] = note
+            if item.position != position:
+                changes["position"] = position
+            if changes:
+                self._call(
+                    f"update {repo_id} in the collection",
+                    lambda item=item, changes=changes: self.api.update_collection_item(
+                        slug, item.item_object_id, **changes
+                    ),
+                )
+        return collection.url
+
+    def _head(self, repo_id: str) -> str | None:
+        info = self._call(
+            f"read {repo_id}", lambda: self.api.model_info(repo_id, revision=self.settings.revision), missing_ok=True
+        )
+        return None if info is None else info.sha
+
+    def _call(self, what: str, call: Callable[[], T], *, missing_ok: bool = False) -> T:
+        """Run `call`, retrying transient failures with exponential backoff; raise PushError when it keeps failing
+        or fails for good. With missing_ok, a 404 returns None."""
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        wait = self.settings.backoff_s
+        for attempt in range(1, self.settings.retries + 1):
+            try:
+                return call()
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if missing_ok and status == 404:
+                    return None  # type: ignore[return-value]
+                if status not in RETRY_STATUSES or attempt == self.settings.retries:
+                    raise PushError(self._scrub(f"{what} failed: {_first_line(exc)}")) from None
+                delay = _retry_after(exc) or wait
+            except (httpx2.TransportError, OSError) as exc:
+                if attempt == self.settings.retries:
+                    raise PushError(
+                        self._scrub(f"{what} failed: the Hub did not answer after {attempt} tries ({_first_line(exc)})")
+                    ) from None
+                delay = wait
+            time.sleep(delay)
+            wait *= 2
+        raise AssertionError("unreachable")
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.token, "***") if self.token else text
+
+
+def _retry_after(exc: Any) -> float | None:
+    value = exc.response.headers.get("Retry-After") if exc.response is not None else None
+    try:
+        return min(float(value), 60.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

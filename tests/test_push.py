@@ -1,0 +1,216 @@
+"""`hubprune push` against the loopback Hub (tests/hub_server.py), with the unmodified huggingface_hub client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hub_server import HubServer, point_client_at
+from huggingface_hub import HfApi
+from tiny_models import build_tiny
+from transformers import AutoModelForCausalLM
+
+from hubprune import hub as hub_module
+from hubprune.build import PruneSettings, build_family
+from hubprune.cli import main
+from hubprune.errors import PushError
+from hubprune.hub import PushSettings, push_family
+from hubprune.plan import Target
+from hubprune.source import open_source
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+NS = "acme"
+MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]
+REPOS = [f"{NS}/{m}" for m in MEMBERS]
+
+
+@pytest.fixture(scope="module")
+def built_family(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("push")
+    source = build_tiny(root / "Llama-tiny", "llama")
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    family = root / "family"
+    build_family(open_source(str(source)), family, [Target("size", "48"), Target("size", "32")], PruneSettings())
+    return family
+
+
+@pytest.fixture
+def family(built_family, tmp_path) -> Path:
+    return Path(shutil.copytree(built_family, tmp_path / "family"))
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    with HubServer(username="tester", orgs=(NS,)) as server:
+        point_client_at(server, monkeypatch, tmp_path / "hf-home")
+        monkeypatch.setenv("HF_TOKEN", server.token)
+        monkeypatch.setattr(hub_module.time, "sleep", lambda seconds: None)  # backoff without the wait
+        yield server
+    assert not server.errors, server.errors[0]
+
+
+def push(family: Path, *args: str):
+    return CliRunner().invoke(main, ["push", str(family), "--namespace", NS, *args])
+
+
+def pushed_commits(hub: HubServer, repo_id: str) -> list:
+    return [c for c in hub.commits(repo_id) if c.message != "initial commit"]
+
+
+def test_push_publishes_each_member_in_one_commit_and_a_collection(hub, family):
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    recorded = {m["name"]: m["stages"]["push"] for m in json.loads((family / "family.json").read_text())["members"]}
+    for name, repo_id in zip(MEMBERS, REPOS):
+        [commit] = pushed_commits(hub, repo_id)
+        local = {str(p.relative_to(family / name)): p.read_bytes() for p in (family / name).rglob("*") if p.is_file()}
+        remote = {path: data for path, data in hub.files(repo_id).items() if path != ".gitattributes"}
+        assert remote == local and "README.md" in remote and "model.safetensors" in remote
+        assert recorded[name]["commit"] == commit.sha and recorded[name]["repo_id"] == repo_id
+        data = api.model_info(repo_id).card_data
+        assert data.license == "apache-2.0" and "hubprune" in data.tags and data.base_model is None
+        assert f'from_pretrained("{repo_id}")' in remote["README.md"].decode()
+    [collection] = hub.collections.values()
+    listed = api.get_collection(collection.slug)
+    assert [item.item_id for item in listed.items] == REPOS  # widest first
+    assert listed.items[0].note.startswith("Expansion ratio 1.50, MLP width 48,")
+    assert listed.title == "Llama-tiny width-pruned family"
+    assert "collection: " in result.output and f'from_pretrained("{REPOS[0]}")' in result.output
+
+
+def test_pushed_member_loads_through_the_hub_with_the_local_logits(hub, family):
+    assert push(family, "--no-collection").exit_code == 0
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        remote = AutoModelForCausalLM.from_pretrained(REPOS[1]).eval()(ids).logits
+        local = AutoModelForCausalLM.from_pretrained(family / MEMBERS[1]).eval()(ids).logits
+    assert torch.equal(remote, local)
+    assert not hub.collections
+
+
+def test_second_push_makes_no_commit_and_uploads_nothing(hub, family):
+    assert push(family).exit_code == 0
+    commits, uploads, collection_writes = len(hub.calls("commit")), len(hub.lfs_uploads), _collection_writes(hub)
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    assert len(hub.calls("commit")) == commits and len(hub.lfs_uploads) == uploads
+    assert _collection_writes(hub) == collection_writes
+    assert result.output.count("unchanged") == 2
+
+
+def _collection_writes(hub: HubServer) -> int:
+    return sum(1 for r in hub.requests if r.route and r.route.startswith("collection") and r.method != "GET")
+
+
+def test_a_changed_card_makes_one_small_commit_per_member(hub, family):
+    assert push(family).exit_code == 0
+    uploads = len(hub.lfs_uploads)
+    assert CliRunner().invoke(main, ["card", str(family), "--license", "mit"]).exit_code == 0
+    assert push(family).exit_code == 0
+    for repo_id in REPOS:
+        first, second = pushed_commits(hub, repo_id)
+        assert list(second.added) == ["README.md"]
+    assert len(hub.lfs_uploads) == uploads
+
+
+def test_a_500_on_the_first_commit_and_a_429_are_survived(hub, family):
+    hub.fail_next(r"/commit/", 500, times=1)
+    hub.fail_next(r"^/api/repos/create$", 429, times=1, headers={"Retry-After": "1"})
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    assert [len(pushed_commits(hub, r)) for r in REPOS] == [1, 1]
+    assert len(hub.lfs_uploads) == len({u.oid for u in hub.lfs_uploads})  # the weights went up once
+
+
+def test_a_hub_that_stays_down_names_what_was_and_was_not_published(hub, family):
+    assert push(family, "--members", MEMBERS[0], "--no-collection").exit_code == 0
+    hub.fail_next(r"/commit/", 503, times=100)
+    with pytest.raises(PushError) as caught:
+        push_family(family, PushSettings(namespace=NS, backoff_s=0))
+    message = str(caught.value)
+    assert "HTTP 503" in message or "503" in message
+    assert f"published: {REPOS[0]}" in message and f"not published: {REPOS[1]}" in message
+    result = push(family)
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert result.output.splitlines()[-1].startswith(f"error: upload {REPOS[1]} failed: ")
+
+
+def test_the_token_never_appears_in_output_files_or_errors(hub, family):
+    outputs = [push(family).output, push(family, "--dry-run").output]
+    hub.fail_next(r"/commit/", 503, times=100)
+    assert CliRunner().invoke(main, ["card", str(family), "--license", "mit"]).exit_code == 0
+    failed = push(family)
+    assert failed.exit_code == 1
+    outputs.append(failed.output)
+    assert all(hub.token not in text for text in outputs)
+    for path in family.rglob("*"):
+        if path.is_file():
+            assert hub.token.encode() not in path.read_bytes(), path
+
+
+def test_dry_run_makes_no_request_and_lists_files_and_sizes(hub, family, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")  # it needs no token either
+    result = push(family, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert hub.requests == []
+    size = (family / MEMBERS[0] / "model.safetensors").stat().st_size
+    assert f"  model.safetensors  {size / 1e3:.2f} KB\n" in result.output
+    assert all(repo in result.output for repo in REPOS)
+    assert "collection: 'Llama-tiny width-pruned family' with 2 members" in result.output
+    assert not (family / MEMBERS[0] / "README.md").exists()  # nothing written either
+
+
+def test_a_foreign_repo_is_not_overwritten_without_force(hub, family):
+    api = HfApi(endpoint=hub.endpoint, token=hub.token)
+    api.create_repo(REPOS[1])
+    api.upload_file(path_or_fileobj=b"# someone else's model\n", path_in_repo="README.md", repo_id=REPOS[1])
+    commits = len(hub.calls("commit"))
+    result = push(family)
+    assert result.exit_code == 1
+    assert f"{REPOS[1]} already exists and was not made by hubprune" in result.output and "--force" in result.output
+    assert len(hub.calls("commit")) == commits and not hub.collections  # refused before anything was published
+    assert push(family, "--force").exit_code == 0
+    assert "model.safetensors" in hub.files(REPOS[1])
+
+
+def test_unverified_members_are_skipped_and_others_pushed(hub, family):
+    weights = family / MEMBERS[1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    assert f"skipped {MEMBERS[1]}: its checkpoint no longer verifies" in result.output
+    assert hub.files(REPOS[0]) and REPOS[1] not in {r.repo_id for r in hub.repos.values()}
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["--members", "nope"],
+            "--members names nope, not in this family: choose from Llama-tiny-er1.5, Llama-tiny-er1",
+        ),
+        (["--collection", "x", "--no-collection"], "give --collection TITLE or --no-collection, not both"),
+        (["--collection", "x" * 61], "--collection title is 61 characters; the Hub allows 60"),
+    ],
+)
+def test_bad_push_input_gives_one_line_and_sends_nothing(hub, family, args, fragment):
+    result = push(family, *args)
+    assert result.exit_code == 1 and result.output.startswith(f"error: {fragment}") and result.output.count("\n") == 1
+    assert hub.requests == []
+
+
+def test_no_token_is_a_clear_error(hub, family, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    result = push(family)
+    assert result.exit_code == 1 and "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in result.output
+    assert hub.requests == []
+
+
+def test_not_a_family_is_refused(hub, tmp_path):
+    result = CliRunner().invoke(main, ["push", str(tmp_path), "--namespace", NS])
+    assert result.exit_code == 1 and "is not a hubprune family" in result.output
