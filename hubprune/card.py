@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
+import math
 import traceback
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -24,7 +24,7 @@ from .base_model import BASE_RESULTS, base_label
 from .checkpoint import is_hub_id
 from .errors import CardError, OutputError
 from .gguf_source import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
-from .plots import Series, draw
+from .plots import Series, render_png
 
 STAGE = "card"
 CARD_FILE = "README.md"
@@ -50,6 +50,8 @@ ALLOWED_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 class CardSettings:
     namespace: str | None = None  # the Hub user or organisation the members are (or will be) published under
     license: str | None = None  # overrides the licence found for the base; required when none is found
+    license_name: str | None = None  # with license "other": the licence's short name...
+    license_link: str | None = None  # ...and where to read it (a URL, or a file in the repo such as LICENSE)
     base_model: str | None = None  # the base's Hub id, when hubprune cannot know it (a local folder)
     template_dir: Path | None = None  # a folder with member.md.j2 / family.md.j2 (and includes) to use instead
 
@@ -59,6 +61,8 @@ class CardOutcome:
     family_card: Path
     member_cards: tuple[Path, ...]
     warnings: tuple[str, ...] = ()
+    licence: str | None = None  # the licence id the cards declare
+    files: dict[str, dict[str, int]] = field(default_factory=dict)  # member -> {card or plot path: size in bytes}
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,11 @@ class ModelResults:
     profile_note: str | None = None  # why there is no profile (e.g. the base was skipped)
 
 
-def render_cards(family_dir: Path, settings: CardSettings = CardSettings()) -> CardOutcome:
+def render_cards(family_dir: Path, settings: CardSettings = CardSettings(), *, write: bool = True) -> CardOutcome:
     """Render every built member's README.md and plots, and the family's README.md and plots.
 
-    Settings given here are stored in family.json, so a later render (or `hubprune push`) keeps them.
+    Settings given here are stored in family.json, so a later render (or `hubprune push`) keeps them. With
+    write=False nothing is written: the outcome says what would be (push --dry-run uses it).
     Raises CardError for a folder that is no family, a template error, or metadata the Hub would reject.
     """
     family_dir = Path(family_dir)
@@ -94,28 +99,40 @@ def render_cards(family_dir: Path, settings: CardSettings = CardSettings()) -> C
     base_id = settings.base_model or _base_hub_id(family)
     environment = _templates(settings.template_dir)
     warnings: list[str] = []
-    if license_info.get("name_prefix"):
+    if license_info.name_prefix:
         for member in members:
-            if not member.name.startswith(license_info["name_prefix"]):
+            if not member.name.startswith(license_info.name_prefix):
                 warnings.append(
-                    f"{member.name}: the {license_info['id']} licence asks that derived models' names begin with "
-                    f"{license_info['name_prefix']!r}"
+                    f"{member.name}: the {license_info.id} licence asks that derived models' names begin with "
+                    f"{license_info.name_prefix!r}"
                 )
     panels = _plot_panels(base, members)
     common = _common_context(family, base, members, base_id, license_info, settings, _plot_refs(panels))
-    # Render every card before writing any, so a template or metadata error leaves the old cards untouched.
+    # Render every card and plot before writing any, so an error leaves the old ones untouched.
     texts: dict[str, str] = {}
+    images: dict[Path, dict[str, bytes]] = {}
     for member in members:
         context = _member_context(common, base, members, member, settings)
         metadata = member_metadata(family, member, base_id, license_info)
         validate_metadata(metadata, f"{member.name}/{CARD_FILE}")
         texts[member.name] = _render(environment, "member.md.j2", {**context, "metadata": _yaml(metadata)})
-    family_text = _render(environment, "family.md.j2", {**common, "plots": common["plots"]})
-    cards = []
+        images[member.folder] = _render_plots(panels, member.ratio, member.name)  # type: ignore[index]
+    family_text = _render(environment, "family.md.j2", common)
+    images[family_dir] = _render_plots(panels, None, f"{common['base']['label']} family")
+    files = {
+        m.name: {
+            CARD_FILE: len(texts[m.name].encode("utf-8")),
+            **{f"{PLOTS_DIR}/{name}": len(data) for name, data in images[m.folder].items()},  # type: ignore[index]
+        }
+        for m in members
+    }
+    cards = [m.folder / CARD_FILE for m in members]  # type: ignore[operator]
+    if not write:
+        return CardOutcome(family_dir / CARD_FILE, tuple(cards), tuple(warnings), license_info.id, files)
     for member in members:
         folder = member.folder  # type: ignore[assignment]
-        _write_plots(folder, panels, member.ratio, member.name)
-        _write_text(folder / CARD_FILE, texts[member.name])
+        _write_plots(folder, images[folder])
+        _write_bytes(folder / CARD_FILE, texts[member.name].encode("utf-8"))
         manifest.record_stage(
             family_dir,
             member.name,
@@ -124,13 +141,19 @@ def render_cards(family_dir: Path, settings: CardSettings = CardSettings()) -> C
             sha256=_sha256(texts[member.name]),
             namespace=settings.namespace,
         )
-        cards.append(folder / CARD_FILE)
-    _write_plots(family_dir, panels, None, f"{common['base']['label']} family")
-    _write_text(family_dir / CARD_FILE, family_text)
-    stored = {"namespace": settings.namespace, "license": settings.license, "base_model": settings.base_model}
+    _write_plots(family_dir, images[family_dir])
+    _write_bytes(family_dir / CARD_FILE, family_text.encode("utf-8"))
+    stored = {
+        "namespace": settings.namespace,
+        "license": settings.license,
+        "license_name": settings.license_name,
+        "license_link": settings.license_link,
+        "base_model": settings.base_model,
+        "template_dir": str(settings.template_dir.resolve()) if settings.template_dir else None,
+    }
     latest = manifest.load(family_dir)
     manifest.save(replace(latest, card={**latest.card, **stored}), family_dir)
-    return CardOutcome(family_dir / CARD_FILE, tuple(cards), tuple(warnings))
+    return CardOutcome(family_dir / CARD_FILE, tuple(cards), tuple(warnings), license_info.id, files)
 
 
 # --- what was measured -----------------------------------------------------------------------------------------
@@ -179,6 +202,8 @@ def _with_results(model: ModelResults, results: Path) -> ModelResults:
     if profile is not None and profile.get("status") != "done":
         note = profile.get("reason") or f"profiling status {profile.get('status')!r}"
         profile = None
+    # A value that is not a finite number (a failed metric, NaN) counts as not measured, here and everywhere after.
+    tasks = {t: r for t, r in eval_record.get("tasks", {}).items() if _finite(r.get("value"))}
     return ModelResults(
         model.name,
         model.ratio,
@@ -186,11 +211,15 @@ def _with_results(model: ModelResults, results: Path) -> ModelResults:
         model.params,
         model.weight_bytes,
         model.folder,
-        eval=eval_record.get("tasks", {}),
+        eval=tasks,
         eval_record=eval_record,
         profile=profile,
         profile_note=note,
     )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -210,64 +239,98 @@ def _licence_table() -> dict[str, Any]:
     return json.loads(resources.files("hubprune").joinpath("data/licenses.json").read_text(encoding="utf-8"))
 
 
-def resolve_license(family: manifest.Family, settings: CardSettings, member_folder: Path | None) -> dict[str, Any]:
-    """The base's licence id and the duties it carries, from --license, else the base's own card or config or
-    GGUF metadata. Never guessed: when none is found the id is None and the card says so."""
+@dataclass(frozen=True)
+class Licence:
+    """The base model's licence as the cards declare it, and the duties it puts on derived models."""
+
+    id: str | None  # a Hub licence id, or None when none was found (never guessed)
+    source: str  # where it was found
+    name: str | None = None  # with id "other": the licence's name and link
+    link: str | None = None
+    files: tuple[str, ...] = ()  # the licence files copied from the base into every member
+    attribution: str | None = None  # e.g. "Built with Llama"
+    notice: str | None = None
+    name_prefix: str | None = None  # what derived models' names must begin with
+
+
+def resolve_license(family: manifest.Family, settings: CardSettings, member_folder: Path | None) -> Licence:
+    """The base's licence from --license, else the base's own card, config or GGUF metadata, with the duties it
+    carries. Never guessed: when none is found the id is None and the card says so."""
     table = _licence_table()
-    found, where = settings.license, "--license"
-    if not found:
+    if settings.license:
+        found = {"license": settings.license, "license_name": None, "license_link": None}
+        where = "--license"
+    else:
         found, where = _base_licence(family)
-    if found and found not in table["hub_ids"]:
+    licence_id = found["license"].strip().lower() if found["license"] else None  # the Hub's ids are lower case
+    if licence_id and licence_id not in table["hub_ids"]:
         raise CardError(
-            f"licence {found!r} (from {where}) is not an identifier the Hub accepts: pass --license with one of "
-            f"its ids (e.g. apache-2.0, llama3.2, gemma) or --license other"
+            f"licence {found['license']!r} (from {where}) is not an identifier the Hub accepts: pass --license with "
+            "one of its ids (e.g. apache-2.0, llama3.2, gemma), or --license other with --license-name and --license-link"
         )
-    duties = table["duties"].get(found or "", {})
-    files = _licence_files(member_folder)
-    return {"id": found, "source": where, "files": files, **duties}
+    name = settings.license_name or found["license_name"]
+    link = settings.license_link or found["license_link"]
+    if licence_id == "other" and not (name and link):
+        raise CardError(
+            f"licence 'other' (from {where}) needs a name and a link: pass --license-name NAME and --license-link URL"
+        )
+    duties = table["duties"].get(licence_id or "", {})
+    return Licence(
+        licence_id,
+        where,
+        name if licence_id == "other" else None,
+        link if licence_id == "other" else None,
+        tuple(_licence_files(member_folder)),
+        **duties,
+    )
 
 
-def _base_licence(family: manifest.Family) -> tuple[str | None, str]:
+def _base_licence(family: manifest.Family) -> tuple[dict[str, str | None], str]:
+    """{license, license_name, license_link} as the base declares them, and where they were found."""
     source = family.source
     readme = _base_readme(family)
     if readme is not None:
-        data = _front_matter(readme)
+        data = front_matter(readme)
         if isinstance(data.get("license"), str):
-            return data["license"], "the base model's card"
+            return {k: _text(data.get(k)) for k in ("license", "license_name", "license_link")}, "the base model's card"
     for folder in filter(None, [source.folder, source.id]):
         config = Path(folder) / "config.json"
-        if config.is_file():
-            value = json.loads(config.read_text(encoding="utf-8")).get("license")
-            if isinstance(value, str):
-                return value, "the base model's config.json"
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("license") if config.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if isinstance(value, str):
+            return {"license": value, "license_name": None, "license_link": None}, "the base model's config.json"
     if source.origin and source.origin.get("format") == "gguf" and Path(source.id).is_file():
         from gguf import GGUFReader
 
-        field_ = GGUFReader(source.id).fields.get("general.license")
-        if field_ is not None:
-            return str(field_.contents()), "the GGUF file's general.license"
-    return None, "nowhere"
+        fields = GGUFReader(source.id).fields
+        keys = {
+            "license": "general.license",
+            "license_name": "general.license.name",
+            "license_link": "general.license.link",
+        }
+        found = {k: str(fields[f].contents()) if f in fields else None for k, f in keys.items()}
+        if found["license"]:
+            return found, "the GGUF file's general.license"
+    return {"license": None, "license_name": None, "license_link": None}, "nowhere"
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _base_readme(family: manifest.Family) -> str | None:
-    """The base model's own README.md: in its local folder, else (Hub sources) through huggingface_hub, which
-    serves it from the cache and reaches the network only when that is allowed."""
-    source = family.source
-    for folder in filter(None, [source.id, source.folder]):
+    """The base model's own README.md, from the folder the family was built from (a Hub source's snapshot holds
+    it too). Read locally only, so that a card never depends on the network."""
+    for folder in filter(None, [family.source.folder, family.source.id]):
         readme = Path(folder) / CARD_FILE
         if readme.is_file():
             return readme.read_text(encoding="utf-8", errors="replace")
-    if is_hub_id(source.id):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(source.id, CARD_FILE, revision=source.revision)).read_text(encoding="utf-8")
-        except Exception:  # offline, gated, or no card: the licence stays unknown and the card says so
-            return None
     return None
 
 
-def _front_matter(text: str) -> dict[str, Any]:
+def front_matter(text: str) -> dict[str, Any]:
     if not text.startswith("---"):
         return {}
     end = text.find("\n---", 3)
@@ -300,7 +363,7 @@ def _base_hub_id(family: manifest.Family) -> str | None:
 
 
 def member_metadata(
-    family: manifest.Family, member: ModelResults, base_id: str | None, license_info: dict[str, Any]
+    family: manifest.Family, member: ModelResults, base_id: str | None, license_info: Licence
 ) -> dict[str, Any]:
     """The card's YAML block, built with ModelCardData. model-index holds every measured result of the member."""
     from huggingface_hub import EvalResult, ModelCardData
@@ -315,13 +378,14 @@ def member_metadata(
             metric_value=record["value"],
         )
         for task, record in member.eval.items()
-        if isinstance(record.get("value"), (int, float))
     ]
     data = ModelCardData(
         base_model=base_id,
         library_name="transformers",
         pipeline_tag="text-generation",
-        license=license_info["id"],
+        license=license_info.id,
+        license_name=license_info.name,
+        license_link=license_info.link,
         tags=[*TAGS, family.source.model_type],
         model_name=member.name if results else None,
         eval_results=results or None,
@@ -369,13 +433,15 @@ def _merged_settings(family: manifest.Family, settings: CardSettings) -> CardSet
     """Settings given now win; those not given come from the last render (family.json), so that re-rendering
     or pushing keeps the namespace and licence the user chose once."""
     stored = family.card
-    merged = CardSettings(
+    template_dir = settings.template_dir or (Path(stored["template_dir"]) if stored.get("template_dir") else None)
+    return CardSettings(
         namespace=settings.namespace or stored.get("namespace"),
         license=settings.license or stored.get("license"),
+        license_name=settings.license_name or stored.get("license_name"),
+        license_link=settings.license_link or stored.get("license_link"),
         base_model=settings.base_model or stored.get("base_model"),
-        template_dir=settings.template_dir,
+        template_dir=template_dir,
     )
-    return merged
 
 
 def _check_namespace(namespace: str | None) -> None:
@@ -394,7 +460,7 @@ def _common_context(
     base: ModelResults,
     members: list[ModelResults],
     base_id: str | None,
-    license_info: dict[str, Any],
+    license_info: Licence,
     settings: CardSettings,
     plots: list[dict[str, str]],
 ) -> dict[str, Any]:
@@ -444,12 +510,12 @@ def _member_context(
             "width": member.width,
             "ratio": f"{member.ratio:.2f}",
             "pct_removed": f"{(1 - member.width / base.width) * 100:.1f} %",
-            "params": _params(member.params),
+            "params": params_text(member.params),
             "params_vs_base": f"{member.params / base.params * 100:.1f} %",
             "size": _bytes(member.weight_bytes),
         },
         "table": _family_table([base, *members], settings, current=member.name),
-        "member_results": _member_results(member, base),
+        "member_results": _member_results(member, base, fraction_tasks([base, *members])),
         "eval_settings": _eval_settings_line(member),
     }
 
@@ -466,6 +532,7 @@ def _benchmarks(models: list[ModelResults]) -> list[tuple[str, str, bool | None]
 def _family_table(models: list[ModelResults], settings: CardSettings, current: str | None) -> dict[str, Any]:
     base = models[0]
     benchmarks = _benchmarks(models)
+    fractions = fraction_tasks(models)
     batch = _first_batch(models)
     header = ["model", "ratio", "MLP width", "parameters", "weights"]
     header += [f"{task} ({metric.split(',')[0]} {_arrow(hib)})" for task, metric, hib in benchmarks]
@@ -485,11 +552,11 @@ def _family_table(models: list[ModelResults], settings: CardSettings, current: s
             cell,
             f"{model.ratio:.2f}",
             str(model.width),
-            f"{_params(model.params)} ({model.params / base.params * 100:.1f} %)",
+            f"{params_text(model.params)} ({model.params / base.params * 100:.1f} %)",
             _bytes(model.weight_bytes),
         ]
         for task, _metric, _ in benchmarks:
-            row.append(_score_with_change(model.eval.get(task), base.eval.get(task), model is base))
+            row.append(_score_with_change(model.eval.get(task), base.eval.get(task), model is base, task in fractions))
         if batch is not None:
             mine, theirs = _batch(model, batch), _batch(base, batch)
             row.append(_throughput(mine, theirs, model is base))
@@ -521,47 +588,59 @@ def _arrow(higher_is_better: bool | None) -> str:
     return {True: "↑", False: "↓"}.get(higher_is_better, "")  # type: ignore[arg-type]
 
 
-def _is_fraction(metric: str, *values: float | None) -> bool:
-    """Accuracy-like metrics reported in [0, 1]: shown as percentages, changes in points."""
-    return "perplexity" not in metric and all(v is None or 0.0 <= v <= 1.0 for v in values)
+def fraction_tasks(models: list[ModelResults]) -> set[str]:
+    """Tasks whose metric is an accuracy-like fraction: shown as percentages with changes in points. Decided once
+    per task over every model, so one column never mixes formats: a perplexity (by name) or a lower-is-better
+    metric is never one, nor is a metric that any model reports outside [0, 1]."""
+    found = set()
+    for task, metric, higher_is_better in _benchmarks(models):
+        values = [m.eval[task]["value"] for m in models if task in m.eval]
+        if "perplexity" not in metric and higher_is_better is not False and all(0.0 <= v <= 1.0 for v in values):
+            found.add(task)
+    return found
 
 
-def _score(record: dict[str, Any] | None) -> str:
-    if record is None or not isinstance(record.get("value"), (int, float)):
+def score_text(record: dict[str, Any] | None, fraction: bool) -> str:
+    if record is None:
         return "not measured"
     value = record["value"]
-    if _is_fraction(record["metric"], value):
+    if fraction:
         return f"{value * 100:.1f} %"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
-def _change(record: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
-    if record is None or base is None or not isinstance(base.get("value"), (int, float)):
+def change_text(record: dict[str, Any] | None, base: dict[str, Any] | None, fraction: bool) -> str:
+    """The change against the base: points for fractions, a factor for a metric that grew many times over (a
+    perplexity), else a relative percentage."""
+    if record is None or base is None:
         return "no base"
     value, reference = record["value"], base["value"]
-    if _is_fraction(record["metric"], value, reference):
+    if fraction:
         return f"{(value - reference) * 100:+.1f} pts"
     if reference <= 0 or value <= 0:
         return "n/a" if reference == 0 else f"{(value - reference) / abs(reference) * 100:+.1f} %"
-    if value / reference >= 2:  # a perplexity that grew many times over reads better as a factor
+    if value / reference >= 2:
         return f"{value / reference:,.1f}× base"
     return f"{(value - reference) / reference * 100:+.1f} %"
 
 
-def _score_with_change(record: dict[str, Any] | None, base: dict[str, Any] | None, is_base: bool) -> str:
-    text = _score(record)
+def _score_with_change(
+    record: dict[str, Any] | None, base: dict[str, Any] | None, is_base: bool, fraction: bool
+) -> str:
+    text = score_text(record, fraction)
     if record is None or is_base or base is None:
         return text
-    return f"{text} ({_change(record, base)})"
+    return f"{text} ({change_text(record, base, fraction)})"
 
 
-def _member_results(member: ModelResults, base: ModelResults) -> list[dict[str, str]]:
+def _member_results(member: ModelResults, base: ModelResults, fractions: set[str]) -> list[dict[str, str]]:
     rows = []
     for task, record in member.eval.items():
+        fraction = task in fractions
         stderr = record.get("stderr")
-        value = _score(record)
-        if isinstance(stderr, (int, float)):
-            value += f" ± {stderr * 100:.1f}" if _is_fraction(record["metric"], record["value"]) else f" ± {stderr:.3g}"
+        value = score_text(record, fraction)
+        if _finite(stderr):
+            value += f" ± {stderr * 100:.1f}" if fraction else f" ± {stderr:.3g}"
         samples = record.get("n_samples") or {}
         rows.append(
             {
@@ -571,8 +650,8 @@ def _member_results(member: ModelResults, base: ModelResults) -> list[dict[str, 
                 "samples": str(samples.get("effective", "?"))
                 + (f" of {samples['original']}" if "original" in samples else ""),
                 "value": value,
-                "base": _score(base.eval.get(task)),
-                "change": _change(record, base.eval.get(task)) if task in base.eval else "no base",
+                "base": score_text(base.eval.get(task), fraction),
+                "change": change_text(record, base.eval.get(task), fraction),
             }
         )
     return rows
@@ -609,7 +688,7 @@ def _throughput(mine: dict[str, Any] | None, base: dict[str, Any] | None, is_bas
     value = mine["decode_throughput"]["median"]
     text = f"{value:.1f}"
     if not is_base and base is not None:
-        text += f" ({value / base['decode_throughput']['median']:.2f}×)"
+        text += f" ({value / base['decode_throughput']['median']:.2f}× base)"
     return text
 
 
@@ -685,7 +764,7 @@ def _memory_how(model: ModelResults) -> str:
 def _timed(value: float, unit: str, reference: float | None) -> str:
     text = f"{value:.1f} {unit}".strip() if value >= 10 else f"{value:.3g} {unit}".strip()
     if reference:
-        text += f" ({value / reference:.2f}×)"
+        text += f" ({value / reference:.2f}× base)"
     return text
 
 
@@ -781,15 +860,17 @@ def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[st
     return lines
 
 
-def _licence_text(info: dict[str, Any]) -> dict[str, Any]:
-    if info["id"]:
-        text = f"The base model's licence applies to this model: `{info['id']}` (found in {info['source']})."
+def _licence_text(info: Licence) -> dict[str, Any]:
+    if info.id == "other":
+        text = f"The base model's licence applies to this model: [{info.name}]({info.link}) (found in {info.source})."
+    elif info.id:
+        text = f"The base model's licence applies to this model: `{info.id}` (found in {info.source})."
     else:
         text = (
             "Not known: hubprune found no licence in the base model's card, config or file, so none is declared. "
             "Check the base model's terms before using or sharing this model."
         )
-    return {"text": text, "attribution": info.get("attribution"), "notice": info.get("notice"), "files": info["files"]}
+    return {"text": text, "attribution": info.attribution, "notice": info.notice, "files": list(info.files)}
 
 
 # --- plots -----------------------------------------------------------------------------------------------------
@@ -849,12 +930,21 @@ def _plot_refs(panels: dict[str, list[Series]]) -> list[dict[str, str]]:
     ]
 
 
-def _write_plots(folder: Path, panels: dict[str, list[Series]], highlight: float | None, title: str) -> None:
-    """Draw the plots that have data and remove those that no longer have any."""
-    for kind, series in panels.items():
-        path = folder / PLOTS_DIR / PLOT_FILES[kind]
-        if series:
-            draw(path, series, highlight_ratio=highlight, title=title)
+def _render_plots(panels: dict[str, list[Series]], highlight: float | None, title: str) -> dict[str, bytes]:
+    return {
+        PLOT_FILES[kind]: render_png(series, highlight_ratio=highlight, title=title)
+        for kind, series in panels.items()
+        if series
+    }
+
+
+def _write_plots(folder: Path, images: dict[str, bytes]) -> None:
+    """Write the plots that have data and remove those that no longer have any."""
+    for name in PLOT_FILES.values():
+        path = folder / PLOTS_DIR / name
+        if name in images:
+            path.parent.mkdir(exist_ok=True)
+            _write_bytes(path, images[name])
         elif path.exists():
             path.unlink()
 
@@ -898,9 +988,9 @@ def _yaml(metadata: dict[str, Any]) -> str:
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000).strip()
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     tmp.replace(path)
 
 
@@ -908,14 +998,15 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _params(count: int) -> str:
-    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+def params_text(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.4g}{unit}"
+    return str(count)
 
 
 def _bytes(count: int) -> str:
-    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
-
-
-def command_line(argv: list[str]) -> str:
-    """The command as the user typed it, for the cards' reproducibility section."""
-    return shlex.join(["hubprune", *argv])
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.4g} {unit}"
+    return f"{count} B"

@@ -18,7 +18,7 @@ import click
 
 from . import __version__, manifest
 from .build import PruneSettings, build_family, make_plan, prune_one
-from .card import CardOutcome, CardSettings, render_cards
+from .card import CardOutcome, CardSettings, change_text, render_cards, score_text
 from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
@@ -181,7 +181,9 @@ def _card_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--namespace", help="Hub user or organisation the members are published under (repo ids in the cards)."
         ),
-        click.option("--license", "license_id", help="Licence id of the base, when hubprune cannot find it."),
+        click.option("--license", "license_id", help="Hub licence id of the base (e.g. apache-2.0), when not found."),
+        click.option("--license-name", "license_name", help="With --license other: the licence's name."),
+        click.option("--license-link", "license_link", help="With --license other: its URL (or LICENSE file)."),
         click.option("--base-model", "base_model", help="Hub id of the base, when the source is a local folder."),
         click.option(
             "--template-dir",
@@ -199,6 +201,8 @@ def _card_settings(options: dict[str, Any]) -> CardSettings:
     return CardSettings(
         namespace=options.pop("namespace"),
         license=options.pop("license_id"),
+        license_name=options.pop("license_name"),
+        license_link=options.pop("license_link"),
         base_model=options.pop("base_model"),
         template_dir=options.pop("template_dir"),
     )
@@ -225,7 +229,9 @@ def _typed_command() -> str:
             continue
         flag = max(param.opts, key=len)
         if getattr(param, "is_flag", False):
-            parts += [flag] if value else []
+            parts += [flag] if value else [*param.secondary_opts[:1]]
+        elif getattr(param, "multiple", False):
+            parts += [word for item in value or () for word in (flag, str(item))]
         elif value is not None:
             parts += [flag, str(value)]
     return shlex.join(parts)
@@ -379,15 +385,18 @@ def _results_table(outcome: EvalOutcome) -> str:
 
 
 def _headline_scores(outcome: EvalOutcome) -> tuple[str, dict[str, str]]:
-    """The suite's first task, per model, with its change against the base where the base was measured."""
+    """The suite's first task, per model, with its change against the base where the base was measured, written
+    as the cards write it."""
     task = outcome.tasks[0].task
-    base = outcome.results.get("base", {}).get("tasks", {}).get(task)
+    found = {label: record["tasks"].get(task) for label, record in outcome.results.items()}
+    measured = [r for r in found.values() if r is not None]
+    fraction = "perplexity" not in task + outcome.tasks[0].metric and all(0 <= r["value"] <= 1 for r in measured)
+    base = found.get("base")
     scores = {}
-    for label, record in outcome.results.items():
-        result = record["tasks"].get(task)
-        text = _format_value(result)
-        if result and base and label != "base" and base["value"]:
-            text += f" ({(result['value'] - base['value']) / abs(base['value']) * 100:+.1f}%)"
+    for label, result in found.items():
+        text = score_text(result, fraction)
+        if result is not None and base is not None and label != "base":
+            text += f" ({change_text(result, base, fraction)})"
         scores[label] = text
     return f"{task} ({outcome.tasks[0].metric.split(',')[0]})", scores
 
@@ -638,19 +647,24 @@ def _push_report(outcome: PushOutcome) -> None:
     for name, why in outcome.skipped:
         click.echo(f"skipped {name}: {why}", err=True)
     if outcome.dry_run:
-        click.echo("dry run: nothing was sent. A push would create (if missing) and upload to:")
+        click.echo("dry run: nothing was sent. A push would create each repo if missing and upload these files")
+        click.echo("(files the repo already holds unchanged are skipped, files not listed are deleted from it):")
     rows = [["repo", "status", "files", "size", "commit"]]
     for member in outcome.members:
-        size = sum(f.size for f in member.files)
-        rows.append([member.repo_id, member.status, str(len(member.files)), _human_bytes(size), member.commit or "-"])
+        size = _human_bytes(sum(f.size for f in member.files)) if member.files else "-"
+        rows.append([member.repo_id, member.status, str(len(member.files) or "-"), size, member.commit or "-"])
     click.echo(_table(rows))
     if outcome.dry_run:
+        if outcome.cards_rendered:
+            click.echo("README.md and plots/ of every member would first be rendered again for this namespace.")
         for member in outcome.members:
             click.echo(f"{member.repo_id}:")
             for upload in member.files:
                 click.echo(f"  {upload.path}  {_human_bytes(upload.size)}")
         if outcome.collection_title:
-            click.echo(f"collection: {outcome.collection_title!r} with {len(outcome.members)} members, widest first")
+            click.echo(f"collection {outcome.collection_title!r}, in this order:")
+            for repo_id, note in outcome.collection_items:
+                click.echo(f"  {repo_id}: {note}")
         return
     if outcome.collection_url:
         click.echo(f"collection: {outcome.collection_url}")

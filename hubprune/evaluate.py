@@ -449,8 +449,11 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
 
 
 def _run_lm_eval(lm: Any, group: list[SuiteTask], shots: int, manager: Any, bootstrap_iters: int) -> dict[str, Any]:
-    from lm_eval import simple_evaluate
+    from lm_eval import evaluator, simple_evaluate
 
+    # lm-eval records the git commit of the current directory, whatever that is (printing git's "fatal: not a
+    # git repository" outside one): it says nothing about the evaluation and would be published with the results.
+    saved_hash, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, lambda: None
     try:
         raw = simple_evaluate(
             model=lm,
@@ -467,6 +470,8 @@ def _run_lm_eval(lm: Any, group: list[SuiteTask], shots: int, manager: Any, boot
             f"the data of {names} could not be loaded ({type(exc).__name__}): these tasks download their datasets "
             "from the Hub; run with network access, or use --suite offline"
         ) from None
+    finally:
+        evaluator.get_git_commit_hash = saved_hash
     if raw is None:
         raise EvaluationError("lm-eval returned no results (is this a non-zero rank of a distributed run?)")
     return raw
@@ -506,7 +511,7 @@ def _save_raw(results_dir: Path, task: str, raw: dict[str, Any]) -> None:
     names = _with_subtasks(task, raw.get("group_subtasks", {}))
     kept = {}
     for key, value in raw.items():
-        if key == "samples":
+        if key in ("samples", "git_hash", "upper_git_hash"):  # the last two: commits of the working directory
             continue
         per_task = isinstance(value, dict) and key in PER_TASK_KEYS
         kept[key] = {name: entry for name, entry in value.items() if name in names} if per_task else value

@@ -19,7 +19,18 @@ from typing import Any, TypeVar
 
 from . import __version__, manifest
 from .base_model import base_label
-from .card import CARD_FILE, CardSettings, collect_results, render_cards
+from .card import (
+    CARD_FILE,
+    CardOutcome,
+    CardSettings,
+    change_text,
+    collect_results,
+    fraction_tasks,
+    front_matter,
+    params_text,
+    render_cards,
+    score_text,
+)
 from .card import STAGE as CARD_STAGE
 from .checkpoint import open_checkpoint
 from .errors import HubpruneError, PushError
@@ -71,6 +82,8 @@ class PushOutcome:
     collection_title: str | None
     collection_url: str | None
     dry_run: bool
+    collection_items: tuple[tuple[str, str], ...] = ()  # (repo id, note) in order, reported by a dry run
+    cards_rendered: bool = False  # a dry run: the cards would be rendered again for this namespace
 
 
 ProgressCallback = Callable[[str], None]
@@ -81,31 +94,40 @@ def push_family(
 ) -> PushOutcome:
     """Publish the family's members as NS/<member> repos and, unless asked not to, one collection of them.
 
-    Everything that can be checked without the network is checked before the first request: the members
-    named, each member's files and card, the licence. A dry run stops there and reports what would be sent.
+    Everything that can be checked without the network is checked before the first request (the members named,
+    each member's files, its card and licence), then every repo is checked before the first write. A dry run
+    stops before the network and reports what would be sent.
     """
     family_dir = Path(family_dir)
     family = _load(family_dir)
     chosen, skipped = _select(family_dir, family, settings.members)
     title = _collection_title(family, settings)
+    # The cards name the repos: render them again when they were made for another namespace, or never.
+    stale = any(
+        m.stages.get(CARD_STAGE, {}).get("namespace") != settings.namespace
+        or not (family_dir / m.path / CARD_FILE).exists()
+        for m in chosen
+    )
+    cards = render_cards(family_dir, CardSettings(namespace=settings.namespace), write=False) if stale else None
+    _check_licence(family_dir, chosen[0], cards)
     if settings.dry_run:
-        planned = [_plan(family_dir, member, settings.namespace, "planned") for member in chosen]
-        return PushOutcome(tuple(planned), tuple(skipped), title, None, True)
-    render_cards(family_dir, CardSettings(namespace=settings.namespace))  # repo ids in the cards must be these
-    family = manifest.load(family_dir)
-    chosen = [family.member(m.name) for m in chosen]  # type: ignore[misc]
-    _check_cards(family_dir, chosen)
+        planned = tuple(_plan(family_dir, m, settings.namespace, "planned", cards) for m in chosen)
+        items = tuple(_collection_items(family_dir, family, chosen, settings.namespace)) if title else ()
+        return PushOutcome(planned, tuple(skipped), title, None, True, items, cards is not None)
     token = _token()
-    api = _api(token)
-    client = _Client(api, token, settings)
+    client = _Client(_api(token), token, settings)
     for member in chosen:  # every repo checked before the first write: a refusal publishes nothing
         client.check_owner(f"{settings.namespace}/{member.name}")
+    if cards is not None:
+        render_cards(family_dir, CardSettings(namespace=settings.namespace))
+        family = manifest.load(family_dir)
+        chosen = [family.member(m.name) for m in chosen]  # type: ignore[misc]
     pushed: list[MemberPush] = []
     try:
         for index, member in enumerate(chosen, 1):
             if on_progress:
                 on_progress(f"[push] {index}/{len(chosen)} {settings.namespace}/{member.name}")
-            result = client.push_member(family_dir, member, _commit_message(family, member, settings))
+            result = client.push_member(family_dir, member, _commit_message(member, settings))
             manifest.record_stage(
                 family_dir,
                 member.name,
@@ -118,13 +140,13 @@ def push_family(
             )
             pushed.append(result)
         url = None
-        if settings.make_collection and title is not None:
+        if title is not None:
             if on_progress:
                 on_progress(f"[push] collection {title!r}")
+            family = manifest.load(family_dir)
             items = _collection_items(family_dir, family, chosen, settings.namespace)
-            url = client.collection(title, _collection_description(family, chosen), items)
-            latest = manifest.load(family_dir)
-            manifest.save(replace(latest, card={**latest.card, "collection": {"title": title, "url": url}}), family_dir)
+            url = client.collection(title, _collection_description(family), items)
+            manifest.save(replace(family, card={**family.card, "collection": {"title": title, "url": url}}), family_dir)
     except PushError as exc:
         done = ", ".join(p.repo_id for p in pushed) or "nothing"
         missing = ", ".join(f"{settings.namespace}/{m.name}" for m in chosen[len(pushed) :]) or "the collection"
@@ -189,29 +211,39 @@ def _member_problem(family_dir: Path, member: manifest.MemberRecord) -> str | No
     return None
 
 
-def _check_cards(family_dir: Path, members: list[manifest.MemberRecord]) -> None:
-    for member in members:
-        card = family_dir / member.path / CARD_FILE
-        if member.stages.get(CARD_STAGE, {}).get("status") != "done" or not card.exists():
-            raise PushError(f"{member.name} has no model card: run `hubprune card {family_dir}` first")
-        if "\nlicense:" not in card.read_text(encoding="utf-8").split("\n---", 1)[0]:
-            raise PushError(
-                f"{member.name}'s card declares no licence (none was found for the base): run "
-                f"`hubprune card {family_dir} --license ID` with the base model's licence first"
-            )
+def _check_licence(family_dir: Path, member: manifest.MemberRecord, cards: CardOutcome | None) -> None:
+    """A family is not published without the licence its base requires (the cards declare it, or say unknown)."""
+    if cards is not None:
+        licence = cards.licence
+    else:
+        text = (family_dir / member.path / CARD_FILE).read_text(encoding="utf-8")
+        licence = front_matter(text).get("license")
+    if not licence:
+        raise PushError(
+            "the cards declare no licence (none was found for the base model): run "
+            f"`hubprune card {family_dir} --license ID` with the base model's licence first"
+        )
 
 
-def _plan(family_dir: Path, member: manifest.MemberRecord, namespace: str, status: str) -> MemberPush:
+def _plan(
+    family_dir: Path, member: manifest.MemberRecord, namespace: str, status: str, cards: CardOutcome | None = None
+) -> MemberPush:
+    """The files a push of this member sends (upload_folder skips those the repo already holds unchanged); with
+    `cards`, the card and plots about to be rendered replace those on disk."""
     folder = family_dir / member.path
-    files = tuple(
-        FileUpload(str(p.relative_to(folder)), p.stat().st_size)
-        for p in sorted(folder.rglob("*"))
+    sizes = {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    }
+    if cards is not None:
+        sizes = {path: size for path, size in sizes.items() if path != CARD_FILE and not path.startswith("plots/")}
+        sizes.update(cards.files.get(member.name, {}))
+    files = tuple(FileUpload(path, sizes[path]) for path in sorted(sizes))
     return MemberPush(member.name, f"{namespace}/{member.name}", status, files)
 
 
-def _commit_message(family: manifest.Family, member: manifest.MemberRecord, settings: PushSettings) -> str:
+def _commit_message(member: manifest.MemberRecord, settings: PushSettings) -> str:
     if settings.commit_message:
         return settings.commit_message
     return f"hubprune {__version__}: {member.name} (expansion ratio {member.ratio:.2f}, MLP width {member.intermediate_size})"
@@ -230,31 +262,38 @@ def _collection_title(family: manifest.Family, settings: PushSettings) -> str | 
     return title
 
 
-def _collection_description(family: manifest.Family, members: list[manifest.MemberRecord]) -> str:
-    ratios = sorted(m.ratio for m in members)
+def _collection_description(family: manifest.Family) -> str:
+    ratios = sorted(m.ratio for m in family.members)
     text = f"{base_label(family)} with a narrower MLP, expansion ratio {ratios[-1]:.2f} to {ratios[0]:.2f}, by hubprune"
     return text[:150]  # the Hub's limit on a collection description
 
 
 def _collection_items(
-    family_dir: Path, family: manifest.Family, members: list[manifest.MemberRecord], namespace: str
+    family_dir: Path, family: manifest.Family, chosen: list[manifest.MemberRecord], namespace: str
 ) -> list[tuple[str, str]]:
-    """(repo id, note) in ratio order, widest first; the note: ratio, width, parameters, headline score change."""
+    """(repo id, note) of every member in the collection, widest first: those pushed now and those pushed to this
+    namespace before (so pushing some members keeps the others' places). The note: ratio, width, parameters and
+    the headline score's change, formatted as in the cards."""
+    names = {m.name for m in chosen} | {
+        m.name for m in family.members if m.stages.get(STAGE, {}).get("repo_id") == f"{namespace}/{m.name}"
+    }
     base, results = collect_results(family_dir, family)
-    by_name = {r.name: r for r in results}
+    measured = {r.name: r for r in results}
+    fractions = fraction_tasks([base, *results])
     items = []
-    for member in sorted(members, key=lambda m: -m.ratio):
+    for member in sorted((m for m in family.members if m.name in names), key=lambda m: -m.ratio):
+        share = member.params_total / family.source.params_total * 100
         note = (
             f"Expansion ratio {member.ratio:.2f}, MLP width {member.intermediate_size}, "
-            f"{member.params_total / 1e6:.1f}M parameters ({member.params_total / family.source.params_total * 100:.0f} % of the base)"
+            f"{params_text(member.params_total)} parameters ({share:.0f} % of the base)"
         )
-        measured = by_name.get(member.name)
-        if measured and measured.eval:
-            task, record = next(iter(measured.eval.items()))
-            reference = base.eval.get(task)
-            if reference and reference.get("value"):
-                change = (record["value"] - reference["value"]) / abs(reference["value"]) * 100
-                note += f"; {task} {record['metric'].split(',')[0]} {record['value']:.4g} ({change:+.1f} % vs base)"
+        mine = measured.get(member.name)
+        if mine is not None and mine.eval:
+            task, record = next(iter(mine.eval.items()))
+            fraction = task in fractions
+            note += f"; {task}: {score_text(record, fraction)}"
+            if task in base.eval:
+                note += f" ({change_text(record, base.eval[task], fraction)} vs the base)"
         items.append((f"{namespace}/{member.name}", note[:NOTE_LIMIT]))
     return items
 
@@ -282,12 +321,14 @@ class _Client:
 
     def __init__(self, api: Any, token: str, settings: PushSettings) -> None:
         self.api, self.token, self.settings = api, token, settings
+        self.existing: dict[str, Any] = {}  # repo id -> its model_info, for the repos that exist already
 
     def check_owner(self, repo_id: str) -> None:
         """Refuse a repo that exists and was not made by hubprune (no hubprune.json), unless --force."""
         info = self._call(f"read {repo_id}", lambda: self.api.model_info(repo_id), missing_ok=True)
         if info is None:
             return
+        self.existing[repo_id] = info
         files = {s.rfilename for s in info.siblings or []}
         if files - {".gitattributes"} and "hubprune.json" not in files and not self.settings.force:
             raise PushError(
@@ -296,12 +337,18 @@ class _Client:
             )
 
     def push_member(self, family_dir: Path, member: manifest.MemberRecord, message: str) -> MemberPush:
+        """One commit with the member's folder as it is: new and changed files sent, files gone from the folder
+        deleted from the repo (a stale shard would otherwise stay beside a new index), .gitattributes kept."""
         settings = self.settings
         repo_id = f"{settings.namespace}/{member.name}"
-        self._call(
-            f"create {repo_id}",
-            lambda: self.api.create_repo(repo_id, private=settings.private, exist_ok=True, repo_type="model"),
-        )
+        existing = self.existing.get(repo_id)
+        if existing is None:
+            self._call(
+                f"create {repo_id}",
+                lambda: self.api.create_repo(repo_id, private=settings.private, exist_ok=True, repo_type="model"),
+            )
+        elif settings.private and not existing.private:  # --private means private, for repos made before too
+            self._call(f"make {repo_id} private", lambda: self.api.update_repo_settings(repo_id, private=True))
         if settings.revision:
             self._call(
                 f"create branch {settings.revision} of {repo_id}",
@@ -317,10 +364,12 @@ class _Client:
                 commit_message=message,
                 revision=settings.revision,
                 ignore_patterns=IGNORE_PATTERNS,
+                delete_patterns=["*"],
             ),
         )
-        status = "unchanged" if info.oid == before else "pushed"
-        return replace(planned, status=status, commit=info.oid, url=f"{self.api.endpoint}/{repo_id}")
+        if info.oid == before:  # upload_folder found nothing to change and made no commit
+            return replace(planned, status="unchanged", files=(), commit=info.oid, url=f"{self.api.endpoint}/{repo_id}")
+        return replace(planned, commit=info.oid, url=f"{self.api.endpoint}/{repo_id}")
 
     def collection(self, title: str, description: str, items: list[tuple[str, str]]) -> str:
         """Create the collection if missing, add what it lacks, fix notes and order; touch nothing already right."""
@@ -332,7 +381,7 @@ class _Client:
             ),
         )
         slug = found.slug
-        current = {item.item_id: item for item in found.items}
+        current = {item.item_id for item in found.items}
         for repo_id, note in items:
             if repo_id not in current:
                 self._call(
@@ -366,34 +415,58 @@ class _Client:
         return None if info is None else info.sha
 
     def _call(self, what: str, call: Callable[[], T], *, missing_ok: bool = False) -> T:
-        """Run `call`, retrying transient failures with exponential backoff; raise PushError when it keeps failing
-        or fails for good. With missing_ok, a 404 returns None."""
-        import httpx2
-        from huggingface_hub.errors import HfHubHTTPError
+        """Run `call`, retrying transient failures (429, 5xx, lost connections) with exponential backoff; raise
+        PushError when one keeps failing or a call fails for good. With missing_ok, a 404 returns None."""
+        from huggingface_hub.errors import OfflineModeIsEnabled
 
         wait = self.settings.backoff_s
         for attempt in range(1, self.settings.retries + 1):
             try:
                 return call()
-            except HfHubHTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
+            except OfflineModeIsEnabled:
+                raise PushError("HF_HUB_OFFLINE=1 forbids network access: unset it to push") from None
+            except Exception as exc:  # noqa: BLE001 - sorted below; anything else is a bug and re-raised
+                http, transport = _http_error(exc), _transport_error(exc)
+                if http is None and transport is None:
+                    raise
+                status = http.response.status_code if http is not None and http.response is not None else None
                 if missing_ok and status == 404:
                     return None  # type: ignore[return-value]
-                if status not in RETRY_STATUSES or attempt == self.settings.retries:
-                    raise PushError(self._scrub(f"{what} failed: {_first_line(exc)}")) from None
-                delay = _retry_after(exc) or wait
-            except (httpx2.TransportError, OSError) as exc:
-                if attempt == self.settings.retries:
+                final = attempt == self.settings.retries
+                if http is not None and (status not in RETRY_STATUSES or final):
+                    raise PushError(self._scrub(f"{what} failed: {_describe(http)}")) from None
+                if http is None and final:
                     raise PushError(
-                        self._scrub(f"{what} failed: the Hub did not answer after {attempt} tries ({_first_line(exc)})")
+                        self._scrub(f"{what} failed: the Hub did not answer after {attempt} tries ({_describe(exc)})")
                     ) from None
-                delay = wait
+                delay = (_retry_after(http) if http is not None else None) or wait
             time.sleep(delay)
             wait *= 2
         raise AssertionError("unreachable")
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "***") if self.token else text
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from: huggingface_hub wraps a failed LFS upload in a RuntimeError."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return found
+
+
+def _http_error(exc: BaseException) -> Any:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return next((e for e in _causes(exc) if isinstance(e, HfHubHTTPError)), None)
+
+
+def _transport_error(exc: BaseException) -> BaseException | None:
+    import httpx2
+
+    return next((e for e in _causes(exc) if isinstance(e, (httpx2.TransportError, ConnectionError))), None)
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -404,6 +477,11 @@ def _retry_after(exc: Any) -> float | None:
         return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _describe(exc: BaseException) -> str:
+    """One line: the error's first line and, for the Hub's errors, the reason the server gave."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    reason = getattr(exc, "server_message", None)
+    if reason and reason.strip() and reason.strip() not in text:
+        text += f" ({' '.join(reason.split())})"
+    return text

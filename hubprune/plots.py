@@ -6,8 +6,8 @@ same bytes. Pure drawing: callers pass what to plot, this module measures nothin
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 
 # Colours of the base model and of the member a card is about, the same in every panel.
 BASE_COLOUR = "#555555"
@@ -26,8 +26,8 @@ class Series:
     log_scale: bool = False
 
 
-def draw(path: Path, panels: list[Series], *, highlight_ratio: float | None = None, title: str = "") -> None:
-    """Write one PNG with a panel per series; the member at `highlight_ratio` is marked in every panel."""
+def render_png(panels: list[Series], *, highlight_ratio: float | None = None, title: str = "") -> bytes:
+    """One PNG with a panel per series; the member at `highlight_ratio` is marked in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,12 +43,11 @@ def draw(path: Path, panels: list[Series], *, highlight_ratio: float | None = No
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     # metadata: drop the Software entry (matplotlib's version) so the bytes depend on the data alone
-    figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     pyplot.close(figure)
-    tmp.replace(path)
+    return buffer.getvalue()
 
 
 def _panel(axis, series: Series, highlight_ratio: float | None) -> None:  # noqa: ANN001 - a matplotlib Axes

@@ -12,7 +12,8 @@ from .checkpoint import COPIED_FILE_PATTERNS, INDEX_FILE, Checkpoint, is_hub_id,
 from .errors import SourceError
 from .gguf_source import embedded_default, open_gguf
 
-HUB_PATTERNS = ("config.json", "*.safetensors", INDEX_FILE, *COPIED_FILE_PATTERNS)
+# README.md is fetched for the base's licence (the card stage reads it there) and never copied into a member.
+HUB_PATTERNS = ("config.json", "*.safetensors", INDEX_FILE, "README.md", *COPIED_FILE_PATTERNS)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 

@@ -354,6 +354,7 @@ class Fault:
     times: int
     headers: dict[str, str]
     method: str | None
+    message: str | None = None  # the error text the fault answers with (the Hub's reason)
 
 
 @dataclass
@@ -489,13 +490,14 @@ class HubServer:
         times: int = 1,
         headers: dict[str, str] | None = None,
         method: str | None = None,
+        message: str | None = None,
     ) -> None:
         """Answer the next `times` requests whose unquoted path matches `path_regex` (re.search) with `status`.
 
         LFS content goes to PUT /_lfs/upload/<ticket>; e.g. fail_next(r"/commit/", 500) or
         fail_next(r"/preupload/", 429, headers={"Retry-After": "0"})."""
         with self._lock:
-            self.faults.append(Fault(re.compile(path_regex), status, times, dict(headers or {}), method))
+            self.faults.append(Fault(re.compile(path_regex), status, times, dict(headers or {}), method, message))
 
     def requested(self, method: str | None = None, contains: str = "") -> list[str]:
         """Paths of logged requests, optionally filtered by method and a substring."""
@@ -746,6 +748,20 @@ class HubServer:
             if body["gated"] not in ("auto", "manual", False):
                 raise HubError(400, f"Invalid gated value {body['gated']!r}")
             repo.gated = body["gated"]
+        h.send_json({})
+
+    def create_branch(self, h: "_Handler", m: re.Match) -> None:
+        """POST /api/{T}/{id}/branch/{branch} {"startingPoint"?}: a new branch at that revision (default: main's
+        head); 409 when it exists, which create_branch(exist_ok=True) swallows."""
+        repo = self._repo(h, m, write=True)
+        branch = unquote(m["branch"])
+        if branch in repo.branches:
+            raise HubError(409, f"Reference {branch} already exists")
+        start = h.json_body().get("startingPoint") or "main"
+        sha = repo.branches.get(start) or (start if start in repo.commits else None)
+        if sha is None:
+            raise HubError(404, f"Invalid rev id: {start}")
+        repo.branches[branch] = sha
         h.send_json({})
 
     # ---- endpoints: uploads -----------------------------------------------------------------------------------------
@@ -1120,6 +1136,7 @@ ROUTES: list[tuple[tuple[str, ...], re.Pattern, str]] = [
     (("POST",), re.compile(r"^/api/repos/create$"), "create_repo"),
     (("DELETE",), re.compile(r"^/api/repos/delete$"), "delete_repo"),
     (("PUT",), re.compile(_API + r"/settings$"), "repo_settings"),
+    (("POST",), re.compile(_API + r"/branch/(?P<branch>[^/]+)$"), "create_branch"),
     # uploads
     (("POST",), re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
     (("POST",), re.compile(_API + r"/preupload/(?P<rev>[^/]+)$"), "preupload"),
@@ -1156,7 +1173,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.record = Request(self.command, path, self.query, self.headers, route[0] if route else None)
         self.hub.requests.append(self.record)
         if fault := self.hub._take_fault(self.command, path):
-            body = json.dumps({"error": f"injected fault {fault.status}"}).encode()
+            body = json.dumps({"error": fault.message or f"injected fault {fault.status}"}).encode()
             return self.send(fault.status, body, {"Content-Type": "application/json", **fault.headers})
         try:
             token = self.record.token

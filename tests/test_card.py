@@ -232,3 +232,43 @@ def test_build_family_renders_cards_and_records_its_command(tmp_path, tiny_dir):
     text = (out / "src-er1.5" / "README.md").read_text()
     assert recorded in text
     assert "Benchmarks: not measured" in text and "## Efficiency\n\nNot measured" in text
+
+
+def test_licence_other_needs_and_carries_a_name_and_link(family):
+    with pytest.raises(CardError, match="licence 'other' .* needs a name and a link: pass --license-name"):
+        render_cards(family, CardSettings(license="other"))
+    render_cards(family, CardSettings(license="other", license_name="tiny-licence", license_link="LICENSE"))
+    data = card_of(family, MEMBERS[0]).data
+    assert (data.license, data.license_name, data.license_link) == ("other", "tiny-licence", "LICENSE")
+    assert "[tiny-licence](LICENSE)" in (family / MEMBERS[0] / "README.md").read_text()
+
+
+def test_a_value_that_is_no_number_shows_as_not_measured(family):
+    path = family / MEMBERS[1] / "results" / "eval.json"
+    record = json.loads(path.read_text())
+    record["tasks"]["tiny_mc"]["value"] = float("nan")
+    path.write_text(json.dumps(record))
+    render_cards(family)
+    card = card_of(family, MEMBERS[1])
+    assert {r.dataset_type for r in card.data.eval_results} == {"tiny_ppl"}
+    row = next(line for line in card.content.splitlines() if line.startswith(f"| **{MEMBERS[1]}**"))
+    assert row.split(" | ")[6] == "not measured"
+
+
+def test_one_format_per_benchmark_column(family):
+    """A metric one model reports above 1 is not a fraction for any model: no '95.0 %' beside '1.3'."""
+    for name, value in (("base-results", 0.95), (f"{MEMBERS[0]}/results", 1.3)):
+        path = family / name / "eval.json"
+        record = json.loads(path.read_text())
+        record["tasks"]["tiny_mc"]["value"] = value
+        path.write_text(json.dumps(record))
+    render_cards(family)
+    text = (family / MEMBERS[0] / "README.md").read_text()
+    assert "| 0.95 |" in text and "| 1.3 (+36.8 %) |" in text and "95.0 %" not in text
+
+
+def test_small_counts_are_not_shown_as_zero(family):
+    render_cards(family)
+    row = next(line for line in (family / "README.md").read_text().splitlines() if line.startswith("| base |"))
+    params, weights = row.split(" | ")[3:5]
+    assert not params.startswith("0") and not weights.startswith("0"), row

@@ -107,6 +107,7 @@ def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):
         assert result["n_samples"]["effective"] == len(TASKS[task][1])
         raw = json.loads((model / "results" / "lm_eval" / f"{task}.json").read_text())
         assert raw["n-shot"] == {task: shots}
+        assert "git_hash" not in raw and "upper_git_hash" not in raw  # the working directory is no provenance
     assert stored["tasks"]["tiny_ppl"]["value"] > 1.0  # a real perplexity, not a placeholder
     assert stored["tasks"]["tiny_mc"]["stderr"] > 0
 
@@ -249,7 +250,9 @@ def test_build_family_runs_the_eval_stage_and_prints_the_headline(tmp_path, tiny
     member = json.loads((family / "src-llama0-er1.5" / "results" / "eval.json").read_text())
     value = member["tasks"]["tiny_ppl"]["value"]
     assert "tiny_ppl (word_perplexity)" in result.output
-    assert f"{value:.4g} ({(value - base) / base * 100:+.1f}%)" in result.output
+    change = f"{value / base:,.1f}× base" if value / base >= 2 else f"{(value - base) / base * 100:+.1f} %"
+    assert f"{value:.4g} ({change})" in result.output  # as the cards write it
+    assert (family / "src-llama0-er1.5" / "README.md").exists()
 
 
 def test_bad_eval_option_stops_build_family_before_anything_is_written(tmp_path, tiny_dir):

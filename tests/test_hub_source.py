@@ -89,6 +89,7 @@ def test_downloads_only_the_member_files_at_the_resolved_commit(hub, llama_files
         "tokenizer.json",
         "tokenizer_config.json",
         "LICENSE",
+        "README.md",  # the base's card, read for its licence; copied_files below shows it is not copied
     }
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (checkpoint.folder / name).read_bytes() == base[name]
@@ -179,7 +180,7 @@ def test_build_family_from_the_hub_records_the_commit(hub, llama_files, tmp_path
     assert json.loads((out / member["path"] / "config.json").read_text())["intermediate_size"] == 48
     # The CLI passes no cache_dir: the download went to the patched HF_HUB_CACHE, not the user's cache.
     assert (tmp_path / "hf-home" / "hub" / "models--acme--tiny" / "snapshots" / sha / "config.json").exists()
-    # The base's own card is read once, by the card stage, for its licence; it is not copied into the member.
+    # The base's own card is downloaded with the weights, for its licence; it is not copied into the member.
     assert hub.requested("GET", contains="README.md") == [f"/acme/tiny/resolve/{sha}/README.md"]
     card = ModelCard.load(out / member["path"] / "README.md")
     assert card.data.license == "mit" and card.data.base_model == "acme/tiny" and "\n# tiny\n" not in card.content

@@ -161,7 +161,9 @@ def test_dry_run_makes_no_request_and_lists_files_and_sizes(hub, family, monkeyp
     size = (family / MEMBERS[0] / "model.safetensors").stat().st_size
     assert f"  model.safetensors  {size / 1e3:.2f} KB\n" in result.output
     assert all(repo in result.output for repo in REPOS)
-    assert "collection: 'Llama-tiny width-pruned family' with 2 members" in result.output
+    assert "collection 'Llama-tiny width-pruned family', in this order:" in result.output
+    assert f"  {REPOS[0]}: Expansion ratio 1.50, MLP width 48," in result.output
+    assert "  README.md  " in result.output and "would first be rendered again" in result.output
     assert not (family / MEMBERS[0] / "README.md").exists()  # nothing written either
 
 
@@ -214,3 +216,73 @@ def test_no_token_is_a_clear_error(hub, family, monkeypatch):
 def test_not_a_family_is_refused(hub, tmp_path):
     result = CliRunner().invoke(main, ["push", str(tmp_path), "--namespace", NS])
     assert result.exit_code == 1 and "is not a hubprune family" in result.output
+
+
+def test_a_failed_weights_upload_is_retried_then_reported_in_one_line(hub, family):
+    hub.fail_next(r"^/_lfs/upload/", 500, times=1)
+    assert push(family, "--no-collection").exit_code == 0  # a 500 on the weights' PUT is retried
+    other = family.parent / "other"
+    shutil.copytree(family, other)
+    (other / MEMBERS[0] / "extra.safetensors").write_bytes(b"\0" * 1024)  # a new LFS file to send
+    hub.fail_next(r"^/_lfs/upload/", 403, times=1)
+    result = push(other, "--no-collection")
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert f"error: upload {REPOS[0]} failed: " in result.output and "403" in result.output
+
+
+def test_the_hubs_reason_is_part_of_the_error(hub, family):
+    hub.fail_next(r"^/api/repos/create$", 400, message="You have reached your storage limit")
+    result = push(family)
+    assert result.exit_code == 1 and "You have reached your storage limit" in result.output.splitlines()[-1]
+
+
+def test_offline_mode_is_named_at_once(hub, family, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = push(family)
+    assert result.exit_code == 1 and "HF_HUB_OFFLINE=1 forbids network access: unset it to push" in result.output
+
+
+def test_files_removed_locally_are_removed_from_the_repo(hub, family):
+    extra = family / MEMBERS[0] / "notes.txt"
+    extra.write_text("temporary")
+    assert push(family, "--no-collection").exit_code == 0
+    assert "notes.txt" in hub.files(REPOS[0])
+    extra.unlink()
+    assert push(family, "--no-collection").exit_code == 0
+    assert "notes.txt" not in hub.files(REPOS[0]) and ".gitattributes" in hub.files(REPOS[0])
+
+
+def test_pushing_some_members_keeps_the_collection_order(hub, family):
+    assert push(family).exit_code == 0
+    assert push(family, "--members", MEMBERS[1]).exit_code == 0
+    [collection] = hub.collections.values()
+    listed = HfApi(endpoint=hub.endpoint, token=hub.token).get_collection(collection.slug)
+    assert [item.item_id for item in listed.items] == REPOS
+
+
+def test_private_makes_existing_repos_private(hub, family):
+    assert push(family, "--no-collection").exit_code == 0
+    assert not hub.repo(REPOS[0]).private
+    assert push(family, "--no-collection", "--private").exit_code == 0
+    assert hub.repo(REPOS[0]).private and hub.repo(REPOS[1]).private
+
+
+def test_revision_pushes_to_a_branch(hub, family):
+    result = push(family, "--no-collection", "--revision", "pruned")
+    assert result.exit_code == 0, result.output
+    assert pushed_commits(hub, REPOS[0]) == []  # main keeps only the initial commit
+    [commit] = [c for c in hub.commits(REPOS[0], revision="pruned") if c.message != "initial commit"]
+    assert "model.safetensors" in commit.files
+
+
+def test_cards_from_a_template_dir_survive_a_push(hub, family, tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "license.md.j2").write_text("## License\n\nOUR OWN LICENCE SECTION\n")
+    args = ["card", str(family), "--template-dir", str(templates), "--namespace", "elsewhere"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert push(family).exit_code == 0  # another namespace: the cards are rendered again, with the same templates
+    card = hub.files(REPOS[0])["README.md"].decode()
+    assert "OUR OWN LICENCE SECTION" in card and f'from_pretrained("{REPOS[0]}")' in card
