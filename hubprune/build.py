@@ -14,16 +14,27 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import __version__, manifest
+from .calibrate import CalibrationSettings, calibrate
 from .checkpoint import Checkpoint
 from .errors import OutputError
-from .importance import check_criterion
+from .importance import DATA_CRITERIA, check_criterion
 from .manifest import Family, MemberRecord, SourceRecord
 from .plan import FamilyPlan, MemberPlan, Target, plan_family
-from .prune import MemberOutput, MlpLayout, ProgressCallback, analyse, model_shape, prune_pass
+from .prune import (
+    MemberOutput,
+    MlpLayout,
+    ProgressCallback,
+    analyse,
+    data_scores,
+    down_modules,
+    model_shape,
+    prune_pass,
+)
 from .writer import DEFAULT_MAX_SHARD_BYTES
 
 PROVENANCE = "hubprune.json"
@@ -38,6 +49,7 @@ class PruneSettings:
     seed: int | None = None  # only the random criterion uses it
     multiple_of: int | None = None
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    calibration: CalibrationSettings | None = None  # the data-aware criteria's text (None: the default text)
 
 
 def make_plan(checkpoint: Checkpoint, targets: list[Target], multiple_of: int | None) -> tuple[MlpLayout, FamilyPlan]:
@@ -107,7 +119,8 @@ def prune_one(
 def _normalized(settings: PruneSettings) -> PruneSettings:
     criterion = check_criterion(settings.criterion)
     seed = (settings.seed or 0) if criterion == "random" else None
-    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes)
+    calibration = (settings.calibration or CalibrationSettings()) if criterion in DATA_CRITERIA else None
+    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes, calibration)
 
 
 def _write_members(
@@ -123,6 +136,10 @@ def _write_members(
     try:
         for member in members:
             folders[member.name].mkdir(parents=True)
+        scores, calibration = None, None
+        if settings.criterion in DATA_CRITERIA:
+            stats = calibrate(checkpoint.folder, down_modules(layout), settings.calibration)  # type: ignore[arg-type]
+            scores, calibration = data_scores(checkpoint, layout, stats, settings.criterion), stats.record
         kept = prune_pass(
             checkpoint,
             layout,
@@ -131,10 +148,18 @@ def _write_members(
             seed=settings.seed or 0,
             max_shard_bytes=settings.max_shard_bytes,
             on_progress=on_progress,
+            layer_scores=scores,
         )
         for member in members:
             _finish_member(
-                checkpoint, layout, plan, member, folders[member.name], kept[member.intermediate_size], settings
+                checkpoint,
+                layout,
+                plan,
+                member,
+                folders[member.name],
+                kept[member.intermediate_size],
+                settings,
+                calibration,
             )
     except BaseException:
         for member in members:
@@ -150,6 +175,7 @@ def _finish_member(
     folder: Path,
     kept: torch.Tensor,
     settings: PruneSettings,
+    calibration: dict[str, Any] | None,
 ) -> None:
     config = copy.deepcopy(checkpoint.config)
     text = layout.spec.text_config(config)
@@ -172,6 +198,7 @@ def _finish_member(
         },
         "criterion": settings.criterion,
         "seed": settings.seed,
+        "calibration": calibration,  # the text a data-aware criterion read, else None
         "target": {"kind": member.target.kind, "value": member.target.value},
         "multiple_of": settings.multiple_of,
         "hidden_size": plan.shape.hidden_size,

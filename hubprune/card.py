@@ -484,6 +484,7 @@ def _common_context(
         "table": _family_table(models, settings, current=None),
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
+        "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
         "commands": [family.commands[stage] for stage in COMMAND_ORDER if stage in family.commands],
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -826,6 +827,38 @@ def _provenance(family: manifest.Family, base_id: str | None, models: list[Model
     return rows
 
 
+def _criteria_check(found: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The table of `build-family --check-criteria`: the criterion against random pruning at each width."""
+    if not found or not found.get("rows"):
+        return None
+    rows = []
+    randoms = {r["pct"]: r for r in found["rows"] if r["criterion"] == "random"}
+    for row in found["rows"]:
+        if row["criterion"] == "random":
+            continue
+        reference = randoms.get(row["pct"])
+        rows.append(
+            [
+                f"{row['pct']} %",
+                row["criterion"],
+                f"{row['perplexity']:.4g}",
+                f"{reference['perplexity']:.4g} [{reference['low']:.4g}, {reference['high']:.4g}]"
+                if reference
+                else "-",
+                {True: "**worse than random**", False: "better than random"}.get(row.get("worse_than_random"), "-"),
+            ]
+        )
+    text = found.get("text", {})
+    calibration = found.get("calibration")
+    return {
+        "rows": rows,
+        "base": f"{found['base_perplexity']:.4g}",
+        "text": f"{text.get('source')}, {text.get('tokens')} tokens",
+        "calibration": f"{calibration['source']}, {calibration['tokens']} tokens" if calibration else None,
+        "warnings": found.get("warnings", []),
+    }
+
+
 def _source_label(family: manifest.Family, base_id: str | None) -> str:
     """The base as readers can find it: its Hub id, or the file's name, never this machine's local path."""
     source = family.source
@@ -843,6 +876,12 @@ def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[st
         "improved for base models only: on Llama-3.2-1B-Instruct IFEval fell. Rely on this family's own "
         "measurements above, not on the paper's.",
     ]
+    check = family.analysis.get("criteria_check") or {}
+    if any(r.get("worse_than_random") for r in check.get("rows", [])):
+        lines.append(
+            f"On this base, the {family.criterion} criterion did worse than random pruning at some widths (see "
+            "Against random pruning under Method): choose members, or a criterion, with that in mind."
+        )
     measured = {task for m in models for task in m.eval}
     if not measured:
         lines.append("Benchmarks were not measured.")

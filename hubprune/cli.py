@@ -18,12 +18,14 @@ import click
 
 from . import __version__, manifest
 from .build import PruneSettings, build_family, make_plan, prune_one
+from .calibrate import DEFAULT_TOKENS, CalibrationSettings
 from .card import CardOutcome, CardSettings, change_text, render_cards, score_text
+from .check import CheckOutcome, CheckSettings, check_criteria
 from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
 from .hub import PushOutcome, PushSettings, push_family
-from .importance import CRITERIA
+from .importance import CRITERIA, check_criterion
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
 from .profile import check_settings as check_profile_settings
@@ -148,6 +150,25 @@ revision_option = click.option("--revision", help="Hub branch, tag or commit (Hu
 criterion_option = click.option(
     "--criterion", default="maw", show_default=True, help=f"Neuron importance: {', '.join(CRITERIA)}."
 )
+calibration_option = click.option(
+    "--calibration",
+    type=click.Path(path_type=Path),
+    help="Calibration text of the activation and hybrid criteria (default: part of the text hubprune ships).",
+)
+calibration_tokens_option = click.option(
+    "--calibration-tokens",
+    "calibration_tokens",
+    type=click.IntRange(min=2),
+    default=DEFAULT_TOKENS,
+    show_default=True,
+    help="Tokens of the calibration text read.",
+)
+
+
+def _calibration(path: Path | None, tokens: int) -> CalibrationSettings:
+    return CalibrationSettings(text=path, max_tokens=tokens)
+
+
 seed_option = click.option("--seed", type=int, default=None, help="Seed of the random criterion (default 0).")
 multiple_option = click.option(
     "--multiple-of", type=click.IntRange(min=1), default=None, help="Round every width to the nearest multiple of N."
@@ -457,6 +478,8 @@ def plan(
 @click.option("--pct", help="Percentage of MLP width to remove, e.g. 40.")
 @click.option("--intermediate-size", "intermediate_size", help="Explicit intermediate size, e.g. 4096.")
 @criterion_option
+@calibration_option
+@calibration_tokens_option
 @seed_option
 @multiple_option
 @shard_option
@@ -469,6 +492,8 @@ def prune(
     pct: str | None,
     intermediate_size: str | None,
     criterion: str,
+    calibration: Path | None,
+    calibration_tokens: int,
     seed: int | None,
     multiple_of: int | None,
     max_shard_size: str,
@@ -482,7 +507,9 @@ def prune(
     if len(target) != 1:
         raise TargetError("prune writes one checkpoint: give one width (use build-family for several)")
     checkpoint = open_source(source, revision=revision)
-    settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
+    settings = PruneSettings(
+        criterion, seed, multiple_of, _parse_size(max_shard_size), _calibration(calibration, calibration_tokens)
+    )
     update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
     try:
         member = prune_one(checkpoint, output, target[0], settings, on_progress=update)
@@ -499,6 +526,8 @@ def prune(
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Family folder.")
 @_family_target_options
 @criterion_option
+@calibration_option
+@calibration_tokens_option
 @seed_option
 @multiple_option
 @shard_option
@@ -506,6 +535,12 @@ def prune(
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
 @click.option("--skip-eval", is_flag=True, help="Do not run the benchmarks stage.")
 @click.option("--skip-profile", is_flag=True, help="Do not run the efficiency profiling stage.")
+@click.option(
+    "--check-criteria",
+    "check_first",
+    is_flag=True,
+    help="First compare the criterion with random pruning (3 seeds) at every width; the table goes in the cards.",
+)
 @_eval_options
 @_profile_options
 @_card_options
@@ -518,6 +553,8 @@ def build_family_command(
     sizes: str | None,
     preset: str | None,
     criterion: str,
+    calibration: Path | None,
+    calibration_tokens: int,
     seed: int | None,
     multiple_of: int | None,
     max_shard_size: str,
@@ -525,6 +562,7 @@ def build_family_command(
     force: bool,
     skip_eval: bool,
     skip_profile: bool,
+    check_first: bool,
     **stage_options: Any,
 ) -> None:
     """Prune at every width in one streaming pass and write the family with its manifest (family.json), then
@@ -540,12 +578,27 @@ def build_family_command(
     checkpoint = open_source(source, revision=revision)
     if not skip_eval:  # unknown tasks or missing task data stop the build before anything is written
         plan_tasks(eval_settings, embedded_default=is_embedded_default(checkpoint.origin))
-    settings = PruneSettings(criterion, seed, multiple_of, _parse_size(max_shard_size))
+    settings = PruneSettings(
+        criterion, seed, multiple_of, _parse_size(max_shard_size), _calibration(calibration, calibration_tokens)
+    )
+    check = None
+    if check_first:
+        criteria = (criterion, "random") if criterion != "random" else ("random",)
+        click.echo(f"[check] {criterion} against random pruning at every width", err=True)
+        comparison = CheckSettings(
+            targets=tuple(targets), criteria=criteria, calibration=settings.calibration or CalibrationSettings()
+        )
+        check = check_criteria(checkpoint, comparison)
+        click.echo(_check_table(check))
+        for warning in check.warnings():
+            click.echo(f"warning: {warning}", err=True)
     update, close = _progress(f"[prune] {checkpoint.source} -> {output} ({criterion}, one streaming pass)")
     try:
         build_family(checkpoint, output, targets, settings, force=force, on_progress=update)
     finally:
         close()
+    if check is not None:
+        manifest.record_analysis(output, criteria_check=check.to_dict())
     _record_command(output, "build-family")
     scores = None
     if not skip_eval:
@@ -670,3 +723,67 @@ def _push_report(outcome: PushOutcome) -> None:
         click.echo(f"collection: {outcome.collection_url}")
     first = outcome.members[0].repo_id
     click.echo(f'load one: AutoModelForCausalLM.from_pretrained("{first}")')
+
+
+@main.command("check-criteria")
+@source_argument
+@click.option(
+    "--text", type=click.Path(path_type=Path), help="Held-out text (default: part of the text hubprune ships)."
+)
+@click.option("--pcts", default="10,20", show_default=True, help="MLP width percentages to remove.")
+@click.option("--criteria", default="maw,activation,random", show_default=True, help="Criteria to compare.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds of random pruning.")
+@click.option("--tokens", type=click.IntRange(min=2), default=8192, show_default=True, help="Held-out tokens read.")
+@calibration_option
+@calibration_tokens_option
+@revision_option
+@_handle_errors
+def check_criteria_command(
+    source: str | None,
+    text: Path | None,
+    pcts: str,
+    criteria: str,
+    seeds: int,
+    tokens: int,
+    calibration: Path | None,
+    calibration_tokens: int,
+    revision: str | None,
+) -> None:
+    """Perplexity on held-out text of the model pruned by each criterion, every layer, against random pruning
+    (median and range over the seeds); warns about any criterion that does worse than random."""
+    settings = CheckSettings(
+        text=text,
+        pcts=tuple(p.strip() for p in pcts.split(",") if p.strip()),
+        criteria=tuple(c.strip() for c in criteria.split(",") if c.strip()),
+        seeds=seeds,
+        max_tokens=tokens,
+        calibration=_calibration(calibration, calibration_tokens),
+    )
+    for name in settings.criteria:  # refuse a typo before loading anything
+        check_criterion(name)
+    checkpoint = open_source(source, revision=revision)
+    click.echo(f"[check] {checkpoint.source}: {', '.join(settings.criteria)} at {pcts} % removed", err=True)
+    outcome = check_criteria(checkpoint, settings)
+    click.echo(_check_table(outcome))
+    for warning in outcome.warnings():
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _check_table(outcome: CheckOutcome) -> str:
+    rows = [["criterion", "removed", "width", "perplexity", "vs random median"]]
+    rows.append(["(base)", "0%", "-", f"{outcome.base_perplexity:.4g}", "-"])
+    medians = {r.pct: r.perplexity for r in outcome.rows if r.criterion == "random"}
+    for row in outcome.rows:
+        if row.criterion == "random":
+            value = f"{row.perplexity:.4g} [{row.low:.4g}, {row.high:.4g}]"
+            versus = "-"
+        else:
+            value = f"{row.perplexity:.4g}"
+            versus = f"{row.perplexity / medians[row.pct]:.2f}x" if row.pct in medians else "-"
+        rows.append([row.criterion, f"{row.pct}%", str(row.width), value, versus])
+    lines = [_table(rows), f"held-out text: {outcome.text['source']}, {outcome.text['tokens']} tokens"]
+    if outcome.calibration:
+        lines.append(f"calibration: {outcome.calibration['source']}, {outcome.calibration['tokens']} tokens")
+        if outcome.shared_documents == 0:
+            lines.append("calibration and held-out texts share no 13-word sequence")
+    return "\n".join(lines)

@@ -23,10 +23,7 @@ def maw(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
     # max and min are exact in any float dtype, so they are taken in the stored dtype (no full-size float32
     # copy of the weights) and only the per-row sums are done in float32.
-    def peak_to_peak(w: torch.Tensor) -> torch.Tensor:
-        return w.amax(dim=1).float() + w.amin(dim=1).float().abs()
-
-    return peak_to_peak(gate) + peak_to_peak(up)
+    return peak_to_peak(gate, 1) + peak_to_peak(up, 1)
 
 
 def vow(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -51,7 +48,35 @@ WEIGHT_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     "pon": pon,
     "l2": l2,
 }
-CRITERIA = (*WEIGHT_CRITERIA, "random")
+# Criteria that need activations from a calibration text (hubprune/calibrate.py) as well as the weights.
+DATA_CRITERIA = ("activation", "hybrid")
+CRITERIA = (*WEIGHT_CRITERIA, *DATA_CRITERIA, "random")
+
+
+def activation(abs_mean: torch.Tensor, down_column_l2: torch.Tensor) -> torch.Tensor:
+    """activation: mean_t |h_i(t)| · ||D_:,i||_2, where h = act(G·x) ⊙ (U·x) is the input of down_proj over the
+    calibration tokens t and D_:,i the column of down_proj that neuron i writes with.
+
+    The expected magnitude of what neuron i adds to the residual stream, up to the direction of D_:,i: a
+    neuron with small weights that fires often scores high, unlike under MAW.
+    """
+    return abs_mean.float() * down_column_l2.float()
+
+
+def hybrid(
+    gate_ptp: torch.Tensor, up_ptp: torch.Tensor, down_ptp: torch.Tensor, activation_l2: torch.Tensor
+) -> torch.Tensor:
+    """optipfair's hybrid score (optipfair/pruning/mlp_glu.py, after CFSP): (g_i/max g + u_i/max u + d_i/max d)
+    · ||h_i||_2, where g, u are the MAW peak-to-peak of each gate and up row, d that of each down_proj column, and
+    ||h_i||_2 the L2 norm of neuron i's down_proj input over every calibration token (not a mean: it grows with
+    the number of tokens, which changes no ranking). optipfair adds 1e-8 to each max; hubprune does the same."""
+    structural = gate_ptp / (gate_ptp.max() + 1e-8) + up_ptp / (up_ptp.max() + 1e-8)
+    return (structural + down_ptp / (down_ptp.max() + 1e-8)) * activation_l2.float()
+
+
+def peak_to_peak(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """max + |min| along `dim` in float32 (MAW's per-row term)."""
+    return w.amax(dim=dim).float() + w.amin(dim=dim).float().abs()
 
 
 def random_scores(width: int, *, seed: int, layer: int) -> torch.Tensor:

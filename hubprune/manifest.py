@@ -117,6 +117,11 @@ def record_stage(folder: Path, member: str, stage: str, **record: Any) -> None:
         save(family.with_member(found.with_stage(stage, **record)), folder)
 
 
+def record_analysis(folder: Path, **entries: Any) -> None:
+    """Reload family.json, add family-level results and save it."""
+    save(load(folder).with_analysis(**entries), folder)
+
+
 def record_command(folder: Path, stage: str, command: str) -> None:
     """Keep the command line that last ran `stage`, for the cards' reproducibility section."""
     family = load(folder)

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from .arch import ArchSpec, resolve
+from .calibrate import ActivationStats
 from .checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
-from .errors import CheckpointError, TargetError
-from .importance import keep, random_scores, rank, score_rows
+from .errors import CheckpointError, CriterionError, TargetError
+from .importance import DATA_CRITERIA, activation, hybrid, keep, peak_to_peak, random_scores, rank, score_rows
 from .plan import ModelShape
 from .writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
 
@@ -199,9 +200,11 @@ def prune_pass(
     seed: int = 0,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     on_progress: ProgressCallback | None = None,
+    layer_scores: dict[int, torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Write every member's weights in one pass over the source; return each width's kept indices,
-    a [num_layers, width] int64 tensor with each row ascending.
+    a [num_layers, width] int64 tensor with each row ascending. A data-aware criterion's scores are computed
+    beforehand (data_scores) and given as `layer_scores`.
 
     Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
     shapes re-read) before this returns.
@@ -230,7 +233,10 @@ def prune_pass(
             else:
                 layer = layout.roles[info.name][0]
                 if layer not in scored:
-                    ranking = rank(_layer_scores(checkpoint, layout, layer, criterion, seed))
+                    if criterion in DATA_CRITERIA:
+                        ranking = rank(layer_scores[layer])  # type: ignore[index]
+                    else:
+                        ranking = rank(weight_scores(checkpoint, layout, layer, criterion, seed))
                     for width, indices in kept.items():
                         indices[layer] = keep(ranking, width)
                     scored.add(layer)
@@ -284,24 +290,71 @@ class _Pipeline:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _layer_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criterion: str, seed: int) -> torch.Tensor:
+def weight_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criterion: str, seed: int) -> torch.Tensor:
     """Every neuron's float32 score in one layer, streaming gate and up rows through the criterion in chunks."""
     n = layout.intermediate_size
     if criterion == "random":
         return random_scores(n, seed=seed, layer=layer)
-    names = layout.scoring_tensors[layer]
-    if len(names) == 1:  # fused: gate rows [0, n), up rows [n, 2n) of the same tensor
-        gate_info = up_info = checkpoint.tensors[names[0]]
-        up_start = n
-    else:
-        gate_info, up_info = (checkpoint.tensors[name] for name in names)
-        up_start = 0
+    gate_info, up_info, up_start = _scoring_infos(checkpoint, layout, layer)
     parts = []
     for start, stop in _row_chunks(gate_info, 0, n):
         gate = read_tensor(gate_info, start, stop)
         up = read_tensor(up_info, up_start + start, up_start + stop)
         parts.append(score_rows(criterion, gate, up, layer=layer))
     return torch.cat(parts)
+
+
+def down_modules(layout: MlpLayout) -> dict[int, str]:
+    """Each layer's down_proj module name (its weight's tensor name without ".weight"), for calibration hooks."""
+    return {
+        layer: name.removesuffix(".weight") for name, (layer, role) in layout.roles.items() if role == "down.weight"
+    }
+
+
+def data_scores(
+    checkpoint: Checkpoint, layout: MlpLayout, stats: ActivationStats, criterion: str
+) -> dict[int, torch.Tensor]:
+    """Every layer's scores under a data-aware criterion, from calibration statistics and the weights, streamed
+    in row chunks like the weight criteria (down_proj's columns are reduced chunk by chunk over its rows)."""
+    down = {layer: name for name, (layer, role) in layout.roles.items() if role == "down.weight"}
+    found = {}
+    for layer in range(layout.num_layers):
+        info = checkpoint.tensors[down[layer]]
+        sq_sum = torch.zeros(layout.intermediate_size)
+        high = torch.full((layout.intermediate_size,), -torch.inf)
+        low = torch.full((layout.intermediate_size,), torch.inf)
+        for start, stop in _row_chunks(info, 0, info.shape[0]):
+            rows = read_tensor(info, start, stop).float()
+            sq_sum += rows.square().sum(dim=0)
+            high = torch.maximum(high, rows.amax(dim=0))
+            low = torch.minimum(low, rows.amin(dim=0))
+        if criterion == "activation":
+            scores = activation(stats.abs_mean[layer], sq_sum.sqrt())
+        else:
+            gate_ptp, up_ptp = _gate_up_peak_to_peak(checkpoint, layout, layer)
+            scores = hybrid(gate_ptp, up_ptp, high + low.abs(), stats.l2[layer])
+        if not bool(torch.isfinite(scores).all()):
+            raise CriterionError(f"layer {layer}: criterion {criterion!r} gives non-finite scores (NaN or inf)")
+        found[layer] = scores
+    return found
+
+
+def _gate_up_peak_to_peak(checkpoint: Checkpoint, layout: MlpLayout, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gate_info, up_info, up_start = _scoring_infos(checkpoint, layout, layer)
+    gate_parts, up_parts = [], []
+    for start, stop in _row_chunks(gate_info, 0, layout.intermediate_size):
+        gate_parts.append(peak_to_peak(read_tensor(gate_info, start, stop), 1))
+        up_parts.append(peak_to_peak(read_tensor(up_info, up_start + start, up_start + stop), 1))
+    return torch.cat(gate_parts), torch.cat(up_parts)
+
+
+def _scoring_infos(checkpoint: Checkpoint, layout: MlpLayout, layer: int) -> tuple[TensorInfo, TensorInfo, int]:
+    """The gate and up tensors of a layer and the row where up starts (n in a fused gate_up, else 0)."""
+    names = layout.scoring_tensors[layer]
+    if len(names) == 1:  # fused: gate rows [0, n), up rows [n, 2n) of the same tensor
+        return checkpoint.tensors[names[0]], checkpoint.tensors[names[0]], layout.intermediate_size
+    gate_info, up_info = (checkpoint.tensors[name] for name in names)
+    return gate_info, up_info, 0
 
 
 def _write_mlp_tensor(

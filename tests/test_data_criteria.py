@@ -1,0 +1,222 @@
+"""The data-aware criteria (activation, hybrid) and check-criteria, on tiny models, against independent
+computations: the MLP's own input captured by a hook, the GLU written out by hand, the oracle model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from oracle import load_tensors, mlp_modules, oracle_logits, top_k_tie_lower_index
+from tiny_models import VOCAB
+from transformers import AutoModelForCausalLM
+
+from hubprune.build import PruneSettings, build_family
+from hubprune.calibrate import CalibrationSettings, shared_ngrams
+from hubprune.check import CheckSettings, check_criteria
+from hubprune.cli import main
+from hubprune.plan import Target
+from hubprune.source import open_source
+
+
+def words(seed: int, count: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(f"w{rng.randrange(4, VOCAB)}" for _ in range(count))
+
+
+@pytest.fixture
+def texts(tmp_path):
+    calibration, held_out = tmp_path / "calibration.txt", tmp_path / "held-out.txt"
+    calibration.write_text(words(1, 300))
+    held_out.write_text("\n\n".join(words(100 + i, 40) for i in range(5)))
+    return calibration, held_out
+
+
+def glu_inputs(source, text_ids: torch.Tensor, window: int) -> dict[int, torch.Tensor]:
+    """Each layer's down_proj input, computed by hand from the MLP's input (captured by a hook on the MLP, not
+    on down_proj) and the stored weights: silu(G x) * (U x)."""
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    weights = load_tensors(source)
+    captured: dict[int, list[torch.Tensor]] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda m, a, layer=layer: captured.setdefault(layer, []).append(a[0][0]))
+        for layer, module in mlp_modules(model).items()
+    ]
+    with torch.no_grad():
+        for start in range(0, text_ids.numel(), window):
+            chunk = text_ids[start : start + window]
+            if chunk.numel() > 1:
+                model(chunk[None])
+    for handle in handles:
+        handle.remove()
+    found = {}
+    for layer, parts in captured.items():
+        x = torch.cat(parts).double()
+        gate = weights[f"model.layers.{layer}.mlp.gate_proj.weight"].double()
+        up = weights[f"model.layers.{layer}.mlp.up_proj.weight"].double()
+        found[layer] = torch.nn.functional.silu(x @ gate.T) * (x @ up.T)
+    return found
+
+
+def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, tiny_dir, texts):
+    calibration, _ = texts
+    source = tiny_dir("llama")
+    family = tmp_path / "fam"
+    settings = PruneSettings("activation", calibration=CalibrationSettings(text=calibration, max_tokens=200, window=64))
+    build_family(open_source(str(source)), family, [Target("size", "40")], settings)
+    member = family / "src-llama0-er1.25"
+    kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
+
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(source)(calibration.read_text(), add_special_tokens=False).input_ids[:200]
+    inputs = glu_inputs(source, torch.tensor(ids), 64)
+    weights = load_tensors(source)
+    for layer, h in inputs.items():
+        down = weights[f"model.layers.{layer}.mlp.down_proj.weight"].double()
+        expected = h.abs().mean(dim=0) * down.norm(dim=0)
+        assert kept[layer] == top_k_tie_lower_index(expected.numpy().astype(np.float32), 40)
+
+    provenance = json.loads((member / "hubprune.json").read_text())
+    record = provenance["calibration"]
+    assert provenance["criterion"] == "activation" and record["source"] == str(calibration)
+    assert record["tokens"] == 200 and record["window"] == 64 and len(record["sha256"]) == 64
+
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25]])
+    got = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()(ids).logits
+    assert torch.allclose(got, oracle_logits(source, kept, ids), atol=1e-5)
+
+
+def test_hybrid_is_optipfairs_formula(tmp_path, tiny_dir, texts):
+    calibration, _ = texts
+    source = tiny_dir("llama")
+    family = tmp_path / "fam"
+    settings = PruneSettings("hybrid", calibration=CalibrationSettings(text=calibration, max_tokens=150, window=50))
+    build_family(open_source(str(source)), family, [Target("size", "32")], settings)
+    kept = json.loads((family / "src-llama0-er1" / "hubprune-kept-indices.json").read_text())["layers"]
+
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(source)(calibration.read_text(), add_special_tokens=False).input_ids[:150]
+    weights = load_tensors(source)
+    for layer, h in glu_inputs(source, torch.tensor(ids), 50).items():
+        g, u, d = (weights[f"model.layers.{layer}.mlp.{p}_proj.weight"].double() for p in ("gate", "up", "down"))
+        g_ptp = g.max(dim=1).values + g.min(dim=1).values.abs()
+        u_ptp = u.max(dim=1).values + u.min(dim=1).values.abs()
+        d_ptp = d.max(dim=0).values + d.min(dim=0).values.abs()
+        structural = g_ptp / (g_ptp.max() + 1e-8) + u_ptp / (u_ptp.max() + 1e-8) + d_ptp / (d_ptp.max() + 1e-8)
+        expected = structural * h.square().sum(dim=0).sqrt()
+        assert kept[layer] == top_k_tie_lower_index(expected.numpy().astype(np.float32), 32)
+
+
+def test_check_criteria_compares_with_random_and_flags_what_is_worse(tiny_dir, texts):
+    calibration, held_out = texts
+    settings = CheckSettings(
+        text=held_out,
+        pcts=("25", "50"),
+        criteria=("maw", "activation", "random"),
+        seeds=3,
+        window=64,
+        calibration=CalibrationSettings(text=calibration, max_tokens=200, window=64),
+    )
+    outcome = check_criteria(open_source(str(tiny_dir("llama"))), settings)
+    assert outcome.base_perplexity > 1 and outcome.shared_documents == 0
+    assert [(r.criterion, r.pct, r.width) for r in outcome.rows] == [
+        ("maw", "25", 48),
+        ("activation", "25", 48),
+        ("random", "25", 48),
+        ("maw", "50", 32),
+        ("activation", "50", 32),
+        ("random", "50", 32),
+    ]
+    for pct in ("25", "50"):
+        random_row = next(r for r in outcome.rows if r.criterion == "random" and r.pct == pct)
+        assert random_row.low <= random_row.perplexity <= random_row.high
+        for row in (r for r in outcome.rows if r.pct == pct and r.criterion != "random"):
+            assert row.worse_than_random == (row.perplexity > random_row.perplexity)
+    flagged = [r for r in outcome.rows if r.worse_than_random]
+    assert len(outcome.warnings()) == len(flagged)
+
+
+def test_the_zeroed_model_check_measures_equals_the_pruned_checkpoint(tmp_path, tiny_dir, texts):
+    """check-criteria prunes by zeroing columns; its MAW perplexity must equal that of the written member."""
+    _, held_out = texts
+    source = tiny_dir("llama")
+    settings = CheckSettings(text=held_out, pcts=("50",), criteria=("maw",), seeds=1, window=64)
+    [row] = check_criteria(open_source(str(source)), settings).rows
+    family = tmp_path / "fam"
+    build_family(open_source(str(source)), family, [Target("pct", "50")], PruneSettings("maw"))
+    from transformers import AutoTokenizer
+
+    member = family / "src-llama0-er1"
+    model = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()
+    ids = torch.tensor(AutoTokenizer.from_pretrained(member)(held_out.read_text(), add_special_tokens=False).input_ids)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), 64):
+            chunk = ids[start : start + 64]
+            if len(chunk) > 1:
+                logits = model(chunk[None]).logits[0, :-1]
+                nll += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+                count += len(chunk) - 1
+    assert math.exp(nll / count) == pytest.approx(row.perplexity, rel=1e-5)
+
+
+def test_shared_text_is_reported(tiny_dir, texts):
+    calibration, _ = texts
+    settings = CheckSettings(
+        text=calibration,
+        pcts=("25",),
+        criteria=("activation",),
+        window=64,
+        calibration=CalibrationSettings(text=calibration, max_tokens=100, window=64),
+    )
+    outcome = check_criteria(open_source(str(tiny_dir("llama"))), settings)
+    assert outcome.shared_documents == 1
+    assert any("shares 13-word sequences with 1 paragraphs" in w for w in outcome.warnings())
+
+
+def test_shared_ngrams():
+    text = " ".join(f"word{i}" for i in range(30))
+    assert shared_ngrams(text, [" ".join(f"word{i}" for i in range(10, 23)), "other words entirely"]) == 1
+    assert shared_ngrams(text, [" ".join(f"word{i}" for i in range(10, 22))]) == 0  # 12 words: no 13-gram
+
+
+def test_check_criteria_command_prints_the_table(tiny_dir, texts):
+    calibration, held_out = texts
+    args = ["check-criteria", str(tiny_dir("llama")), "--text", str(held_out), "--pcts", "25"]
+    args += ["--criteria", "maw,random", "--seeds", "2", "--calibration", str(calibration)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "criterion" in result.output and "(base)" in result.output and "maw" in result.output
+    assert f"held-out text: {held_out}" in result.output
+
+
+def test_unknown_criterion_is_one_line(tiny_dir):
+    result = CliRunner().invoke(main, ["check-criteria", str(tiny_dir("llama")), "--criteria", "nope"])
+    assert result.exit_code == 1 and result.output.startswith("error: unknown criterion 'nope'")
+
+
+def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_dir, texts):
+    calibration, _ = texts
+    out = tmp_path / "fam"
+    args = ["build-family", str(tiny_dir("llama")), "-o", str(out), "--pcts", "25,50", "--criterion", "activation"]
+    args += ["--calibration", str(calibration), "--check-criteria", "--skip-eval", "--skip-profile"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    check = json.loads((out / "family.json").read_text())["analysis"]["criteria_check"]
+    assert [(r["criterion"], r["pct"]) for r in check["rows"]] == [
+        ("activation", "25"),
+        ("random", "25"),
+        ("activation", "50"),
+        ("random", "50"),
+    ]
+    assert check["calibration"]["source"] == str(calibration)
+    card = (out / "src-llama0-er1.5" / "README.md").read_text()
+    assert "### Against random pruning" in card
+    activation_25 = check["rows"][0]
+    assert f"| 25 % | activation | {activation_25['perplexity']:.4g} |" in card
