@@ -18,14 +18,15 @@ import click
 
 from . import __version__, manifest
 from .build import PruneSettings, build_family, make_plan, prune_one
-from .calibrate import DEFAULT_TOKENS, CalibrationSettings
+from .calibrate import DEFAULT_TOKENS, CalibrationSettings, calibration_text, shared_ngrams
 from .card import CardOutcome, CardSettings, change_text, render_cards, score_text
 from .check import CheckOutcome, CheckSettings, check_criteria
 from .errors import HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
 from .hub import PushOutcome, PushSettings, push_family
-from .importance import CRITERIA, check_criterion
+from .importance import CRITERIA, DATA_CRITERIA, check_criterion
+from .offline_tasks import evaluated_documents
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
 from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
 from .profile import check_settings as check_profile_settings
@@ -577,7 +578,9 @@ def build_family_command(
         check_profile_settings(profile_settings)
     checkpoint = open_source(source, revision=revision)
     if not skip_eval:  # unknown tasks or missing task data stop the build before anything is written
-        plan_tasks(eval_settings, embedded_default=is_embedded_default(checkpoint.origin))
+        tasks = plan_tasks(eval_settings, embedded_default=is_embedded_default(checkpoint.origin)).tasks
+        if check_criterion(criterion) in DATA_CRITERIA:
+            _warn_if_calibration_is_evaluated(_calibration(calibration, calibration_tokens), tasks)
     settings = PruneSettings(
         criterion, seed, multiple_of, _parse_size(max_shard_size), _calibration(calibration, calibration_tokens)
     )
@@ -767,6 +770,19 @@ def check_criteria_command(
     click.echo(_check_table(outcome))
     for warning in outcome.warnings():
         click.echo(f"warning: {warning}", err=True)
+
+
+def _warn_if_calibration_is_evaluated(calibration: CalibrationSettings, tasks: list[Any]) -> None:
+    """Calibration text that the benchmarks also score flatters the data-aware criteria: say so. Only the offline
+    suite's texts are on this machine to compare with; Hub tasks are not checked."""
+    documents = evaluated_documents([(t.task, t.limit) for t in tasks])
+    shared = shared_ngrams(calibration_text(calibration)[0], documents) if documents else 0
+    if shared:
+        click.echo(
+            f"warning: the calibration text shares 13-word sequences with {shared} of the {len(documents)} offline "
+            "benchmark documents: those scores flatter the criterion; calibrate on a disjoint text",
+            err=True,
+        )
 
 
 def _check_table(outcome: CheckOutcome) -> str:

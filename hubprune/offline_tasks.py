@@ -77,6 +77,18 @@ def last_word_items() -> list[dict[str, str]]:
     return items
 
 
+def evaluated_documents(tasks: list[tuple[str, int | None]]) -> list[str]:
+    """The texts the offline tasks among `tasks` ((name, limit) pairs) score, for the calibration disjointness
+    check: lm-eval reads the first `limit` documents."""
+    found: list[str] = []
+    for name, limit in tasks:
+        if name == "hubprune_jargon_ppl":
+            found += paragraphs()[:limit]
+        elif name == "hubprune_jargon_lastword":
+            found += [f"{item['context']} {item['word']}" for item in last_word_items()[:limit]]
+    return found
+
+
 def task_folder(cache: Path) -> Path:
     """The folder of offline task YAMLs (and their data) for TaskManager(include_path=...), written if missing."""
     ppl = "".join(json.dumps({"text": p}) + "\n" for p in paragraphs())

@@ -220,3 +220,18 @@ def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_
     assert "### Against random pruning" in card
     activation_25 = check["rows"][0]
     assert f"| 25 % | activation | {activation_25['perplexity']:.4g} |" in card
+
+
+def test_calibrating_on_benchmark_text_is_warned_about(tmp_path, tiny_dir):
+    from hubprune.offline_tasks import paragraphs
+
+    calibration = tmp_path / "overlap.txt"
+    calibration.write_text("\n\n".join(paragraphs()[:3]))  # what the offline tasks score first (both of them)
+    out = tmp_path / "fam"
+    args = ["build-family", str(tiny_dir("llama")), "-o", str(out), "--sizes", "48", "--criterion", "activation"]
+    args += ["--calibration", str(calibration), "--suite", "offline", "--limit", "2", "--skip-profile"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: the calibration text shares 13-word sequences with 4 of the 4 offline benchmark documents" in (
+        result.output
+    )
