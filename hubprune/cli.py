@@ -795,7 +795,7 @@ def _check_table(outcome: CheckOutcome) -> str:
             versus = "-"
         else:
             value = f"{row.perplexity:.4g}"
-            versus = f"{row.perplexity / medians[row.pct]:.2f}x" if row.pct in medians else "-"
+            versus = f"{row.perplexity / medians[row.pct]:.3g}x" if row.pct in medians else "-"
         rows.append([row.criterion, f"{row.pct}%", str(row.width), value, versus])
     lines = [_table(rows), f"held-out text: {outcome.text['source']}, {outcome.text['tokens']} tokens"]
     if outcome.calibration:
