@@ -43,7 +43,6 @@ CRITERIA = {
     "l2": ("L2", "s_i = ||G_i||_2 + ||U_i||_2"),
     "random": ("random", "s_i drawn uniformly at random (seeded): the baseline every criterion must beat"),
 }
-ALLOWED_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 
 
 @dataclass(frozen=True)
@@ -414,9 +413,6 @@ def validate_metadata(metadata: dict[str, Any], where: str) -> None:
     base = metadata.get("base_model")
     if base is not None and (not isinstance(base, str) or not is_hub_id(base)):
         problems.append(f"base_model {base!r} is not one Hub repo id (namespace/name)")
-    relation = metadata.get("base_model_relation")
-    if relation is not None and relation not in ALLOWED_RELATIONS:
-        problems.append(f"base_model_relation {relation!r} is not one of {', '.join(ALLOWED_RELATIONS)}")
     for entry in metadata.get("model-index", []) or []:
         for result in entry.get("results", []):
             for metric in result.get("metrics", []):
