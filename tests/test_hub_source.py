@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
-from hub_server import HubServer
+from hub_server import HubServer, point_client_at
 from huggingface_hub import ModelCard
 
 from hubprune.cli import main
@@ -26,38 +26,9 @@ EXCLUDED = {
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A running loopback Hub with the Hub client pointed at it, online, without Xet, and a private cache.
-
-    huggingface_hub reads its settings into `constants` at import (conftest has already made it offline), so the
-    constants are patched as well as the environment.
-    """
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf-home"
+    """A running loopback Hub with the Hub client pointed at it, online, without Xet, and a private cache."""
     with HubServer() as server:
-        env = {
-            "HF_ENDPOINT": server.endpoint,
-            "HF_HUB_OFFLINE": "0",
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HOME": str(home),
-            "HF_HUB_CACHE": str(home / "hub"),
-        }
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        patched = {
-            "ENDPOINT": server.endpoint,
-            "HUGGINGFACE_CO_URL_TEMPLATE": server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-            "HF_HUB_OFFLINE": False,
-            "HF_HUB_DISABLE_XET": True,
-            "HF_HOME": str(home),
-            "HF_HUB_CACHE": str(home / "hub"),
-            "HF_TOKEN_PATH": str(home / "token"),
-            "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-            "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
-        }
-        for name, value in patched.items():
-            monkeypatch.setattr(constants, name, value)
+        point_client_at(server, monkeypatch, tmp_path / "hf-home")
         yield server
 
 
