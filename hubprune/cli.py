@@ -21,7 +21,7 @@ from .build import PruneSettings, build_family, make_plan, prune_one
 from .calibrate import DEFAULT_TOKENS, CalibrationSettings, calibration_text, shared_ngrams
 from .card import CardOutcome, CardSettings, change_text, render_cards, score_text
 from .check import CheckOutcome, CheckSettings, check_criteria
-from .errors import HubpruneError, TargetError
+from .errors import CriterionError, HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
 from .gguf_source import is_embedded_default
 from .hub import PushOutcome, PushSettings, push_family
@@ -585,8 +585,10 @@ def build_family_command(
         criterion, seed, multiple_of, _parse_size(max_shard_size), _calibration(calibration, calibration_tokens)
     )
     check = None
+    if check_first and check_criterion(criterion) == "random":
+        raise CriterionError("--check-criteria compares the criterion with random pruning: choose another --criterion")
     if check_first:
-        criteria = (criterion, "random") if criterion != "random" else ("random",)
+        criteria = (criterion, "random")
         click.echo(f"[check] {criterion} against random pruning at every width", err=True)
         comparison = CheckSettings(
             targets=tuple(targets), criteria=criteria, calibration=settings.calibration or CalibrationSettings()

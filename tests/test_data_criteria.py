@@ -235,3 +235,10 @@ def test_calibrating_on_benchmark_text_is_warned_about(tmp_path, tiny_dir):
     assert "warning: the calibration text shares 13-word sequences with 4 of the 4 offline benchmark documents" in (
         result.output
     )
+
+
+def test_check_criteria_with_the_random_criterion_is_refused(tmp_path, tiny_dir):
+    args = ["build-family", str(tiny_dir("llama")), "-o", str(tmp_path / "fam"), "--pcts", "25"]
+    result = CliRunner().invoke(main, [*args, "--criterion", "random", "--check-criteria", "--skip-eval"])
+    assert result.exit_code == 1 and result.output.startswith("error: --check-criteria compares the criterion")
+    assert not (tmp_path / "fam").exists()
