@@ -567,7 +567,7 @@ def build_family_command(
     **stage_options: Any,
 ) -> None:
     """Prune at every width in one streaming pass and write the family with its manifest (family.json), then
-    run the benchmarks on the base and every member."""
+    benchmark and profile the base and every member and render the model cards."""
     targets = _family_targets(ratios, pcts, sizes, preset)
     card_settings = _card_settings(stage_options)
     eval_settings = _eval_settings(stage_options)
@@ -660,7 +660,7 @@ def card_command(family: Path, **card_options: Any) -> None:
 @main.command("push")
 @click.argument("family", type=click.Path(path_type=Path))
 @click.option("--namespace", required=True, help="Hub user or organisation to publish under: repos NS/<member>.")
-@click.option("--private", is_flag=True, help="Create the repos and the collection private.")
+@click.option("--private", is_flag=True, help="Make the repos (existing ones too) and a new collection private.")
 @click.option(
     "--collection", "collection", help="Title of the family's collection (default: '<base> width-pruned family')."
 )
