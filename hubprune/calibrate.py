@@ -11,17 +11,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CriterionError
+from .offline_tasks import TEXT_FILE, paragraphs
 
 DEFAULT_TOKENS = 4096
 DEFAULT_WINDOW = 512
-SHIPPED_TEXT = "data/jargon-file-4.4.7-ch1-8.txt"
+SHIPPED_TEXT = f"hubprune/data/{TEXT_FILE}"
 # The offline suite scores the first paragraphs of the shipped text; by default calibration reads the
 # paragraphs from this one on, which the disjointness check confirms share no 13-word sequence with them.
 SHIPPED_CALIBRATION_START = 65
@@ -47,16 +47,18 @@ class ActivationStats:
 def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
     """The text and a description of where it came from."""
     if settings.text is None:
-        text = resources.files("hubprune").joinpath(SHIPPED_TEXT).read_text(encoding="utf-8")
-        paragraphs = [p for p in text.split("\n\n") if p.strip()]
-        return "\n\n".join(paragraphs[SHIPPED_CALIBRATION_START:]), (
-            f"hubprune/{SHIPPED_TEXT}, paragraphs {SHIPPED_CALIBRATION_START + 1}-{len(paragraphs)}"
+        found = paragraphs()
+        return "\n\n".join(found[SHIPPED_CALIBRATION_START:]), (
+            f"{SHIPPED_TEXT}, paragraphs {SHIPPED_CALIBRATION_START + 1}-{len(found)}"
         )
-    path = Path(settings.text)
+    return read_text(settings.text, "calibration text"), str(settings.text)
+
+
+def read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CriterionError(f"cannot read the calibration text {path} ({exc}): give a UTF-8 text file") from None
+        raise CriterionError(f"cannot read the {what} {path} ({exc}): give a UTF-8 text file") from None
 
 
 def calibrate(folder: Path, down_modules: dict[int, str], settings: CalibrationSettings) -> ActivationStats:

@@ -589,12 +589,15 @@ def fraction_tasks(models: list[ModelResults]) -> set[str]:
     """Tasks whose metric is an accuracy-like fraction: shown as percentages with changes in points. Decided once
     per task over every model, so one column never mixes formats: a perplexity (by name) or a lower-is-better
     metric is never one, nor is a metric that any model reports outside [0, 1]."""
-    found = set()
-    for task, metric, higher_is_better in _benchmarks(models):
-        values = [m.eval[task]["value"] for m in models if task in m.eval]
-        if "perplexity" not in metric and higher_is_better is not False and all(0.0 <= v <= 1.0 for v in values):
-            found.add(task)
-    return found
+    return {
+        task
+        for task, metric, higher_is_better in _benchmarks(models)
+        if is_fraction(metric, higher_is_better, [m.eval[task]["value"] for m in models if task in m.eval])
+    }
+
+
+def is_fraction(metric: str, higher_is_better: bool | None, values: list[float]) -> bool:
+    return "perplexity" not in metric and higher_is_better is not False and all(0.0 <= v <= 1.0 for v in values)
 
 
 def score_text(record: dict[str, Any] | None, fraction: bool) -> str:

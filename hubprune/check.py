@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from .calibrate import (
     CalibrationSettings,
     calibration_text,
     collect_activations,
+    read_text,
     shared_ngrams,
     token_ids,
     windows,
@@ -30,6 +30,7 @@ from .calibrate import (
 from .checkpoint import Checkpoint
 from .errors import CriterionError
 from .importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
+from .offline_tasks import paragraphs
 from .plan import Target, plan_family
 from .prune import analyse, data_scores, down_modules, model_shape, weight_scores
 
@@ -97,15 +98,10 @@ class CheckOutcome:
 
 def held_out_text(settings: CheckSettings) -> tuple[str, str]:
     if settings.text is None:
-        text = resources.files("hubprune").joinpath(SHIPPED_TEXT).read_text(encoding="utf-8")
-        paragraphs = [p for p in text.split("\n\n") if p.strip()]
-        return "\n\n".join(paragraphs[:SHIPPED_CALIBRATION_START]), (
-            f"hubprune/{SHIPPED_TEXT}, paragraphs 1-{SHIPPED_CALIBRATION_START}"
+        return "\n\n".join(paragraphs()[:SHIPPED_CALIBRATION_START]), (
+            f"{SHIPPED_TEXT}, paragraphs 1-{SHIPPED_CALIBRATION_START}"
         )
-    try:
-        return Path(settings.text).read_text(encoding="utf-8"), str(settings.text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CriterionError(f"cannot read the held-out text {settings.text} ({exc}): give a UTF-8 text file") from None
+    return read_text(settings.text, "held-out text"), str(settings.text)
 
 
 def check_criteria(checkpoint: Checkpoint, settings: CheckSettings) -> CheckOutcome:
@@ -122,12 +118,13 @@ def check_criteria(checkpoint: Checkpoint, settings: CheckSettings) -> CheckOutc
     ids = token_ids(tokenizer, text, settings.max_tokens)
     if ids.numel() < 2:
         raise CriterionError(f"the held-out text {source} has fewer than 2 tokens: give a longer text")
-    downs = {layer: model.get_submodule(name) for layer, name in down_modules(layout).items()}
+    names = down_modules(layout)
+    downs = {layer: model.get_submodule(name) for layer, name in names.items()}
     stats = shared = None
     if any(c in DATA_CRITERIA for c in criteria):
-        stats = collect_activations(model, tokenizer, down_modules(layout), settings.calibration)
-        paragraphs = [p for p in text.split("\n\n") if p.strip()]
-        shared = shared_ngrams(calibration_text(settings.calibration)[0], paragraphs)
+        stats = collect_activations(model, tokenizer, names, settings.calibration)
+        held_out = [p for p in text.split("\n\n") if p.strip()]
+        shared = shared_ngrams(calibration_text(settings.calibration)[0], held_out)
     scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
@@ -173,20 +170,19 @@ def _pruned_perplexity(
 ) -> float:
     """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed, then
     restored."""
+    removed = {}
+    for layer, module in downs.items():
+        removed[layer] = torch.ones(module.weight.shape[1], dtype=torch.bool)
+        removed[layer][keep(rank(scores[layer]), width)] = False
     saved = {}
     try:
         for layer, module in downs.items():
-            removed = torch.ones(module.weight.shape[1], dtype=torch.bool)
-            removed[keep(rank(scores[layer]), width)] = False
-            saved[layer] = module.weight.data[:, removed].clone()
-            module.weight.data[:, removed] = 0
+            saved[layer] = module.weight.data[:, removed[layer]].clone()
+            module.weight.data[:, removed[layer]] = 0
         return _perplexity(model, ids, window)
     finally:
         for layer, columns in saved.items():
-            weight = downs[layer].weight.data
-            removed = torch.ones(weight.shape[1], dtype=torch.bool)
-            removed[keep(rank(scores[layer]), width)] = False
-            weight[:, removed] = columns
+            downs[layer].weight.data[:, removed[layer]] = columns
 
 
 def _perplexity(model: Any, ids: torch.Tensor, window: int) -> float:

@@ -19,7 +19,7 @@ import click
 from . import __version__, manifest
 from .build import PruneSettings, build_family, make_plan, prune_one
 from .calibrate import DEFAULT_TOKENS, CalibrationSettings, calibration_text, shared_ngrams
-from .card import CardOutcome, CardSettings, change_text, render_cards, score_text
+from .card import CardOutcome, CardSettings, change_text, is_fraction, render_cards, score_text
 from .check import CheckOutcome, CheckSettings, check_criteria
 from .errors import CriterionError, HubpruneError, TargetError
 from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_tasks
@@ -412,7 +412,8 @@ def _headline_scores(outcome: EvalOutcome) -> tuple[str, dict[str, str]]:
     task = outcome.tasks[0].task
     found = {label: record["tasks"].get(task) for label, record in outcome.results.items()}
     measured = [r for r in found.values() if r is not None]
-    fraction = "perplexity" not in task + outcome.tasks[0].metric and all(0 <= r["value"] <= 1 for r in measured)
+    higher_is_better = measured[0].get("higher_is_better") if measured else None
+    fraction = is_fraction(outcome.tasks[0].metric, higher_is_better, [r["value"] for r in measured])
     base = found.get("base")
     scores = {}
     for label, result in found.items():
