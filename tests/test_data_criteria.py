@@ -36,6 +36,14 @@ def texts(tmp_path):
     return calibration, held_out
 
 
+def calibration_inputs(source, calibration, tokens: int, window: int) -> dict[int, torch.Tensor]:
+    """glu_inputs over the first `tokens` tokens of the calibration file, in windows as calibration reads it."""
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(source)(calibration.read_text(), add_special_tokens=False).input_ids
+    return glu_inputs(source, torch.tensor(ids[:tokens]), window)
+
+
 def glu_inputs(source, text_ids: torch.Tensor, window: int) -> dict[int, torch.Tensor]:
     """Each layer's down_proj input, computed by hand from the MLP's input (captured by a hook on the MLP, not
     on down_proj) and the stored weights: silu(G x) * (U x)."""
@@ -71,12 +79,8 @@ def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, 
     member = family / "src-llama0-er1.25"
     kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
 
-    from transformers import AutoTokenizer
-
-    ids = AutoTokenizer.from_pretrained(source)(calibration.read_text(), add_special_tokens=False).input_ids[:200]
-    inputs = glu_inputs(source, torch.tensor(ids), 64)
     weights = load_tensors(source)
-    for layer, h in inputs.items():
+    for layer, h in calibration_inputs(source, calibration, 200, 64).items():
         down = weights[f"model.layers.{layer}.mlp.down_proj.weight"].double()
         expected = h.abs().mean(dim=0) * down.norm(dim=0)
         assert kept[layer] == top_k_tie_lower_index(expected.numpy().astype(np.float32), 40)
@@ -99,11 +103,8 @@ def test_hybrid_is_optipfairs_formula(tmp_path, tiny_dir, texts):
     build_family(open_source(str(source)), family, [Target("size", "32")], settings)
     kept = json.loads((family / "src-llama0-er1" / "hubprune-kept-indices.json").read_text())["layers"]
 
-    from transformers import AutoTokenizer
-
-    ids = AutoTokenizer.from_pretrained(source)(calibration.read_text(), add_special_tokens=False).input_ids[:150]
     weights = load_tensors(source)
-    for layer, h in glu_inputs(source, torch.tensor(ids), 50).items():
+    for layer, h in calibration_inputs(source, calibration, 150, 50).items():
         g, u, d = (weights[f"model.layers.{layer}.mlp.{p}_proj.weight"].double() for p in ("gate", "up", "down"))
         g_ptp = g.max(dim=1).values + g.min(dim=1).values.abs()
         u_ptp = u.max(dim=1).values + u.min(dim=1).values.abs()
