@@ -2,12 +2,12 @@
 
 Builds (or reuses) the family of SmolLM2-135M-Instruct (the embedded default, dequantized from its GGUF) at
 the paper's 10..60 %, profiles the base and every member with `hubprune.profile.profile_path` (each model in
-a fresh process) at batch sizes 1 and 8, prompt 256, 64 new tokens, and does the whole profile `--repeats`
-times. It prints, from the first repeat, TTFT, decode throughput, end-to-end latency and peak memory of each
+a fresh process, --rounds processes per model, the models taking turns) at batch sizes 1 and 8, prompt 256,
+64 new tokens, and does the whole profile `--repeats` times. It prints, from the first repeat, TTFT, decode throughput, end-to-end latency and peak memory of each
 model with its ratio to the base measured in the same run, then the coefficient of variation (sample standard
 deviation / mean) of each median across the repeats; the target is below 5 %.
 
-    python bench/profile_family.py                        # the full bench (about 20 minutes on 2 cores)
+    python bench/profile_family.py                        # the full bench (about 30 minutes on 2 cores)
     python bench/profile_family.py --pcts 50 --prompt-tokens 32 --new-tokens 8 --min-seconds 1   # a quick check
 
 The family is written to --family (kept, and reused by later runs) or to a temporary folder.
@@ -21,10 +21,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from hubprune.build import PruneSettings, build_family
+from hubprune.measure import ProfileSettings, parse_batch_sizes
 from hubprune.plan import parse_targets
-from hubprune.profile import Headline, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
+from hubprune.profile import Headline, ProfileEvent, headline, profile_path
 from hubprune.source import open_source
 
 METRICS = ("ttft_s", "decode_tokens_per_s", "e2e_s", "peak_memory_bytes")
@@ -32,12 +34,16 @@ METRICS = ("ttft_s", "decode_tokens_per_s", "e2e_s", "peak_memory_bytes")
 
 def _progress(event: ProfileEvent) -> None:
     if event.status != "start":
-        print(f"  [{event.index + 1}/{event.total}] {event.name}: {event.status}", flush=True)
+        where = f"round {event.round}/{event.rounds} [{event.index + 1}/{event.total}]"
+        print(f"  {where} {event.name}: {event.status}", flush=True)
 
 
-def _profile_once(family: Path, settings: ProfileSettings) -> dict[str, list[Headline]]:
+def _profile_once(family: Path, settings: ProfileSettings) -> tuple[dict[str, list[Headline]], dict[str, Any]]:
+    """Each model's headline figures, and each model's spread between rounds per batch size."""
     results = profile_path(family, settings, force=True, on_progress=_progress)
-    return {r.name: headline(r.document) for r in results if r.document is not None and r.status == "done"}
+    done = [r for r in results if r.document is not None and r.status == "done"]
+    spreads = {r.name: {b["batch_size"]: b.get("spread_between_rounds") for b in r.document["batches"]} for r in done}
+    return {r.name: headline(r.document) for r in done}, spreads
 
 
 def _cv(values: list[float]) -> float:
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--min-seconds", type=float, default=10.0)
     parser.add_argument("--min-runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=ProfileSettings.rounds, help="fresh processes per model")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write every repeat's headline figures here")
     args = parser.parse_args()
@@ -97,6 +104,7 @@ def main() -> None:
         new_tokens=args.new_tokens,
         min_seconds=args.min_seconds,
         min_runs=args.min_runs,
+        rounds=args.rounds,
     )
     with tempfile.TemporaryDirectory(prefix="hubprune-bench-") as tmp:
         family = args.family or Path(tmp) / "family"
@@ -104,23 +112,32 @@ def main() -> None:
         start = time.perf_counter()
         build_family(checkpoint, family, parse_targets("pct", args.pcts), PruneSettings())
         print(f"family: {family} (built or reused in {time.perf_counter() - start:.0f} s)", flush=True)
-        runs = []
+        runs, spreads = [], []
         for repeat in range(args.repeats):
             print(f"profile {repeat + 1}/{args.repeats}", flush=True)
             start = time.perf_counter()
-            runs.append(_profile_once(family, settings))
+            headlines, spread = _profile_once(family, settings)
+            runs.append(headlines)
+            spreads.append(spread)
             print(f"  took {time.perf_counter() - start:.0f} s", flush=True)
         table, worst = _table(runs)
     print(
         f"\nSmolLM2-135M-Instruct family, CPU, {settings.prompt_tokens} prompt + {settings.new_tokens} new tokens, "
-        f">= {settings.min_runs} runs and >= {settings.min_seconds:g} s per batch size; figures from repeat 1, "
+        f">= {settings.min_runs} runs and >= {settings.min_seconds:g} s per batch size over {settings.rounds} rounds; "
+        "figures from repeat 1, "
         f"CV of the medians over {args.repeats} repeats\n"
     )
     print(table)
     verdict = "met" if worst < 0.05 else "NOT met"
     print(f"\nworst coefficient of variation of a median between repeats: {worst * 100:.1f}% (target < 5%: {verdict})")
     if args.json:
-        data = [{name: [h.__dict__ for h in rows] for name, rows in run.items()} for run in runs]
+        data = [
+            {
+                "headlines": {name: [h.__dict__ for h in rows] for name, rows in run.items()},
+                "spread_between_rounds": spread,
+            }
+            for run, spread in zip(runs, spreads, strict=True)
+        ]
         args.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 

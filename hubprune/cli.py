@@ -26,10 +26,11 @@ from .evaluate import EvalOutcome, EvalSettings, check_settings, evaluate, plan_
 from .gguf_source import is_embedded_default
 from .hub import PushOutcome, PushSettings, push_family
 from .importance import CRITERIA, DATA_CRITERIA, check_criterion
+from .measure import ProfileSettings, parse_batch_sizes
+from .measure import check_settings as check_profile_settings
 from .offline_tasks import evaluated_documents
 from .plan import PAPER_PCTS, FamilyPlan, Target, parse_targets
-from .profile import ModelProfile, ProfileEvent, ProfileSettings, headline, parse_batch_sizes, profile_path
-from .profile import check_settings as check_profile_settings
+from .profile import ModelProfile, ProfileEvent, headline, profile_path
 from .source import open_source
 from .writer import DEFAULT_MAX_SHARD_BYTES
 
@@ -337,7 +338,15 @@ def _profile_options(func: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--batch-sizes", default="1,8", show_default=True, help="Batch sizes to profile."),
             click.option("--prompt-tokens", default=256, show_default=True, help="Prompt length (tokens)."),
             click.option("--new-tokens", default=64, show_default=True, help="Generated tokens per sequence."),
-            click.option("--min-seconds", default=10.0, show_default=True, help="Least timed seconds per batch size."),
+            click.option(
+                "--min-seconds", default=10.0, show_default=True, help="Least timed seconds per batch size, all rounds."
+            ),
+            click.option(
+                "--rounds",
+                default=3,
+                show_default=True,
+                help="Fresh processes per model, the models taking turns; the figures pool them.",
+            ),
             click.option(
                 "--energy", default="auto", show_default=True, help="auto, nvml, rapl, codecarbon (an estimate) or off."
             ),
@@ -355,14 +364,26 @@ def _profile_settings(options: dict[str, Any]) -> ProfileSettings:
         prompt_tokens=options["prompt_tokens"],
         new_tokens=options["new_tokens"],
         min_seconds=options["min_seconds"],
+        rounds=options["rounds"],
         energy=options["energy"],
     )
 
 
+PROFILE_VERBS = {
+    "start": "measuring",
+    "resumed": "kept from the stopped run",
+    "reused": "kept (same settings)",
+    "skipped": "skipped",
+    "failed": "failed",
+}
+
+
 def _profile_event(event: ProfileEvent) -> None:
-    if event.status in ("start", "reused", "skipped", "failed"):
-        verb = {"start": "measuring", "reused": "kept (same settings)", "skipped": "skipped", "failed": "failed"}
-        click.echo(f"[profile] {event.index + 1}/{event.total} {event.name}: {verb[event.status]}", err=True)
+    if event.status in PROFILE_VERBS:
+        rounds = f"round {event.round}/{event.rounds}, " if event.rounds > 1 and event.status != "reused" else ""
+        click.echo(
+            f"[profile] {rounds}{event.index + 1}/{event.total} {event.name}: {PROFILE_VERBS[event.status]}", err=True
+        )
 
 
 def _profile_table(profiles: tuple[ModelProfile, ...]) -> str:

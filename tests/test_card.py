@@ -17,8 +17,8 @@ from hubprune.card import CardSettings, render_cards
 from hubprune.cli import main
 from hubprune.errors import CardError
 from hubprune.evaluate import EvalSettings, evaluate
+from hubprune.measure import ProfileSettings, measure
 from hubprune.plan import Target
-from hubprune.profile import ProfileSettings, measure
 from hubprune.source import open_source
 
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]

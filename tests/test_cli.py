@@ -284,6 +284,7 @@ def test_members_carry_tokenizer_and_licence_but_not_readme_or_pickles(tmp_path)
         (["--batch-sizes", "one"], "'one' is not a whole number"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--energy", "nvml"], "nvml"),
+        (["--rounds", "0"], "rounds 0: give a whole number >= 1"),
     ],
 )
 def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir, args, fragment):

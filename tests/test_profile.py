@@ -23,20 +23,11 @@ from hubprune.base_model import BASE_RESULTS
 from hubprune.build import PruneSettings, build_family
 from hubprune.energy import EnergySource, open_energy
 from hubprune.errors import EnergyError, HubpruneError, ProfileError, ProfileSettingsError
+from hubprune.measure import ProfileSettings, check_settings, measure, parse_batch_sizes, percentile
 from hubprune.plan import Target
-from hubprune.profile import (
-    PROFILE_FILE,
-    ProfileSettings,
-    check_settings,
-    headline,
-    measure,
-    parse_batch_sizes,
-    percentile,
-    profile_model,
-    profile_path,
-)
+from hubprune.profile import PROFILE_FILE, headline, merge_rounds, profile_model, profile_path, round_share
 
-FAST = dict(prompt_tokens=6, new_tokens=4, min_seconds=0.0, min_runs=3, warmup_runs=1)
+FAST = dict(prompt_tokens=6, new_tokens=4, min_seconds=0.0, min_runs=3, warmup_runs=1, rounds=1)
 NO_GPU = not torch.cuda.is_available()
 RAPL_READABLE = any(p.is_file() for p in Path("/sys/class/powercap").glob("intel-rapl:*/energy_uj"))
 
@@ -129,7 +120,7 @@ def measured(tiny_dir):
 
 def test_every_figure_is_there_with_its_unit_and_method(measured):
     folder, settings, document = measured
-    assert document["status"] == "done" and document["format"] == 1
+    assert document["status"] == "done" and document["format"] == 2
     model = document["model"]
     with safe_open(folder / "model.safetensors", framework="pt") as f:
         shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
@@ -319,6 +310,85 @@ def test_a_base_that_is_not_on_this_machine_is_skipped_with_the_reason(family_di
     assert written["status"] == "skipped" and written["reason"] == results[0].reason
 
 
+def test_rounds_pool_every_run_and_add_up_the_energy(tiny_dir):
+    settings = ProfileSettings(device="cpu", batch_sizes=(1, 2), energy="off", **{**FAST, "rounds": 2})
+    share = round_share(settings)
+    assert (share.rounds, share.min_runs, share.min_seconds) == (1, 2, 0.0)  # 3 runs over 2 rounds: 2 each
+    rounds = [measure(tiny_dir("llama"), share, energy=fake_energy()) for _ in range(2)]
+    merged = merge_rounds(rounds, settings)
+    assert merged["settings"]["rounds"] == 2 and merged["settings"]["min_runs"] == 3
+    assert merged["rounds"]["count"] == 2 and merged["rounds"]["min_runs_per_round"] == 2
+    load = merged["model"]["load_time"]
+    assert load["samples"] == [r["model"]["load_time"]["value"] for r in rounds]
+    assert load["value"] == statistics.median(load["samples"])
+    for index, batch in enumerate(merged["batches"]):
+        parts = [r["batches"][index] for r in rounds]
+        assert batch["runs"] == [{**run, "round": n} for n, part in enumerate(parts, 1) for run in part["runs"]]
+        assert batch["timed_runs"] == len(batch["runs"]) == sum(p["timed_runs"] for p in parts) >= 4
+        assert batch["ttft"]["median"] == pytest.approx(statistics.median(r["ttft_s"] for r in batch["runs"]))
+        rates = [r["decode_tokens"] / r["decode_s"] for r in batch["runs"]]
+        assert batch["decode_throughput"]["samples"] == pytest.approx(rates)
+        assert batch["peak_memory"]["value"] == max(p["peak_memory"]["value"] for p in parts)
+        energy = batch["energy_per_token"]
+        assert energy["joules"] == 120.0  # the fake counter gains 60 J over each round's timed runs
+        assert energy["tokens"] == sum(r["generated_tokens"] for r in batch["runs"])
+        assert energy["value"] == pytest.approx(120.0 / energy["tokens"])
+        medians = [p["ttft"]["median"] for p in parts]
+        assert [r["ttft_median_s"] for r in batch["rounds"]] == medians
+        spread = batch["spread_between_rounds"]["ttft"]
+        assert spread == pytest.approx(statistics.stdev(medians) / statistics.mean(medians))
+        windows = [p["timed_window_s"] for p in parts]
+        loads = [p["other_cpu_load"]["value"] for p in parts]
+        mean_load = sum(load * window for load, window in zip(loads, windows)) / sum(windows)
+        assert batch["other_cpu_load"]["value"] == pytest.approx(mean_load)
+    unmeasured = merge_rounds([measure(tiny_dir("llama"), share) for _ in range(2)], settings)
+    assert unmeasured["batches"][0]["energy_per_token"]["value"] is None
+    assert unmeasured["batches"][0]["energy_per_token"]["method"] == "unavailable"
+
+
+def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_dir):
+    settings = ProfileSettings(device="cpu", batch_sizes=(1,), energy="off", **{**FAST, "rounds": 2})
+    family = manifest.load(family_dir)
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_before_the_first_members_second_round(event):
+        seen.append((event.index, event.round, event.status))
+        if seen[-1] == (1, 2, "start"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        profile_path(family_dir, settings, force=True, on_progress=stop_before_the_first_members_second_round)
+    assert seen == [(0, 1, "start"), (1, 1, "start"), (2, 1, "start"), (0, 2, "start"), (0, 2, "done"), (1, 2, "start")]
+    kept = family_dir / family.members[0].path / "results" / ".profile-rounds" / "profile-round-1.json"
+    first_round = json.loads(kept.read_text())["document"]["batches"][0]["runs"]
+
+    events = []
+    results = profile_path(family_dir, settings, on_progress=events.append)
+    assert [(e.index, e.round, e.status) for e in events] == [
+        (0, 1, "reused"),  # the base finished both rounds before the stop
+        (1, 1, "resumed"),
+        (2, 1, "resumed"),
+        (1, 2, "start"),
+        (1, 2, "done"),
+        (2, 2, "start"),
+        (2, 2, "done"),
+    ]
+    assert [r.status for r in results] == ["reused", "done", "done"]
+    for member in manifest.load(family_dir).members:
+        folder = family_dir / member.path
+        document = json.loads((folder / PROFILE_FILE).read_text())
+        assert document["rounds"]["count"] == 2 and len(document["batches"][0]["rounds"]) == 2
+        assert {run["round"] for run in document["batches"][0]["runs"]} == {1, 2}
+        assert not (folder / "results" / ".profile-rounds").exists()  # cleaned up once pooled
+        assert member.stages["profile"]["status"] == "done"
+    pooled = json.loads((family_dir / family.members[0].path / PROFILE_FILE).read_text())["batches"][0]["runs"]
+    assert [run for run in pooled if run["round"] == 1] == [{**run, "round": 1} for run in first_round]
+
+
 def test_a_checkpoint_that_cannot_load_fails_in_its_process_with_one_line(tmp_path, tiny_dir):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir("llama"), broken)
@@ -338,7 +408,7 @@ def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
 
 def test_the_synthetic_prompt_avoids_special_tokens(measured):
     # The tiny tokenizer's specials are ids 0..3; the prompt is drawn from the other VOCAB - 4 ids.
-    from hubprune.profile import _synthetic_prompt
+    from hubprune.measure import _synthetic_prompt
 
     folder, settings, document = measured
 
