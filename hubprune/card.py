@@ -736,6 +736,9 @@ def _efficiency(models: list[ModelResults]) -> dict[str, Any] | None:
         }
         - {""}
     )
+    spread = _largest_spread(profiled, base)
+    if spread is not None:
+        notes.append(spread)
     if reasons:
         notes.append("Energy not measured: " + "; ".join(reasons) + ".")
     if any(b["energy_per_token"].get("method") == "estimated" for m in profiled for b in m.profile["batches"]):  # type: ignore[index]
@@ -750,10 +753,35 @@ def _efficiency(models: list[ModelResults]) -> dict[str, Any] | None:
         "prompt_tokens": settings.get("prompt_tokens", "?"),
         "new_tokens": settings.get("new_tokens", "?"),
         "min_runs": settings.get("min_runs", "?"),
+        "rounds": settings.get("rounds", 1),
         "memory_how": _memory_how(profiled[0]),
         "rows": rows,
         "notes": notes,
     }
+
+
+SPREAD_NOTE_ABOVE = 0.05  # the bench's target for repeatable medians
+
+
+def _largest_spread(profiled: list[ModelResults], base: ModelResults) -> str | None:
+    """One line naming the largest difference between a model's rounds, when it is above SPREAD_NOTE_ABOVE: the
+    machine's speed drifted while it was measured, and differences between members of that size are noise."""
+    found = [
+        (value, "the base" if model is base else model.name, batch["batch_size"], figure)
+        for model in profiled
+        for batch in model.profile.get("batches", [])  # type: ignore[union-attr]
+        for figure, value in (batch.get("spread_between_rounds") or {}).items()
+        if isinstance(value, float)
+    ]
+    if not found or max(found)[0] <= SPREAD_NOTE_ABOVE:
+        return None
+    value, name, size, figure = max(found)
+    label = {"ttft": "time to first token", "decode_throughput": "decode throughput", "e2e_latency": "end-to-end"}
+    return (
+        f"The machine's speed drifted during the measurement: the rounds' medians of one model differed by up to "
+        f"{value * 100:.0f} % (coefficient of variation; {label.get(figure, figure)} of {name} at batch {size}), so "
+        "differences between members smaller than that are not meaningful."
+    )
 
 
 def _memory_how(model: ModelResults) -> str:

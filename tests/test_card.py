@@ -19,6 +19,7 @@ from hubprune.errors import CardError
 from hubprune.evaluate import EvalSettings, evaluate
 from hubprune.measure import ProfileSettings, measure
 from hubprune.plan import Target
+from hubprune.profile import merge_rounds, round_share
 from hubprune.source import open_source
 
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]
@@ -37,13 +38,21 @@ def measured_family(tmp_path_factory, task_dir) -> Path:  # noqa: F811 - the imp
     suite = str(suite_file(root, ALL_THREE[0], ALL_THREE[1]))
     evaluate(family, EvalSettings(suite=suite, include_paths=(task_dir,), batch_size="1"))
     settings = ProfileSettings(
-        device="cpu", batch_sizes=(1,), prompt_tokens=8, new_tokens=4, min_seconds=0, min_runs=2, warmup_runs=1
+        device="cpu",
+        batch_sizes=(1,),
+        prompt_tokens=8,
+        new_tokens=4,
+        min_seconds=0,
+        min_runs=2,
+        warmup_runs=1,
+        rounds=2,
     )
     for folder, results in [
         (source, family / "base-results"),
         *((family / m, family / m / "results") for m in MEMBERS),
     ]:
-        (results / "profile.json").write_text(json.dumps(measure(folder, settings)))
+        rounds = [measure(folder, round_share(settings)) for _ in range(settings.rounds)]
+        (results / "profile.json").write_text(json.dumps(merge_rounds(rounds, settings)))
     return family
 
 
@@ -95,6 +104,30 @@ def test_table_shows_measured_values_and_changes(family):
     assert f"{mine * 100:.1f} % ({(mine - base) * 100:+.1f} pts)" in text
     throughput = json.loads((family / MEMBERS[1] / "results" / "profile.json").read_text())["batches"][0]
     assert f"{throughput['decode_throughput']['median']:.1f} (" in text
+
+
+def test_efficiency_names_the_rounds_and_says_when_the_machine_drifted(family):
+    def set_spreads(member: str, value: float) -> None:
+        path = family / member / "results" / "profile.json" if member else family / "base-results" / "profile.json"
+        document = json.loads(path.read_text())
+        document["batches"][0]["spread_between_rounds"].update(ttft=0.01, decode_throughput=value, e2e_latency=0.01)
+        path.write_text(json.dumps(document))
+
+    for member in MEMBERS:
+        set_spreads(member, 0.02)
+    set_spreads("", 0.02)  # the base
+    render_cards(family)
+    text = (family / MEMBERS[0] / "README.md").read_text()
+    assert "each model in\n2 fresh processes, the models taking turns" in text
+    assert "speed drifted" not in text  # every round within 5 % of the others
+
+    set_spreads(MEMBERS[1], 0.123)
+    render_cards(family)
+    for card in (family / MEMBERS[0] / "README.md", family / "README.md"):
+        assert (
+            "the rounds' medians of one model differed by up to 12 % (coefficient of variation; decode throughput "
+            f"of {MEMBERS[1]} at batch 1)"
+        ) in card.read_text().replace("\n", " ")
 
 
 def test_member_without_results_has_no_model_index_and_says_not_measured(family):
