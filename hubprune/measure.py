@@ -40,7 +40,7 @@ from .device import cpu_model, resolve_device
 from .energy import EnergySource, check_energy, open_energy
 from .errors import HubpruneError, ProfileError, ProfileSettingsError
 
-FORMAT = 2  # 2: pooled rounds (profile.py); 1 was a single process
+FORMAT = 2  # profile.json format: 2 pools rounds of fresh processes (profile.py); 1 was one process
 RESULTS_DIR = "results"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
