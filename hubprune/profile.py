@@ -183,13 +183,11 @@ def _merge_batch(batches: list[dict[str, Any]]) -> dict[str, Any]:
             [r["decode_tokens"] / r["decode_s"] for r in runs], "tokens/s", first["decode_throughput"]["how"]
         ),
         "e2e_latency": distribution([r["e2e_s"] for r in runs], "s", first["e2e_latency"]["how"]),
-        "peak_memory": _largest([batch["peak_memory"] for batch in batches]),
-        **(
-            {"peak_memory_reserved": _largest([b["peak_memory_reserved"] for b in batches])}
-            if "peak_memory_reserved" in first
-            else {}
-        ),
-        **({"peak_rss_hwm": _largest([b["peak_rss_hwm"] for b in batches])} if "peak_rss_hwm" in first else {}),
+        **{  # GPU: peak_memory_reserved beside it; CPU: peak_rss_hwm
+            key: _largest([batch[key] for batch in batches])
+            for key in ("peak_memory", "peak_memory_reserved", "peak_rss_hwm")
+            if key in first
+        },
         "other_cpu_load": _window_mean([batch["other_cpu_load"] for batch in batches], windows),
         "energy_per_token": _pooled_energy([batch["energy_per_token"] for batch in batches]),
         "rounds": per_round,
