@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubprune.build import PruneSettings, build_family
-from hubprune.evaluate import EvalSettings, evaluate
-from hubprune.plan import parse_targets
-from hubprune.source import open_source
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import parse_targets
+from hubprune.build.source import open_source
+from hubprune.measure.evaluate import EvalSettings, evaluate
 
 CRITERIA = ("maw", "vow", "pon", "l2")
 RANDOM_SEEDS = (0, 1, 2)

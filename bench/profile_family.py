@@ -23,34 +23,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubprune.build import PruneSettings, build_family
-from hubprune.measure import ProfileSettings, parse_batch_sizes
-from hubprune.plan import parse_targets
-from hubprune.profile import Headline, ProfileEvent, headline, profile_path
-from hubprune.source import open_source
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import parse_targets
+from hubprune.build.source import open_source
+from hubprune.measure.efficiency import ProfileSettings, parse_batch_sizes
+from hubprune.measure.profile import profile_path
+from hubprune.progress import Progress
+from hubprune.publish.results import BatchFigures, ProfileView
 
 METRICS = ("ttft_s", "decode_tokens_per_s", "e2e_s", "peak_memory_bytes")
 
 
-def _progress(event: ProfileEvent) -> None:
+def _progress(event: Progress) -> None:
     if event.status != "start":
-        where = f"round {event.round}/{event.rounds} [{event.index + 1}/{event.total}]"
-        print(f"  {where} {event.name}: {event.status}", flush=True)
+        where = f"round {event.round}/{event.rounds} [{event.done + 1}/{event.total}]"
+        print(f"  {where} {event.item}: {event.status}", flush=True)
 
 
-def _profile_once(family: Path, settings: ProfileSettings) -> tuple[dict[str, list[Headline]], dict[str, Any]]:
+def _profile_once(family: Path, settings: ProfileSettings) -> tuple[dict[str, list[BatchFigures]], dict[str, Any]]:
     """Each model's headline figures, and each model's spread between rounds per batch size."""
     results = profile_path(family, settings, force=True, on_progress=_progress)
     done = [r for r in results if r.document is not None and r.status == "done"]
     spreads = {r.name: {b["batch_size"]: b.get("spread_between_rounds") for b in r.document["batches"]} for r in done}
-    return {r.name: headline(r.document) for r in done}, spreads
+    return {r.name: list(ProfileView.from_document(r.document).batches) for r in done}, spreads
 
 
 def _cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
 
 
-def _table(runs: list[dict[str, list[Headline]]]) -> tuple[str, float]:
+def _table(runs: list[dict[str, list[BatchFigures]]]) -> tuple[str, float]:
     first = runs[0]
     base_name = next(iter(first))  # profile_path reports the base first
     base = {h.batch_size: h for h in first[base_name]}
@@ -79,7 +81,7 @@ def _table(runs: list[dict[str, list[Headline]]]) -> tuple[str, float]:
     return "\n".join(lines), worst
 
 
-def _row(run: dict[str, list[Headline]], name: str, batch_size: int) -> Headline:
+def _row(run: dict[str, list[BatchFigures]], name: str, batch_size: int) -> BatchFigures:
     return next(h for h in run[name] if h.batch_size == batch_size)
 
 

@@ -64,7 +64,7 @@ def build_source(folder: Path, shape: str) -> Path:
     from transformers import LlamaConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import _tokenizer
+    from support.tiny_models import _tokenizer
 
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -187,9 +187,9 @@ def kept_rows(source_rows: dict[bytes, int], member: Path, layer: int) -> list[i
 def compare(source: Path, hub_family: Path, peer_outputs: dict[int, Path], layers: int) -> tuple[int, int]:
     """Check that both tools keep the same neurons wherever the MAW score does not tie at the cut.
     Returns (layer-members compared, neurons whose choice was decided by a tie)."""
-    from hubprune.checkpoint import read_tensor
-    from hubprune.importance import maw
-    from hubprune.source import open_source
+    from hubprune.build.checkpoint import read_tensor
+    from hubprune.build.importance import maw
+    from hubprune.build.source import open_source
 
     checkpoint = open_source(str(source))
     members = {

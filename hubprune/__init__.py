@@ -1,3 +1,104 @@
-"""hubprune: build a family of width-pruned GLU checkpoints, ready for from_pretrained and the Hub."""
+"""hubprune: build a family of width-pruned GLU checkpoints, ready for from_pretrained and the Hub.
+
+The public Python API, one import away::
+
+    from hubprune import run_family, parse_targets, PruneSettings, EvalSettings, ProfileSettings, CardSettings
+
+The names load on first use (as huggingface_hub's do), so `import hubprune` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that owns it
+_API = {
+    # the whole job
+    "run_family": "hubprune.pipeline",
+    "FamilyOutcome": "hubprune.pipeline",
+    # build: sources, widths, pruning
+    "open_source": "hubprune.build.source",
+    "parse_targets": "hubprune.build.plan",
+    "Target": "hubprune.build.plan",
+    "PruneSettings": "hubprune.build.family",
+    "CalibrationSettings": "hubprune.build.calibrate",
+    "make_plan": "hubprune.build.family",
+    "build_family": "hubprune.build.family",
+    "prune_one": "hubprune.build.family",
+    "CheckSettings": "hubprune.build.check",
+    "check_criteria": "hubprune.build.check",
+    # measure: benchmarks and efficiency
+    "EvalSettings": "hubprune.measure.evaluate",
+    "evaluate": "hubprune.measure.evaluate",
+    "ProfileSettings": "hubprune.measure.efficiency",
+    "profile_path": "hubprune.measure.profile",
+    # publish: cards and the Hub
+    "CardSettings": "hubprune.publish.cards",
+    "render_cards": "hubprune.publish.cards",
+    "PushSettings": "hubprune.publish.push",
+    "push_family": "hubprune.publish.push",
+    # family.json, progress, errors
+    "load_family": "hubprune.manifest",
+    "Progress": "hubprune.progress",
+    "HubpruneError": "hubprune.errors",
+}
+_RENAMED = {"load_family": "load"}  # names that read better from the package than from their module
+
+__all__ = [
+    "__version__",
+    "run_family",
+    "FamilyOutcome",
+    "open_source",
+    "parse_targets",
+    "Target",
+    "PruneSettings",
+    "CalibrationSettings",
+    "make_plan",
+    "build_family",
+    "prune_one",
+    "CheckSettings",
+    "check_criteria",
+    "EvalSettings",
+    "evaluate",
+    "ProfileSettings",
+    "profile_path",
+    "CardSettings",
+    "render_cards",
+    "PushSettings",
+    "push_family",
+    "load_family",
+    "Progress",
+    "HubpruneError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'hubprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
+    from hubprune.build.calibrate import CalibrationSettings
+    from hubprune.build.check import CheckSettings, check_criteria
+    from hubprune.build.family import PruneSettings, build_family, make_plan, prune_one
+    from hubprune.build.plan import Target, parse_targets
+    from hubprune.build.source import open_source
+    from hubprune.errors import HubpruneError
+    from hubprune.manifest import load as load_family
+    from hubprune.measure.efficiency import ProfileSettings
+    from hubprune.measure.evaluate import EvalSettings, evaluate
+    from hubprune.measure.profile import profile_path
+    from hubprune.pipeline import FamilyOutcome, run_family
+    from hubprune.progress import Progress
+    from hubprune.publish.cards import CardSettings, render_cards
+    from hubprune.publish.push import PushSettings, push_family

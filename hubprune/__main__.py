@@ -1,3 +1,3 @@
-from .cli import main
+from hubprune.cli import main
 
 main()

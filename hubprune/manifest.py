@@ -8,12 +8,15 @@ Writes are atomic (temporary file, then rename) so a crash never leaves half a m
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import OutputError
+from hubprune.errors import HubpruneError, OutputError
+from hubprune.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from hubprune.build.plan import ModelShape
 
 MANIFEST = "family.json"
 FORMAT_VERSION = 1
@@ -32,6 +35,13 @@ class SourceRecord:
     weight_bytes: int
     origin: dict[str, Any] | None = None  # e.g. the GGUF file the weights were dequantized from
     folder: str | None = None  # the local checkpoint folder the family was built from (Hub cache, GGUF cache)
+
+    @classmethod
+    def of(cls, shape: ModelShape, **identity: Any) -> SourceRecord:
+        """The record of a source of this shape; `identity` gives the fields a shape does not know (id, revision,
+        model_type, origin, folder)."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(shape)}
+        return cls(**{name: getattr(shape, name) for name in shared}, **identity)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class Family:
     commands: dict[str, str] = field(default_factory=dict)  # stage -> the last command line that ran it
     card: dict[str, Any] = field(default_factory=dict)  # the card settings chosen (namespace, licence, base id)
 
+    def built_members(self) -> tuple[MemberRecord, ...]:
+        """The members whose weights were written and verified (widest first): the ones later stages use."""
+        return tuple(m for m in self.members if m.stages.get("prune", {}).get("status") == "done")
+
     def member(self, name: str) -> MemberRecord | None:
         return next((m for m in self.members if m.name == name), None)
 
@@ -74,6 +88,50 @@ class Family:
         others = [m for m in self.members if m.name != record.name]
         members = sorted([*others, record], key=lambda m: -m.intermediate_size)
         return replace(self, members=tuple(members))
+
+
+@dataclass(frozen=True)
+class Location:
+    """What a folder given to a command is: a family (it holds family.json), a member of one (its parent's
+    family.json lists it), a plain checkpoint (it holds config.json), or none of these ("unknown")."""
+
+    kind: Literal["family", "member", "checkpoint", "unknown"]
+    path: Path
+    family_dir: Path | None = None  # the family folder, for a family or a member
+    member: MemberRecord | None = None  # the member's record, for a member
+
+
+def locate(path: Path) -> Location:
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return Location("family", path, path)
+    parent = path.resolve().parent
+    if (parent / MANIFEST).exists():
+        record = next((m for m in load(parent).members if (parent / m.path).resolve() == path.resolve()), None)
+        if record is not None:
+            return Location("member", path, parent, record)
+    if (path / "config.json").exists():
+        return Location("checkpoint", path)
+    return Location("unknown", path)
+
+
+def open_family(path: Path, error: type[HubpruneError] = OutputError) -> Family:
+    """The manifest of the family folder `path`, or `error` with a message that says what to give instead."""
+    where = locate(path)
+    if where.kind != "family":
+        fix = (
+            "it is a member, give its family folder" if where.kind == "member" else "give the folder build-family wrote"
+        )
+        raise error(f"{path} is not a hubprune family (no {MANIFEST}): {fix}")
+    try:
+        return load(path)
+    except OutputError as exc:
+        raise error(str(exc)) from None
+
+
+def not_a_model(path: Path) -> str:
+    """The one-line message for a path that is neither a family nor a checkpoint folder."""
+    return f"{path} is neither a hubprune family (family.json) nor a checkpoint folder (config.json): give one of them"
 
 
 def load(folder: Path) -> Family:
@@ -126,9 +184,3 @@ def record_command(folder: Path, stage: str, command: str) -> None:
     """Keep the command line that last ran `stage`, for the cards' reproducibility section."""
     family = load(folder)
     save(replace(family, commands={**family.commands, stage: command}), folder)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

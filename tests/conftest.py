@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -7,9 +6,11 @@ import pytest
 # Tests never touch the network: the Hub client and transformers must stay offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import build_tiny  # noqa: E402
+# After the environment above: these import huggingface_hub and transformers, which read it at import.
+from support.hub_server import HubServer, point_client_at  # noqa: E402
+from support.tiny_models import build_tiny  # noqa: E402
+from support.tiny_tasks import write_tasks  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +26,19 @@ def tiny_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    """A folder of tiny local lm-eval tasks, one of each request type (support/tiny_tasks.py), per test module."""
+    return write_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running loopback Hub for user "tester" (member of org "acme"), with the Hub client pointed at it: online,
+    without Xet, with a private cache and no token. On teardown, no endpoint may have raised (answered 500)."""
+    with HubServer(username="tester", orgs=("acme",)) as server:
+        point_client_at(server, monkeypatch, tmp_path / "hf-home")
+        yield server
+    assert not server.errors, server.errors[0]

@@ -9,25 +9,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
-from test_evaluate import ALL_THREE, suite_file, task_dir  # noqa: F401 - task_dir is a fixture
-from tiny_models import build_tiny
+from support.tiny_models import build_tiny
+from support.tiny_tasks import ALL_THREE, suite_file
 
-from hubprune.build import PruneSettings, build_family
-from hubprune.card import CardSettings, render_cards
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
+from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import CardError
-from hubprune.evaluate import EvalSettings, evaluate
-from hubprune.measure import ProfileSettings, measure
-from hubprune.plan import Target
-from hubprune.profile import merge_rounds, round_share
-from hubprune.source import open_source
+from hubprune.measure.efficiency import ProfileSettings, measure
+from hubprune.measure.evaluate import EvalSettings, evaluate
+from hubprune.measure.profile import merge_rounds, round_share
+from hubprune.publish.cards import CardSettings, render_cards
 
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]
 BASE_CARD = "---\nlicense: llama3.2\nlanguage: en\n---\n# The tiny base\n"
 
 
 @pytest.fixture(scope="module")
-def measured_family(tmp_path_factory, task_dir) -> Path:  # noqa: F811 - the imported fixture
+def measured_family(tmp_path_factory, task_dir) -> Path:
     """A family of two members of a tiny Llama whose card says llama3.2, evaluated and profiled for real."""
     root = tmp_path_factory.mktemp("card")
     source = build_tiny(root / "Llama-tiny", "llama")

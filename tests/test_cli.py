@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from oracle import load_tensors
 from safetensors.torch import save_file
-from tiny_models import build_tiny
+from support.oracle import load_tensors
+from support.tiny_models import build_tiny
 from transformers import AutoModelForCausalLM
 
-from hubprune import build as build_module
+from hubprune.build import family as build_module
 from hubprune.cli import main
 
 
@@ -75,8 +75,8 @@ def test_a_stopped_build_leaves_no_member_and_resumes(tiny_dir, tmp_path, monkey
     real_pass = build_module.prune_pass
 
     def interrupted(*args, **kwargs):
-        kwargs["on_progress"] = lambda done, total: (
-            (_ for _ in ()).throw(KeyboardInterrupt) if done > total / 2 else None
+        kwargs["on_progress"] = lambda event: (
+            (_ for _ in ()).throw(KeyboardInterrupt) if event.done > event.total / 2 else None
         )
         return real_pass(*args, **kwargs)
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from oracle import load_tensors, mlp_modules, oracle_logits, top_k_tie_lower_index
-from tiny_models import VOCAB
+from support.oracle import load_tensors, mlp_modules, oracle_logits, top_k_tie_lower_index
+from support.tiny_models import VOCAB
 from transformers import AutoModelForCausalLM
 
-from hubprune.build import PruneSettings, build_family
-from hubprune.calibrate import CalibrationSettings, shared_ngrams
-from hubprune.check import CheckSettings, check_criteria
+from hubprune.build.calibrate import CalibrationSettings, shared_ngrams
+from hubprune.build.check import CheckSettings, check_criteria
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
+from hubprune.build.source import open_source
 from hubprune.cli import main
-from hubprune.plan import Target
-from hubprune.source import open_source
 
 
 def words(seed: int, count: int) -> str:
@@ -224,7 +224,7 @@ def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_
 
 
 def test_calibrating_on_benchmark_text_is_warned_about(tmp_path, tiny_dir):
-    from hubprune.offline_tasks import paragraphs
+    from hubprune.measure.offline_tasks import paragraphs
 
     calibration = tmp_path / "overlap.txt"
     calibration.write_text("\n\n".join(paragraphs()[:3]))  # what the offline tasks score first (both of them)

@@ -9,65 +9,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.tiny_tasks import ALL_THREE, TASKS, suite_file
 
-from hubprune import evaluate as evaluate_module
-from hubprune.build import PruneSettings, build_family
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
+from hubprune.build.source import open_source
 from hubprune.errors import EvaluationError
-from hubprune.evaluate import EvalSettings, correlations, evaluate, load_suite, vllm_model_args
-from hubprune.plan import Target
-from hubprune.source import open_source
-
-TASKS = {
-    "tiny_ppl": ("loglikelihood_rolling", [{"text": "w4 w5 w6 w7 w8 w9 w10 w11 w12"}, {"text": "w20 w21 w22 w23"}]),
-    "tiny_mc": (
-        "multiple_choice",
-        [
-            {"q": "w4 w5", "choices": ["w6", "w7", "w8"], "label": 0},
-            {"q": "w9 w10", "choices": ["w11", "w12"], "label": 1},
-            {"q": "w13", "choices": ["w14", "w15"], "label": 0},
-            {"q": "w30 w31", "choices": ["w32", "w33"], "label": 1},
-        ],
-    ),
-    "tiny_gen": ("generate_until", [{"q": "w4 w5", "a": "w6"}, {"q": "w7 w8", "a": "w9"}]),
-}
-BODY = {
-    "loglikelihood_rolling": 'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n',
-    "multiple_choice": (
-        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
-    ),
-    "generate_until": (
-        'doc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\n'
-        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 3\n  do_sample: false\n'
-        "metric_list:\n  - metric: exact_match\n"
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tasks")
-    for name, (kind, docs) in TASKS.items():
-        data = folder / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-        (folder / f"{name}.yaml").write_text(
-            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
-            f"test_split: test\nfewshot_split: test\noutput_type: {kind}\n{BODY[kind]}metadata:\n  version: 1.0\n"
-        )
-    return folder
-
-
-def suite_file(tmp_path: Path, *entries: str) -> Path:
-    path = tmp_path / "suite.yaml"
-    path.write_text("name: tiny\ntasks:\n" + "".join(f"  - {e}\n" for e in entries))
-    return path
-
-
-ALL_THREE = (
-    '{task: tiny_ppl, num_fewshot: 0, metric: "word_perplexity,none"}',
-    '{task: tiny_mc, num_fewshot: 1, metric: "acc,none"}',
-    '{task: tiny_gen, num_fewshot: 0, metric: "exact_match,none"}',
-)
+from hubprune.measure import evaluate as evaluate_module
+from hubprune.measure.evaluate import EvalSettings, correlations, evaluate, vllm_model_args
+from hubprune.measure.suites import SuiteTask, load_suite
 
 
 def direct_lm_eval(model_dir: Path, task: str, shots: int, task_dir: Path) -> dict:
@@ -273,9 +223,7 @@ def test_ifeval_without_punkt_tab_says_how_to_provide_it(monkeypatch, tmp_path):
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])  # an empty data folder: punkt_tab is not there
     with pytest.raises(EvaluationError, match="nltk.downloader punkt_tab"):
-        evaluate_module._check_task_requirements(
-            [evaluate_module.SuiteTask("ifeval", 0, "prompt_level_strict_acc,none")]
-        )
+        evaluate_module._check_task_requirements([SuiteTask("ifeval", 0, "prompt_level_strict_acc,none")])
     assert list(tmp_path.iterdir()) == []
 
 

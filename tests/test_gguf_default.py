@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
-from oracle import logits, oracle_logits
+from support.oracle import logits, oracle_logits
 
+from hubprune.build.gguf import DEFAULT_INSTALL, base_name, embedded_default
 from hubprune.cli import main
 from hubprune.errors import SourceError
-from hubprune.gguf_source import DEFAULT_INSTALL, base_name, embedded_default
 
 try:
     DEFAULT_GGUF = embedded_default()
@@ -100,7 +100,7 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
 def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
     """The newcomer's whole path at a small scale: the embedded GGUF -> build-family (prune, offline eval, profile,
     cards) -> push to the loopback Hub -> from_pretrained through the Hub gives the local member's logits."""
-    from hub_server import HubServer, point_client_at
+    from support.hub_server import HubServer, point_client_at
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))

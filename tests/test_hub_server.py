@@ -11,9 +11,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from hub_server import HubServer, LfsUpload, point_client_at
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
+from support.hub_server import HubServer, LfsUpload
 
 # The client streams LFS files with httpx's deprecated `data=<file>`; that is its business, not these tests'.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -32,15 +32,6 @@ tags: [hubprune, pruned]
 A pruned model.
 """
 CONFIG = json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).encode()
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running loopback Hub for user "tester" (member of org "acme"), with the client pointed at it."""
-    with HubServer(username="tester", orgs=("acme",)) as server:
-        point_client_at(server, monkeypatch, tmp_path / "hf-home")
-        yield server
-    assert not server.errors, server.errors[0]
 
 
 @pytest.fixture

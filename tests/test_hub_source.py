@@ -1,4 +1,4 @@
-"""Hub sources end to end against the loopback Hub in hub_server.py: the real huggingface_hub client downloads
+"""Hub sources end to end against the loopback Hub in support/hub_server.py: the real huggingface_hub client downloads
 over HTTP, so these tests check which files hubprune asks for, which commit it pins, and how Hub errors read."""
 
 from __future__ import annotations
@@ -10,26 +10,17 @@ from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
-from hub_server import HubServer, point_client_at
 from huggingface_hub import ModelCard
 
+from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import SourceError
-from hubprune.source import open_source
 
 EXCLUDED = {
     "README.md": b"---\nlicense: mit\n---\n# tiny\n",
     "pytorch_model.bin": b"PICKLE" * 10,
     "original/consolidated.pth": b"PTH" * 10,
 }
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running loopback Hub with the Hub client pointed at it, online, without Xet, and a private cache."""
-    with HubServer() as server:
-        point_client_at(server, monkeypatch, tmp_path / "hf-home")
-        yield server
 
 
 @pytest.fixture(scope="session")

@@ -15,17 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from tiny_models import HIDDEN, LAYERS, VOCAB, WIDTH
+from support.tiny_models import HIDDEN, LAYERS, VOCAB, WIDTH
 
-from hubprune import energy as energy_module
 from hubprune import manifest
-from hubprune.base_model import BASE_RESULTS
-from hubprune.build import PruneSettings, build_family
-from hubprune.energy import EnergySource, open_energy
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
 from hubprune.errors import EnergyError, HubpruneError, ProfileError, ProfileSettingsError
-from hubprune.measure import ProfileSettings, check_settings, measure, parse_batch_sizes, percentile
-from hubprune.plan import Target
-from hubprune.profile import PROFILE_FILE, headline, merge_rounds, profile_model, profile_path, round_share
+from hubprune.measure import energy as energy_module
+from hubprune.measure.base_model import BASE_RESULTS
+from hubprune.measure.efficiency import ProfileSettings, check_settings, measure, parse_batch_sizes, percentile
+from hubprune.measure.energy import EnergySource, open_energy
+from hubprune.measure.profile import PROFILE_FILE, merge_rounds, profile_model, profile_path, round_share
+from hubprune.publish.results import ProfileView
 
 FAST = dict(prompt_tokens=6, new_tokens=4, min_seconds=0.0, min_runs=3, warmup_runs=1, rounds=1)
 NO_GPU = not torch.cuda.is_available()
@@ -77,7 +78,7 @@ def test_bad_settings_raise_one_clear_error(overrides, error, words):
 
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
 def test_cuda_and_nvml_on_a_machine_without_a_gpu():
-    with pytest.raises(ProfileSettingsError, match="device cuda requested but torch sees no CUDA GPU.*--device cpu"):
+    with pytest.raises(ProfileSettingsError, match="device cuda requested but torch sees no CUDA GPU.*`device` cpu"):
         check_settings(ProfileSettings(device="cuda"))
     with pytest.raises(EnergyError, match="nvml measures NVIDIA GPUs but the device is cpu"):
         check_settings(ProfileSettings(device="auto", energy="nvml"))
@@ -86,7 +87,7 @@ def test_cuda_and_nvml_on_a_machine_without_a_gpu():
 
 @pytest.mark.skipif(RAPL_READABLE, reason="this machine exposes RAPL")
 def test_rapl_asked_for_explicitly_without_rapl_is_an_error():
-    with pytest.raises(EnergyError, match="--energy rapl: no RAPL package counters"):
+    with pytest.raises(EnergyError, match="`energy` rapl: no RAPL package counters"):
         check_settings(ProfileSettings(device="cpu", energy="rapl"))
 
 
@@ -164,7 +165,7 @@ def test_decode_throughput_counts_only_generated_tokens(measured):
         assert throughput["samples"] == pytest.approx(rates)
         assert throughput["median"] == pytest.approx(statistics.median(rates))
         assert batch["ttft"]["median"] == pytest.approx(statistics.median(r["ttft_s"] for r in batch["runs"]))
-    assert [h.decode_tokens_per_s for h in headline(document)] == [
+    assert [h.decode_tokens_per_s for h in ProfileView.from_document(document).batches] == [
         b["decode_throughput"]["median"] for b in document["batches"]
     ]
 
@@ -209,7 +210,7 @@ def test_timed_runs_last_at_least_min_seconds(tiny_dir):
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny_dir):
     settings = ProfileSettings(device="cpu", batch_sizes=(1,), energy="off", **{**FAST, "prompt_tokens": 5000})
-    with pytest.raises(ProfileError, match="exceed its context of 2048: use fewer --prompt-tokens"):
+    with pytest.raises(ProfileError, match="exceed its context of 2048: use fewer `prompt_tokens`"):
         measure(tiny_dir("llama"), settings)
 
 
@@ -247,7 +248,7 @@ def family_dir(tiny_dir, tmp_path_factory):
 
 
 def _open(folder: Path):
-    from hubprune.source import open_source
+    from hubprune.build.source import open_source
 
     return open_source(str(folder))
 
@@ -259,7 +260,7 @@ def test_a_family_gets_a_profile_per_model_and_its_stage_in_family_json(family_d
     family = manifest.load(family_dir)
     assert [r.role for r in results] == ["base", "member", "member"]
     assert all(r.status == "done" for r in results)
-    assert [(e.name, e.status) for e in events][:2] == [("llama (base)", "start"), ("llama (base)", "done")]
+    assert [(e.item, e.status) for e in events][:2] == [("llama (base)", "start"), ("llama (base)", "done")]
     assert len(events) == 6 and {e.total for e in events} == {3}
     base = json.loads((family_dir / BASE_RESULTS / "profile.json").read_text())
     assert base["model"]["params_total"]["value"] == family.source.params_total
@@ -356,7 +357,7 @@ def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_di
     seen = []
 
     def stop_before_the_first_members_second_round(event):
-        seen.append((event.index, event.round, event.status))
+        seen.append((event.done, event.round, event.status))
         if seen[-1] == (1, 2, "start"):
             raise Stop
 
@@ -368,7 +369,7 @@ def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_di
 
     events = []
     results = profile_path(family_dir, settings, on_progress=events.append)
-    assert [(e.index, e.round, e.status) for e in events] == [
+    assert [(e.done, e.round, e.status) for e in events] == [
         (0, 1, "reused"),  # the base finished both rounds before the stop
         (1, 1, "resumed"),
         (2, 1, "resumed"),
@@ -402,13 +403,13 @@ def test_a_checkpoint_that_cannot_load_fails_in_its_process_with_one_line(tmp_pa
 
 
 def test_a_folder_that_is_no_checkpoint_is_refused(tmp_path):
-    with pytest.raises(ProfileError, match="neither a family folder"):
+    with pytest.raises(ProfileError, match="neither a hubprune family"):
         profile_path(tmp_path, ProfileSettings(device="cpu", energy="off"))
 
 
 def test_the_synthetic_prompt_avoids_special_tokens(measured):
     # The tiny tokenizer's specials are ids 0..3; the prompt is drawn from the other VOCAB - 4 ids.
-    from hubprune.measure import _synthetic_prompt
+    from hubprune.measure.efficiency import _synthetic_prompt
 
     folder, settings, document = measured
 

@@ -9,13 +9,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from oracle import load_tensors, logits, oracle_logits, scores_float64, top_k_tie_lower_index
-from tiny_models import FAMILIES, LAYERS, VOCAB, WIDTH
+from support.oracle import load_tensors, logits, oracle_logits, scores_float64, top_k_tie_lower_index
+from support.tiny_models import FAMILIES, LAYERS, VOCAB, WIDTH
 from transformers import AutoConfig
 
-from hubprune.build import PruneSettings, build_family
-from hubprune.plan import Target
-from hubprune.source import open_source
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
+from hubprune.build.source import open_source
 
 TARGETS = [Target("ratio", "1.5"), Target("pct", "40"), Target("size", "17")]
 EXPECTED_WIDTHS = {"1.5": 48, "40": 39, "17": 17}  # ceil(1.5*32); 64 - floor(0.4*64); as given

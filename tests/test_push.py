@@ -1,4 +1,4 @@
-"""`hubprune push` against the loopback Hub (tests/hub_server.py), with the unmodified huggingface_hub client."""
+"""`hubprune push` against the loopback Hub (support/hub_server.py), with the unmodified huggingface_hub client."""
 
 from __future__ import annotations
 
@@ -9,20 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from hub_server import HubServer, point_client_at
 from huggingface_hub import HfApi
-from tiny_models import build_tiny
+from support.hub_server import HubServer
+from support.tiny_models import build_tiny
 from transformers import AutoModelForCausalLM
 
-from hubprune import hub as hub_module
-from hubprune.build import PruneSettings, build_family
+from hubprune.build.family import PruneSettings, build_family
+from hubprune.build.plan import Target
+from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import PushError
-from hubprune.hub import PushSettings, push_family
-from hubprune.plan import Target
-from hubprune.source import open_source
+from hubprune.publish import push as hub_module
+from hubprune.publish.push import PushSettings, push_family
 
-pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
+    pytest.mark.usefixtures("token_and_no_backoff"),  # every test here pushes to conftest's `hub`
+]
 NS = "acme"
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]
 REPOS = [f"{NS}/{m}" for m in MEMBERS]
@@ -44,13 +47,10 @@ def family(built_family, tmp_path) -> Path:
 
 
 @pytest.fixture
-def hub(monkeypatch, tmp_path):
-    with HubServer(username="tester", orgs=(NS,)) as server:
-        point_client_at(server, monkeypatch, tmp_path / "hf-home")
-        monkeypatch.setenv("HF_TOKEN", server.token)
-        monkeypatch.setattr(hub_module.time, "sleep", lambda seconds: None)  # backoff without the wait
-        yield server
-    assert not server.errors, server.errors[0]
+def token_and_no_backoff(hub, monkeypatch):
+    """conftest's `hub` (whose user may write to NS), with its token in HF_TOKEN and push's retries unslowed."""
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    monkeypatch.setattr(hub_module.time, "sleep", lambda seconds: None)  # backoff without the wait
 
 
 def push(family: Path, *args: str):
@@ -159,7 +159,7 @@ def test_dry_run_makes_no_request_and_lists_files_and_sizes(hub, family, monkeyp
     assert result.exit_code == 0, result.output
     assert hub.requests == []
     size = (family / MEMBERS[0] / "model.safetensors").stat().st_size
-    assert f"  model.safetensors  {size / 1e3:.2f} KB\n" in result.output
+    assert f"  model.safetensors  {size / 1e3:.4g} kB\n" in result.output  # the cards' byte format
     assert all(repo in result.output for repo in REPOS)
     assert "collection 'Llama-tiny width-pruned family', in this order:" in result.output
     assert f"  {REPOS[0]}: Expansion ratio 1.50, MLP width 48," in result.output

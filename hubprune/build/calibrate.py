@@ -1,0 +1,145 @@
+"""Activations from a calibration text, for the data-aware criteria (activation, hybrid).
+
+The one stage besides GGUF conversion that loads the model: the activations of down_proj's input need a
+forward pass. It runs once, before the streaming prune pass, over at most `max_tokens` tokens of the text in
+windows of `window` tokens, and keeps per layer only two float32 vectors of the MLP width: the mean absolute
+value and the L2 norm over all tokens of each neuron's down_proj input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubprune.errors import CriterionError
+from hubprune.measure.offline_tasks import TEXT_FILE, paragraphs
+
+DEFAULT_TOKENS = 4096
+DEFAULT_WINDOW = 512
+SHIPPED_TEXT = f"hubprune/data/texts/{TEXT_FILE}"
+# The offline suite scores the first paragraphs of the shipped text; by default calibration reads the
+# paragraphs from this one on, which the disjointness check confirms share no 13-word sequence with them.
+SHIPPED_CALIBRATION_START = 65
+NGRAM = 13  # the span GPT-3's contamination check used; long enough that a shared one is no coincidence
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    text: Path | None = None  # a UTF-8 text file; None: the second half of the text shipped with hubprune
+    max_tokens: int = DEFAULT_TOKENS
+    window: int = DEFAULT_WINDOW
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Per layer, over every calibration token t, of each neuron i's down_proj input h_i(t)."""
+
+    abs_mean: dict[int, torch.Tensor]  # mean_t |h_i(t)|
+    l2: dict[int, torch.Tensor]  # sqrt(sum_t h_i(t)^2)
+    record: dict[str, Any]  # what the calibration read: source, sha256, tokens; kept in hubprune.json
+
+
+def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
+    """The text and a description of where it came from."""
+    if settings.text is None:
+        found = paragraphs()
+        return "\n\n".join(found[SHIPPED_CALIBRATION_START:]), (
+            f"{SHIPPED_TEXT}, paragraphs {SHIPPED_CALIBRATION_START + 1}-{len(found)}"
+        )
+    return read_text(settings.text, "calibration text"), str(settings.text)
+
+
+def read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CriterionError(f"cannot read the {what} {path} ({exc}): give a UTF-8 text file") from None
+
+
+def calibrate(folder: Path, down_modules: dict[int, str], settings: CalibrationSettings) -> ActivationStats:
+    """Load the model in `folder` (float32, CPU) and collect each layer's down_proj input statistics over the
+    calibration text. `down_modules` maps each layer to its down_proj module's name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return collect_activations(model, tokenizer, down_modules, settings)
+
+
+def collect_activations(
+    model: Any, tokenizer: Any, down_modules: dict[int, str], settings: CalibrationSettings
+) -> ActivationStats:
+    """Run a loaded model over the calibration text with hooks on each layer's down_proj input."""
+    if settings.max_tokens < 2 or settings.window < 2:
+        raise CriterionError("calibration needs at least 2 tokens and a window of at least 2: raise the settings")
+    text, source = calibration_text(settings)
+    ids = token_ids(tokenizer, text, settings.max_tokens)
+    if ids.numel() < 2:
+        raise CriterionError(f"the calibration text {source} has fewer than 2 tokens: give a longer text")
+    abs_sum: dict[int, torch.Tensor] = {}
+    sq_sum: dict[int, torch.Tensor] = {}
+
+    def hook(layer: int):  # noqa: ANN202 - a forward pre-hook
+        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            h = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            abs_sum[layer] = abs_sum.get(layer, 0) + h.abs().sum(dim=0)
+            sq_sum[layer] = sq_sum.get(layer, 0) + h.square().sum(dim=0)
+
+        return record
+
+    handles = []
+    try:
+        for layer, name in down_modules.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise CriterionError(
+                    f"the loaded model has no module {name!r} to calibrate: this architecture's module names "
+                    "differ from its tensor names; use a weight criterion"
+                ) from None
+            handles.append(module.register_forward_pre_hook(hook(layer)))
+        tokens = 0
+        with torch.no_grad():
+            for window in windows(ids, settings.window):
+                model(window[None])
+                tokens += window.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    record = {
+        "source": source,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "tokens": tokens,
+        "window": settings.window,
+    }
+    return ActivationStats(
+        abs_mean={layer: total / tokens for layer, total in abs_sum.items()},
+        l2={layer: total.sqrt() for layer, total in sq_sum.items()},
+        record=record,
+    )
+
+
+def token_ids(tokenizer: Any, text: str, max_tokens: int) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
+
+
+def windows(ids: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Consecutive windows of `size` tokens; a last window of one token (nothing to predict from) is dropped."""
+    return [w for w in (ids[s : s + size] for s in range(0, ids.numel(), size)) if w.numel() > 1]
+
+
+def shared_ngrams(calibration: str, documents: list[str], n: int = NGRAM) -> int:
+    """How many of `documents` share at least one n-word sequence with the calibration text (words compared
+    lower-cased, punctuation dropped): 0 means the texts are disjoint for this purpose."""
+    seen = _ngrams(calibration, n)
+    return sum(1 for doc in documents if _ngrams(doc, n) & seen)
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}

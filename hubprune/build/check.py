@@ -1,0 +1,205 @@
+"""`hubprune check-criteria`: does a criterion beat random pruning on this model?
+
+For each width and criterion: perplexity on a held-out text of the model pruned that way, every layer at
+once, with random pruning as the median (and range) over several seeds. Each pruned model is the base with
+the removed neurons' down_proj columns zeroed, which computes exactly what the pruned checkpoint computes
+(the oracle of the tests), so one loaded model serves every configuration and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubprune.build.calibrate import (
+    SHIPPED_CALIBRATION_START,
+    SHIPPED_TEXT,
+    CalibrationSettings,
+    calibration_text,
+    collect_activations,
+    read_text,
+    shared_ngrams,
+    token_ids,
+    windows,
+)
+from hubprune.build.checkpoint import Checkpoint
+from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
+from hubprune.build.plan import Target, plan_family
+from hubprune.build.prune import analyse, data_scores, down_modules, model_shape, weight_scores
+from hubprune.errors import CriterionError
+from hubprune.measure.offline_tasks import paragraphs
+from hubprune.progress import Progress, ProgressCallback, report
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    text: Path | None = None  # held-out text; None: the first paragraphs of the text shipped with hubprune
+    pcts: tuple[str, ...] = ("10", "20")
+    targets: tuple[Target, ...] = ()  # widths as build-family takes them; when given, they replace pcts
+    criteria: tuple[str, ...] = ("maw", "activation", "random")
+    seeds: int = 3  # random pruning is measured with seeds 0..seeds-1
+    max_tokens: int = 8192  # of the held-out text
+    window: int = 512
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+
+    def __post_init__(self) -> None:
+        for name in self.criteria:  # refuse a typo before anything is loaded
+            check_criterion(name)
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    criterion: str
+    pct: str
+    width: int
+    perplexity: float  # for random: the median over the seeds
+    low: float | None = None  # for random: the range over the seeds
+    high: float | None = None
+    worse_than_random: bool | None = None  # None for random itself, or when random was not measured
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    base_perplexity: float
+    rows: tuple[CheckRow, ...]
+    text: dict[str, Any]  # the held-out text: source, tokens
+    calibration: dict[str, Any] | None  # the calibration record, when a data-aware criterion was checked
+    shared_documents: int | None  # held-out paragraphs sharing a 13-word sequence with the calibration text
+
+    def warnings(self) -> list[str]:
+        found = [
+            f"{r.criterion} at {r.pct} % removed: perplexity {r.perplexity:.4g} is worse than random pruning's "
+            f"median {self._random(r.pct):.4g}; prefer a criterion that beats random on this model"
+            for r in self.rows
+            if r.worse_than_random
+        ]
+        if self.shared_documents:
+            found.append(
+                f"the calibration text shares 13-word sequences with {self.shared_documents} paragraphs of the "
+                "held-out text: the data-aware criteria were partly scored on what they were calibrated on; give "
+                "disjoint texts"
+            )
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """For family.json: every row and the texts read."""
+        return {
+            "base_perplexity": self.base_perplexity,
+            "rows": [asdict(r) for r in self.rows],
+            "text": self.text,
+            "calibration": self.calibration,
+            "shared_documents": self.shared_documents,
+            "warnings": self.warnings(),
+        }
+
+    def _random(self, pct: str) -> float:
+        return next(r.perplexity for r in self.rows if r.criterion == "random" and r.pct == pct)
+
+
+def held_out_text(settings: CheckSettings) -> tuple[str, str]:
+    if settings.text is None:
+        return "\n\n".join(paragraphs()[:SHIPPED_CALIBRATION_START]), (
+            f"{SHIPPED_TEXT}, paragraphs 1-{SHIPPED_CALIBRATION_START}"
+        )
+    return read_text(settings.text, "held-out text"), str(settings.text)
+
+
+def check_criteria(
+    checkpoint: Checkpoint, settings: CheckSettings, *, on_progress: ProgressCallback | None = None
+) -> CheckOutcome:
+    """Perplexity of the model pruned by each criterion at each width, against random pruning."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    criteria = [check_criterion(c) for c in settings.criteria]
+    layout = analyse(checkpoint)
+    targets = list(settings.targets) or [Target("pct", p) for p in settings.pcts]
+    widths = ", ".join(t.describe() for t in targets)
+    report(on_progress, Progress("check", f"[check] {checkpoint.source}: {', '.join(criteria)} at {widths}"))
+    plan = plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets)
+    text, source = held_out_text(settings)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
+    ids = token_ids(tokenizer, text, settings.max_tokens)
+    if ids.numel() < 2:
+        raise CriterionError(f"the held-out text {source} has fewer than 2 tokens: give a longer text")
+    names = down_modules(layout)
+    downs = {layer: model.get_submodule(name) for layer, name in names.items()}
+    stats = shared = None
+    if any(c in DATA_CRITERIA for c in criteria):
+        stats = collect_activations(model, tokenizer, names, settings.calibration)
+        held_out = [p for p in text.split("\n\n") if p.strip()]
+        shared = shared_ngrams(calibration_text(settings.calibration)[0], held_out)
+    scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
+    seeds = range(settings.seeds) if "random" in criteria else range(0)
+    scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
+    base = _perplexity(model, ids, settings.window)
+    rows: list[CheckRow] = []
+    for member in plan.members:
+        removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
+        pct = member.target.value if member.target.kind == "pct" else f"{removed:.3g}"
+        measured = {
+            name: _pruned_perplexity(model, downs, s, member.intermediate_size, ids, settings.window)
+            for name, s in scores.items()
+        }
+        randoms = [v for name, v in measured.items() if name.startswith("random:")]
+        median = statistics.median(randoms) if randoms else None
+        for criterion in criteria:
+            if criterion == "random":
+                rows.append(CheckRow("random", pct, member.intermediate_size, median, min(randoms), max(randoms)))  # type: ignore[arg-type]
+            else:
+                value = measured[criterion]
+                worse = None if median is None else value > median
+                rows.append(CheckRow(criterion, pct, member.intermediate_size, value, worse_than_random=worse))
+    return CheckOutcome(
+        base,
+        tuple(rows),
+        {"source": source, "tokens": int(ids.numel())},
+        stats.record if stats else None,
+        shared,
+    )
+
+
+def _scores(checkpoint: Checkpoint, layout: Any, criterion: str, stats: Any) -> dict[int, torch.Tensor]:
+    if criterion in DATA_CRITERIA:
+        return data_scores(checkpoint, layout, stats, criterion)
+    return {layer: weight_scores(checkpoint, layout, layer, criterion, 0) for layer in range(layout.num_layers)}
+
+
+def _random(num_layers: int, width: int, seed: int) -> dict[int, torch.Tensor]:
+    return {layer: random_scores(width, seed=seed, layer=layer) for layer in range(num_layers)}
+
+
+def _pruned_perplexity(
+    model: Any, downs: dict[int, Any], scores: dict[int, torch.Tensor], width: int, ids: torch.Tensor, window: int
+) -> float:
+    """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed, then
+    restored."""
+    removed = {}
+    for layer, module in downs.items():
+        removed[layer] = torch.ones(module.weight.shape[1], dtype=torch.bool)
+        removed[layer][keep(rank(scores[layer]), width)] = False
+    saved = {}
+    try:
+        for layer, module in downs.items():
+            saved[layer] = module.weight.data[:, removed[layer]].clone()
+            module.weight.data[:, removed[layer]] = 0
+        return _perplexity(model, ids, window)
+    finally:
+        for layer, columns in saved.items():
+            downs[layer].weight.data[:, removed[layer]] = columns
+
+
+def _perplexity(model: Any, ids: torch.Tensor, window: int) -> float:
+    """exp of the mean next-token negative log-likelihood over every window (each predicted from its own start)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for chunk in windows(ids, window):
+            logits = model(chunk[None]).logits[0, :-1].float()
+            total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+            count += chunk.numel() - 1
+    return math.exp(total / count)

@@ -1,0 +1,294 @@
+"""Build members from a source: plan, one streaming pass, finish each member folder, rename when verified.
+
+Every member is written under a temporary name beside its final folder and renamed only once its weights are
+verified and its config, tokenizer and provenance are in place, so a stopped build never leaves a
+member that looks complete. Re-running a stopped build writes only the members that are missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubprune import __version__, manifest
+from hubprune.build.calibrate import CalibrationSettings, calibrate
+from hubprune.build.checkpoint import Checkpoint
+from hubprune.build.importance import DATA_CRITERIA, check_criterion
+from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
+from hubprune.build.prune import (
+    MemberOutput,
+    MlpLayout,
+    analyse,
+    data_scores,
+    down_modules,
+    model_shape,
+    prune_pass,
+)
+from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
+from hubprune.errors import OutputError
+from hubprune.manifest import Family, MemberRecord, SourceRecord
+from hubprune.progress import Progress, ProgressCallback, report
+
+PROVENANCE = "hubprune.json"
+KEPT_INDICES = "hubprune-kept-indices.json"
+PARTIAL_PREFIX = ".partial-"
+TIE_RULE = "descending float32 score; equal scores keep the lower neuron index first; kept indices ascending"
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    criterion: str = "maw"
+    seed: int | None = None  # only the random criterion uses it
+    multiple_of: int | None = None
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    calibration: CalibrationSettings | None = None  # the data-aware criteria's text (None: the default text)
+
+
+def make_plan(checkpoint: Checkpoint, targets: list[Target], multiple_of: int | None) -> tuple[MlpLayout, FamilyPlan]:
+    """Check the source and every target; nothing is written."""
+    layout = analyse(checkpoint)
+    return layout, plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets, multiple_of=multiple_of)
+
+
+def build_family(
+    checkpoint: Checkpoint,
+    out: Path,
+    targets: list[Target],
+    settings: PruneSettings,
+    *,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> Family:
+    """Write every planned member that is not already in `out`, and family.json; return the manifest."""
+    settings = _normalized(settings)
+    layout, plan = make_plan(checkpoint, targets, settings.multiple_of)
+    out = Path(out)
+    family = _open_family_folder(out, checkpoint, plan, settings, force)
+    todo = [m for m in plan.members if not _already_built(out / m.name, m, family)]
+    for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by a stopped build
+        shutil.rmtree(stale)
+    for member in plan.members:
+        if member not in todo:
+            record = _record(member).with_stage("prune", status="done")
+            family = family.with_member(family.member(member.name) or record)
+        else:
+            family = family.with_member(_record(member).with_stage("prune", status="pending"))
+    manifest.save(family, out)
+    if todo:
+        partials = {m.name: out / f"{PARTIAL_PREFIX}{m.name}" for m in todo}
+        _announce(on_progress, checkpoint, out, settings)
+        _write_members(checkpoint, layout, plan, todo, partials, settings, on_progress)
+        for member in todo:
+            (partials[member.name]).rename(out / member.name)
+            family = family.with_member(_record(member).with_stage("prune", status="done"))
+            manifest.save(family, out)
+    return family
+
+
+def prune_one(
+    checkpoint: Checkpoint,
+    out: Path,
+    target: Target,
+    settings: PruneSettings,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> MemberPlan:
+    """Write one pruned checkpoint to `out`, which must not exist yet."""
+    settings = _normalized(settings)
+    layout, plan = make_plan(checkpoint, [target], settings.multiple_of)
+    out = Path(out)
+    if out.exists():
+        raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{PARTIAL_PREFIX}{out.name}")
+    if partial.exists():
+        shutil.rmtree(partial)
+    member = plan.members[0]
+    _announce(on_progress, checkpoint, out, settings)
+    _write_members(checkpoint, layout, plan, [member], {member.name: partial}, settings, on_progress)
+    partial.rename(out)
+    return member
+
+
+def _announce(on_progress: ProgressCallback | None, checkpoint: Checkpoint, out: Path, settings: PruneSettings) -> None:
+    """Say what is about to be written, once every check has passed."""
+    message = f"[prune] {checkpoint.source} -> {out} ({settings.criterion}, one streaming pass)"
+    report(on_progress, Progress("prune", message))
+
+
+def _normalized(settings: PruneSettings) -> PruneSettings:
+    criterion = check_criterion(settings.criterion)
+    seed = (settings.seed or 0) if criterion == "random" else None
+    calibration = (settings.calibration or CalibrationSettings()) if criterion in DATA_CRITERIA else None
+    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes, calibration)
+
+
+def _write_members(
+    checkpoint: Checkpoint,
+    layout: MlpLayout,
+    plan: FamilyPlan,
+    members: Iterable[MemberPlan],
+    folders: dict[str, Path],
+    settings: PruneSettings,
+    on_progress: ProgressCallback | None,
+) -> None:
+    members = list(members)
+    try:
+        for member in members:
+            folders[member.name].mkdir(parents=True)
+        scores, calibration = None, None
+        if settings.criterion in DATA_CRITERIA:
+            stats = calibrate(checkpoint.folder, down_modules(layout), settings.calibration)  # type: ignore[arg-type]
+            scores, calibration = data_scores(checkpoint, layout, stats, settings.criterion), stats.record
+        kept = prune_pass(
+            checkpoint,
+            layout,
+            [MemberOutput(folders[m.name], m.intermediate_size) for m in members],
+            criterion=settings.criterion,
+            seed=settings.seed or 0,
+            max_shard_bytes=settings.max_shard_bytes,
+            on_progress=on_progress,
+            layer_scores=scores,
+        )
+        for member in members:
+            _finish_member(
+                checkpoint,
+                layout,
+                plan,
+                member,
+                folders[member.name],
+                kept[member.intermediate_size],
+                settings,
+                calibration,
+            )
+    except BaseException:
+        for member in members:
+            shutil.rmtree(folders[member.name], ignore_errors=True)
+        raise
+
+
+def _finish_member(
+    checkpoint: Checkpoint,
+    layout: MlpLayout,
+    plan: FamilyPlan,
+    member: MemberPlan,
+    folder: Path,
+    kept: torch.Tensor,
+    settings: PruneSettings,
+    calibration: dict[str, Any] | None,
+) -> None:
+    config = copy.deepcopy(checkpoint.config)
+    text = layout.spec.text_config(config)
+    width = member.intermediate_size
+    text["intermediate_size"] = (
+        [width] * len(text["intermediate_size"]) if isinstance(text["intermediate_size"], list) else width
+    )
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in checkpoint.copied_files:
+        shutil.copy2(checkpoint.folder / name, folder / name)
+    kept_json = json.dumps({"layers": kept.tolist()}, separators=(",", ":")) + "\n"
+    (folder / KEPT_INDICES).write_text(kept_json, encoding="utf-8")
+    provenance = {
+        "hubprune_version": __version__,
+        "source": {
+            "id": checkpoint.source,
+            "revision": checkpoint.revision,
+            "model_type": checkpoint.config.get("model_type"),
+            "origin": checkpoint.origin,
+        },
+        "criterion": settings.criterion,
+        "seed": settings.seed,
+        "calibration": calibration,  # the text a data-aware criterion read, else None
+        "target": {"kind": member.target.kind, "value": member.target.value},
+        "multiple_of": settings.multiple_of,
+        "hidden_size": plan.shape.hidden_size,
+        "intermediate_size": {"base": plan.shape.intermediate_size, "pruned": width},
+        "expansion_ratio": {"base": plan.shape.intermediate_size / plan.shape.hidden_size, "pruned": member.ratio},
+        "params": {
+            "base": {"total": plan.shape.params_total, "mlp": plan.shape.params_mlp},
+            "pruned": {"total": member.params_total, "mlp": member.params_mlp},
+        },
+        "ranking": TIE_RULE,
+        "kept_indices": {
+            "file": KEPT_INDICES,
+            "sha256": hashlib.sha256(kept_json.encode()).hexdigest(),
+            "num_layers": len(kept),
+        },
+    }
+    (folder / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+
+
+def _record(member: MemberPlan) -> MemberRecord:
+    return MemberRecord(
+        name=member.name,
+        path=member.name,
+        target={"kind": member.target.kind, "value": member.target.value},
+        ratio=member.ratio,
+        intermediate_size=member.intermediate_size,
+        params_total=member.params_total,
+        params_mlp=member.params_mlp,
+        weight_bytes=member.weight_bytes,
+    )
+
+
+def _source_record(checkpoint: Checkpoint, plan: FamilyPlan) -> SourceRecord:
+    return SourceRecord.of(
+        plan.shape,
+        id=checkpoint.source,
+        revision=checkpoint.revision,
+        model_type=str(checkpoint.config.get("model_type")),
+        origin=checkpoint.origin,
+        folder=str(checkpoint.folder.resolve()),
+    )
+
+
+def _open_family_folder(
+    out: Path, checkpoint: Checkpoint, plan: FamilyPlan, settings: PruneSettings, force: bool
+) -> Family:
+    """The family already in `out` (checked to come from the same source and settings), or a new one."""
+    fresh = Family(
+        hubprune_version=__version__,
+        source=_source_record(checkpoint, plan),
+        criterion=settings.criterion,
+        seed=settings.seed,
+        multiple_of=settings.multiple_of,
+        members=(),
+    )
+    if (out / manifest.MANIFEST).exists():
+        existing = manifest.load(out)
+        same = (existing.source.id, existing.source.revision, existing.criterion, existing.seed, existing.multiple_of)
+        wanted = (fresh.source.id, fresh.source.revision, fresh.criterion, fresh.seed, fresh.multiple_of)
+        if same != wanted:
+            raise OutputError(
+                f"{out} holds a family built from {existing.source.id} with criterion {existing.criterion}, seed "
+                f"{existing.seed}, multiple-of {existing.multiple_of}; these settings differ: choose a new folder"
+            )
+        return existing
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputError(f"{out} is not empty and is not a hubprune family: choose a new folder, or pass `force`")
+    out.mkdir(parents=True, exist_ok=True)
+    return fresh
+
+
+def _already_built(folder: Path, member: MemberPlan, family: Family) -> bool:
+    """True when `folder` holds this member, complete (it was renamed into place only after verification)."""
+    provenance = folder / PROVENANCE
+    if not folder.exists():
+        return False
+    if not provenance.exists():
+        raise OutputError(f"{folder} exists but is not a hubprune member: move it away, or choose a new family folder")
+    built = json.loads(provenance.read_text(encoding="utf-8"))
+    if built["intermediate_size"]["pruned"] != member.intermediate_size or built["criterion"] != family.criterion:
+        raise OutputError(
+            f"{folder} holds a member of width {built['intermediate_size']['pruned']} ({built['criterion']}), not "
+            f"{member.intermediate_size}: remove it, or choose a new family folder"
+        )
+    return True

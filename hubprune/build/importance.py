@@ -1,0 +1,127 @@
+"""Neuron importance criteria for GLU MLPs and the deterministic ranking built on them. Pure: no I/O.
+
+Neuron i of a GLU block is row i of gate_proj.weight G and of up_proj.weight U (shape [intermediate, hidden])
+and column i of down_proj.weight. Every score is computed in float32 from the stored weights.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+
+from hubprune.errors import CriterionError
+
+
+def maw(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """MAW ("PPM" since v3): (max_j G_ij + |min_j G_ij|) + (max_j U_ij + |min_j U_ij|).
+
+    Martra 2025, arXiv 2512.22671, and optipfair/pruning/mlp_glu.py. Not max|w|: for a row holding both signs
+    it is the row's peak-to-peak range. down_proj is not used.
+    """
+
+    # max and min are exact in any float dtype, so they are taken in the stored dtype (no full-size float32
+    # copy of the weights) and only the per-row sums are done in float32.
+    return peak_to_peak(gate, 1) + peak_to_peak(up, 1)
+
+
+def vow(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """VOW: var(G_i) + var(U_i), unbiased variance of each row (arXiv 2512.22671, Table 9)."""
+    return gate.float().var(dim=1, unbiased=True) + up.float().var(dim=1, unbiased=True)
+
+
+def pon(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """PON: ||G_i||_1 · ||U_i||_1 (arXiv 2512.22671, Table 9)."""
+    return gate.float().abs().sum(dim=1) * up.float().abs().sum(dim=1)
+
+
+def l2(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """L2: ||G_i||_2 + ||U_i||_2 (optipfair's L2 option)."""
+    return torch.linalg.vector_norm(gate.float(), dim=1) + torch.linalg.vector_norm(up.float(), dim=1)
+
+
+WEIGHT_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "maw": maw,
+    "ppm": maw,  # the paper's v3 name for the same criterion
+    "vow": vow,
+    "pon": pon,
+    "l2": l2,
+}
+# Criteria that need activations from a calibration text (hubprune/calibrate.py) as well as the weights.
+DATA_CRITERIA = ("activation", "hybrid")
+CRITERIA = (*WEIGHT_CRITERIA, *DATA_CRITERIA, "random")
+
+
+def activation(abs_mean: torch.Tensor, down_column_l2: torch.Tensor) -> torch.Tensor:
+    """activation: mean_t |h_i(t)| · ||D_:,i||_2, where h = act(G·x) ⊙ (U·x) is the input of down_proj over the
+    calibration tokens t and D_:,i the column of down_proj that neuron i writes with.
+
+    The expected magnitude of what neuron i adds to the residual stream, up to the direction of D_:,i: a
+    neuron with small weights that fires often scores high, unlike under MAW.
+    """
+    return abs_mean.float() * down_column_l2.float()
+
+
+def hybrid(
+    gate_ptp: torch.Tensor, up_ptp: torch.Tensor, down_ptp: torch.Tensor, activation_l2: torch.Tensor
+) -> torch.Tensor:
+    """optipfair's hybrid score (optipfair/pruning/mlp_glu.py, after CFSP): (g_i/max g + u_i/max u + d_i/max d)
+    · ||h_i||_2, where g, u are the MAW peak-to-peak of each gate and up row, d that of each down_proj column, and
+    ||h_i||_2 the L2 norm of neuron i's down_proj input over every calibration token (not a mean: it grows with
+    the number of tokens, which changes no ranking). optipfair adds 1e-8 to each max; hubprune does the same."""
+    structural = gate_ptp / (gate_ptp.max() + 1e-8) + up_ptp / (up_ptp.max() + 1e-8)
+    return (structural + down_ptp / (down_ptp.max() + 1e-8)) * activation_l2.float()
+
+
+def peak_to_peak(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """max + |min| along `dim` in float32 (MAW's per-row term)."""
+    return w.amax(dim=dim).float() + w.amin(dim=dim).float().abs()
+
+
+def random_scores(width: int, *, seed: int, layer: int) -> torch.Tensor:
+    """Seeded uniform scores for the random baseline, identical on every machine and Python version.
+
+    Python's random.Random with a str seed and its random() method are the stream the standard library
+    promises to keep stable, unlike torch's or numpy's samplers.
+    """
+    rng = random.Random(f"hubprune-random:{seed}:{layer}")
+    return torch.tensor([rng.random() for _ in range(width)], dtype=torch.float32)
+
+
+def check_criterion(name: str) -> str:
+    """The criterion's canonical name, or a clear error listing the known ones."""
+    if name not in CRITERIA:
+        raise CriterionError(f"unknown criterion {name!r}: choose one of {', '.join(CRITERIA)}")
+    return "maw" if name == "ppm" else name
+
+
+def score_rows(criterion: str, gate: torch.Tensor, up: torch.Tensor, *, layer: int) -> torch.Tensor:
+    """float32 importance of the neurons whose gate and up rows are given, under a weight criterion.
+
+    Every weight criterion is a function of each neuron's own rows, so a layer can be scored in row chunks.
+    """
+    name = check_criterion(criterion)
+    if name not in WEIGHT_CRITERIA:
+        raise CriterionError(f"criterion {name!r} does not score weights")
+    scores = WEIGHT_CRITERIA[name](gate, up)
+    if not bool(torch.isfinite(scores).all()):
+        raise CriterionError(
+            f"layer {layer}: criterion {name!r} gives non-finite scores (NaN or inf weights in gate/up): "
+            "the checkpoint is damaged; re-download it"
+        )
+    return scores
+
+
+def rank(scores: torch.Tensor) -> torch.Tensor:
+    """Neuron indices from most to least important: higher score first; equal scores keep the lower index first.
+
+    A stable ascending sort of the negated scores gives exactly that order (ties keep their index order),
+    and is the same on every machine, unlike topk, whose choice among ties is unspecified.
+    """
+    return torch.sort(-scores, stable=True).indices
+
+
+def keep(ranking: torch.Tensor, width: int) -> torch.Tensor:
+    """The `width` most important neurons, in ascending index order (as they are written)."""
+    return torch.sort(ranking[:width]).values

@@ -1,0 +1,422 @@
+"""One streaming pass over a source checkpoint writes every member of a family.
+
+Tensors are visited in file order. An untouched tensor is copied byte-for-byte into every member by the
+kernel (no dtype conversion, no trip through Python memory). MLP tensors are handled in row chunks of at most
+CHUNK_BYTES: the first time a layer is met, its gate and up rows are streamed through the criterion to rank
+the neurons; then each MLP tensor is streamed again, chunk by chunk, and every member receives its kept rows
+(or columns) of each chunk. Peak memory is a few chunks, whatever the size of the model or of its layers.
+The disk reads the source once: the second read of a layer's gate and up finds them in the page cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hubprune.build.arch import ArchSpec, resolve
+from hubprune.build.calibrate import ActivationStats
+from hubprune.build.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
+from hubprune.build.importance import (
+    DATA_CRITERIA,
+    activation,
+    hybrid,
+    keep,
+    peak_to_peak,
+    random_scores,
+    rank,
+    score_rows,
+)
+from hubprune.build.plan import ModelShape
+from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
+from hubprune.errors import CheckpointError, CriterionError, TargetError
+from hubprune.progress import Progress, ProgressCallback, report
+
+# Roles of MLP tensors, and which dimension of each is indexed by neuron.
+ROW_ROLES = ("gate.weight", "gate.bias", "up.weight", "up.bias")
+FUSED_ROLES = ("gate_up.weight", "gate_up.bias")  # rows [0, n) are gate, rows [n, 2n) are up
+COLUMN_ROLES = ("down.weight",)
+UNTOUCHED_ROLES = ("down.bias",)
+
+CHUNK_BYTES = 16 * 1024**2
+
+
+@dataclass(frozen=True)
+class MlpLayout:
+    """Where each layer's GLU tensors are in a checkpoint, checked for a single uniform width."""
+
+    spec: ArchSpec
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    roles: dict[str, tuple[int, str]]  # tensor name -> (layer, role)
+    scoring_tensors: dict[int, tuple[str, ...]]  # layer -> (gate, up) names, or (gate_up,) when fused
+
+    def params_per_neuron(self, tensors: dict[str, TensorInfo]) -> tuple[int, int]:
+        """(parameters, bytes) that one neuron owns across all layers."""
+        params = nbytes = 0
+        for name, (_, role) in self.roles.items():
+            if role in UNTOUCHED_ROLES:
+                continue
+            info = tensors[name]
+            per = info.numel // self.intermediate_size
+            params += per
+            nbytes += info.nbytes // self.intermediate_size
+        return params, nbytes
+
+
+def analyse(checkpoint: Checkpoint) -> MlpLayout:
+    """Find and check every GLU tensor: known roles, float dtypes, the shapes the config promises."""
+    spec = resolve(checkpoint.config)
+    hidden, n = spec.widths(checkpoint.config)
+    role_of_suffix = _suffix_roles(spec)
+    roles: dict[str, tuple[int, str]] = {}
+    for name in checkpoint.tensors:
+        match = spec.mlp_prefix.match(name)
+        if not match:
+            continue
+        suffix = name[match.end() :]
+        if suffix not in role_of_suffix:
+            raise CheckpointError(
+                f"unexpected MLP tensor {name!r} in a {spec.name} checkpoint: hubprune knows "
+                f"{', '.join(sorted(role_of_suffix))}; is it quantized or a different architecture?"
+            )
+        roles[name] = (int(match.group("layer")), role_of_suffix[suffix])
+    layers = sorted({layer for layer, _ in roles.values()})
+    num_layers = spec.text_config(checkpoint.config).get("num_hidden_layers", len(layers))
+    if not layers:
+        raise CheckpointError(f"no {spec.name} MLP tensors found in {checkpoint.folder}: is the checkpoint complete?")
+    if layers != list(range(num_layers)):
+        raise CheckpointError(
+            f"config.json says {num_layers} layers but MLP tensors exist for layers {layers[0]}..{layers[-1]} "
+            f"({len(layers)} layers): the checkpoint is incomplete or inconsistent"
+        )
+    needed = ("gate_up.weight", "down.weight") if spec.gate_up else ("gate.weight", "up.weight", "down.weight")
+    by_layer: dict[int, dict[str, str]] = {layer: {} for layer in layers}
+    for name, (layer, role) in roles.items():
+        by_layer[layer][role] = name
+    for layer, found in by_layer.items():
+        missing = [role for role in needed if role not in found]
+        if missing:
+            raise CheckpointError(
+                f"layer {layer} lacks its MLP {', '.join(missing)} tensor(s): the checkpoint is incomplete"
+            )
+        for role, name in found.items():
+            _check_shape(checkpoint.tensors[name], role, layer, hidden, n)
+    scoring = {layer: tuple(found[r] for r in needed[:-1]) for layer, found in by_layer.items()}
+    return MlpLayout(spec, hidden, n, num_layers, roles, scoring)
+
+
+def _suffix_roles(spec: ArchSpec) -> dict[str, str]:
+    parts = {"gate_up": spec.gate_up} if spec.gate_up else {"gate": spec.gate, "up": spec.up}
+    parts["down"] = spec.down
+    return {f"{module}.{kind}": f"{part}.{kind}" for part, module in parts.items() for kind in ("weight", "bias")}
+
+
+def _check_shape(info: TensorInfo, role: str, layer: int, hidden: int, n: int) -> None:
+    fused = role in FUSED_ROLES
+    neuron_dim = 1 if role in COLUMN_ROLES else 0
+    expected = [2 * n if fused else n, hidden] if role.endswith(".weight") else [2 * n if fused else n]
+    if role in COLUMN_ROLES:
+        expected = [hidden, n]
+    elif role in UNTOUCHED_ROLES:
+        expected = [hidden]
+    shape = list(info.shape)
+    if shape != expected:
+        only_width_differs = (
+            role not in UNTOUCHED_ROLES
+            and len(shape) == len(expected)
+            and all(a == b for d, (a, b) in enumerate(zip(shape, expected)) if d != neuron_dim)
+        )
+        if only_width_differs:
+            width = shape[neuron_dim] // 2 if fused else shape[neuron_dim]
+            raise TargetError(
+                f"layer {layer} has MLP width {width} but config.json says intermediate_size {n}: per-layer widths "
+                "differ, and plain from_pretrained needs one width for all layers; prune a uniform-width model"
+            )
+        raise CheckpointError(
+            f"{info.name} has shape {shape}, expected {expected} from config.json: the checkpoint and its config disagree"
+        )
+    if info.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{info.name} is stored as {info.dtype}: hubprune prunes float16/bfloat16/float32 weights; "
+            "prune the unquantized model"
+        )
+
+
+def model_shape(checkpoint: Checkpoint, layout: MlpLayout) -> ModelShape:
+    params_per_neuron, bytes_per_neuron = layout.params_per_neuron(checkpoint.tensors)
+    return ModelShape(
+        hidden_size=layout.hidden_size,
+        intermediate_size=layout.intermediate_size,
+        num_layers=layout.num_layers,
+        params_total=sum(t.numel for t in checkpoint.tensors.values()),
+        params_mlp=sum(checkpoint.tensors[name].numel for name in layout.roles),
+        weight_bytes=checkpoint.weight_bytes,
+        params_per_neuron=params_per_neuron,
+        bytes_per_neuron=bytes_per_neuron,
+    )
+
+
+def output_specs(checkpoint: Checkpoint, layout: MlpLayout, width: int) -> list[TensorSpec]:
+    """Every output tensor, in source order, with its MLP dimensions cut to `width`."""
+    specs = []
+    for info in checkpoint.tensors.values():
+        shape = list(info.shape)
+        role = layout.roles.get(info.name, (0, ""))[1]
+        if role in ROW_ROLES:
+            shape[0] = width
+        elif role in FUSED_ROLES:
+            shape[0] = 2 * width
+        elif role in COLUMN_ROLES:
+            shape[1] = width
+        specs.append(TensorSpec(info.name, info.dtype, tuple(shape)))
+    return specs
+
+
+def _as_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def _row_chunks(info: TensorInfo, start: int, stop: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into row ranges of at most CHUNK_BYTES (at least one row each)."""
+    rows = info.shape[0] if info.shape else 1
+    row_bytes = max(1, info.nbytes // rows) if rows else 1
+    step = max(1, CHUNK_BYTES // row_bytes)
+    return [(r, min(r + step, stop)) for r in range(start, stop, step)]
+
+
+@dataclass(frozen=True)
+class MemberOutput:
+    """Where one member's weights go and how wide its MLP is."""
+
+    folder: Path
+    intermediate_size: int
+
+
+def prune_pass(
+    checkpoint: Checkpoint,
+    layout: MlpLayout,
+    outputs: list[MemberOutput],
+    *,
+    criterion: str,
+    seed: int = 0,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    on_progress: ProgressCallback | None = None,
+    layer_scores: dict[int, torch.Tensor] | None = None,
+) -> dict[int, torch.Tensor]:
+    """Write every member's weights in one pass over the source; return each width's kept indices,
+    a [num_layers, width] int64 tensor with each row ascending. A data-aware criterion's scores are computed
+    beforehand (data_scores) and given as `layer_scores`.
+
+    Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
+    shapes re-read) before this returns.
+    """
+    specs = {out.intermediate_size: output_specs(checkpoint, layout, out.intermediate_size) for out in outputs}
+    writers = [
+        (out.intermediate_size, ShardedWriter(out.folder, specs[out.intermediate_size], max_shard_bytes))
+        for out in outputs
+    ]
+    kept = {
+        out.intermediate_size: torch.empty(layout.num_layers, out.intermediate_size, dtype=torch.int64)
+        for out in outputs
+    }
+    scored: set[int] = set()
+    total, done = checkpoint.weight_bytes, 0
+    source_fds: dict[Path, int] = {}
+    pipeline = _Pipeline(workers=min(len(writers), os.cpu_count() or 1))
+    try:
+        for info in checkpoint.tensors.values():
+            role = layout.roles.get(info.name, (0, "untouched"))[1]
+            if info.name not in layout.roles or role in UNTOUCHED_ROLES:
+                fd = source_fds.get(info.file)
+                if fd is None:
+                    fd = source_fds[info.file] = os.open(info.file, os.O_RDONLY)
+                pipeline.submit([functools.partial(writer.copy, info.name, fd, info.offset) for _, writer in writers])
+            else:
+                layer = layout.roles[info.name][0]
+                if layer not in scored:
+                    if criterion in DATA_CRITERIA:
+                        ranking = rank(layer_scores[layer])  # type: ignore[index]
+                    else:
+                        ranking = rank(weight_scores(checkpoint, layout, layer, criterion, seed))
+                    for width, indices in kept.items():
+                        indices[layer] = keep(ranking, width)
+                    scored.add(layer)
+                _write_mlp_tensor(
+                    pipeline, info, role, {w: k[layer] for w, k in kept.items()}, writers, layout.intermediate_size
+                )
+            done += info.nbytes
+            report(on_progress, Progress("prune", done=done, total=total, unit="B"))
+        pipeline.drain()
+        for _, writer in writers:
+            writer.close()
+    except BaseException:
+        pipeline.close()  # no job may still be writing when the files close
+        for _, writer in writers:
+            writer.abort()
+        raise
+    finally:
+        pipeline.close()
+        for fd in source_fds.values():
+            os.close(fd)
+    for out in outputs:
+        verify(out.folder, specs[out.intermediate_size])
+    return kept
+
+
+class _Pipeline:
+    """Writes one batch of jobs (one per member) on worker threads while the main thread reads the next chunk.
+
+    os.write, copy_file_range and index_select release the GIL, and copying into the page cache is CPU-bound,
+    so members are written in parallel. A batch starts only when the previous one has finished, so every
+    member's writer still receives its bytes in order.
+    """
+
+    def __init__(self, workers: int):
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._in_flight: list[Future[None]] = []
+
+    def submit(self, jobs: list[Callable[[], None]]) -> None:
+        self.drain()
+        self._in_flight = [self._pool.submit(job) for job in jobs]
+
+    def drain(self) -> None:
+        """Wait until every job in flight has finished, then re-raise the first failure."""
+        futures, self._in_flight = self._in_flight, []
+        wait(futures)
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def weight_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criterion: str, seed: int) -> torch.Tensor:
+    """Every neuron's float32 score in one layer, streaming gate and up rows through the criterion in chunks."""
+    n = layout.intermediate_size
+    if criterion == "random":
+        return random_scores(n, seed=seed, layer=layer)
+    gate_info, up_info, up_start = _scoring_infos(checkpoint, layout, layer)
+    parts = []
+    for start, stop in _row_chunks(gate_info, 0, n):
+        gate = read_tensor(gate_info, start, stop)
+        up = read_tensor(up_info, up_start + start, up_start + stop)
+        parts.append(score_rows(criterion, gate, up, layer=layer))
+    return torch.cat(parts)
+
+
+def down_modules(layout: MlpLayout) -> dict[int, str]:
+    """Each layer's down_proj module name (its weight's tensor name without ".weight"), for calibration hooks."""
+    return {
+        layer: name.removesuffix(".weight") for name, (layer, role) in layout.roles.items() if role == "down.weight"
+    }
+
+
+def data_scores(
+    checkpoint: Checkpoint, layout: MlpLayout, stats: ActivationStats, criterion: str
+) -> dict[int, torch.Tensor]:
+    """Every layer's scores under a data-aware criterion, from calibration statistics and the weights, streamed
+    in row chunks like the weight criteria (down_proj's columns are reduced chunk by chunk over its rows)."""
+    down = {layer: name for name, (layer, role) in layout.roles.items() if role == "down.weight"}
+    found = {}
+    for layer in range(layout.num_layers):
+        info = checkpoint.tensors[down[layer]]
+        sq_sum = torch.zeros(layout.intermediate_size)
+        high = torch.full((layout.intermediate_size,), -torch.inf)
+        low = torch.full((layout.intermediate_size,), torch.inf)
+        for start, stop in _row_chunks(info, 0, info.shape[0]):
+            rows = read_tensor(info, start, stop).float()
+            sq_sum += rows.square().sum(dim=0)
+            high = torch.maximum(high, rows.amax(dim=0))
+            low = torch.minimum(low, rows.amin(dim=0))
+        if criterion == "activation":
+            scores = activation(stats.abs_mean[layer], sq_sum.sqrt())
+        else:
+            gate_ptp, up_ptp = _gate_up_peak_to_peak(checkpoint, layout, layer)
+            scores = hybrid(gate_ptp, up_ptp, high + low.abs(), stats.l2[layer])
+        if not bool(torch.isfinite(scores).all()):
+            raise CriterionError(f"layer {layer}: criterion {criterion!r} gives non-finite scores (NaN or inf)")
+        found[layer] = scores
+    return found
+
+
+def _gate_up_peak_to_peak(checkpoint: Checkpoint, layout: MlpLayout, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gate_info, up_info, up_start = _scoring_infos(checkpoint, layout, layer)
+    gate_parts, up_parts = [], []
+    for start, stop in _row_chunks(gate_info, 0, layout.intermediate_size):
+        gate_parts.append(peak_to_peak(read_tensor(gate_info, start, stop), 1))
+        up_parts.append(peak_to_peak(read_tensor(up_info, up_start + start, up_start + stop), 1))
+    return torch.cat(gate_parts), torch.cat(up_parts)
+
+
+def _scoring_infos(checkpoint: Checkpoint, layout: MlpLayout, layer: int) -> tuple[TensorInfo, TensorInfo, int]:
+    """The gate and up tensors of a layer and the row where up starts (n in a fused gate_up, else 0)."""
+    names = layout.scoring_tensors[layer]
+    if len(names) == 1:  # fused: gate rows [0, n), up rows [n, 2n) of the same tensor
+        return checkpoint.tensors[names[0]], checkpoint.tensors[names[0]], layout.intermediate_size
+    gate_info, up_info = (checkpoint.tensors[name] for name in names)
+    return gate_info, up_info, 0
+
+
+def _write_mlp_tensor(
+    pipeline: _Pipeline,
+    info: TensorInfo,
+    role: str,
+    kept: dict[int, torch.Tensor],
+    writers: list[tuple[int, ShardedWriter]],
+    intermediate_size: int,
+) -> None:
+    """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk."""
+    first = True
+    if role in COLUMN_ROLES:  # down_proj [hidden, n]: any rows, the kept columns
+        for start, stop in _row_chunks(info, 0, info.shape[0]):
+            chunk = read_tensor(info, start, stop)
+            pipeline.submit(
+                [
+                    functools.partial(_append_columns, writer, info.name if first else None, chunk, kept[width])
+                    for width, writer in writers
+                ]
+            )
+            first = False
+        return
+    # gate / up rows [0, n); a fused gate_up has gate rows [0, n) then up rows [n, 2n), kept in that order
+    for segment in (0, intermediate_size) if role in FUSED_ROLES else (0,):
+        for start, stop in _row_chunks(info, 0, intermediate_size):
+            chunk = read_tensor(info, segment + start, segment + stop)
+            jobs = []
+            for width, writer in writers:
+                indices = kept[width]
+                lo, hi = (int(torch.searchsorted(indices, bound)) for bound in (start, stop))
+                jobs.append(
+                    functools.partial(_append_rows, writer, info.name if first else None, chunk, indices[lo:hi] - start)
+                )
+            pipeline.submit(jobs)
+            first = False
+
+
+def _append_columns(writer: ShardedWriter, begin: str | None, chunk: torch.Tensor, indices: torch.Tensor) -> None:
+    if begin is not None:
+        writer.begin(begin)
+    writer.append(_as_bytes(chunk.index_select(1, indices)))
+
+
+def _append_rows(writer: ShardedWriter, begin: str | None, chunk: torch.Tensor, indices: torch.Tensor) -> None:
+    """Write the chunk's rows at `indices` (ascending) straight from the chunk: runs of consecutive rows go
+    out as one slice each (writev), with no gathered copy in between."""
+    if begin is not None:
+        writer.begin(begin)
+    if indices.numel() == 0:
+        return
+    raw = _as_bytes(chunk)
+    row_bytes = raw.nbytes // chunk.shape[0]
+    breaks = torch.nonzero(indices[1:] - indices[:-1] != 1).flatten() + 1
+    starts = torch.cat([indices[:1], indices[breaks]]).tolist()
+    stops = (torch.cat([indices[breaks - 1], indices[-1:]]) + 1).tolist()
+    writer.append_many([raw[a * row_bytes : b * row_bytes] for a, b in zip(starts, stops)])

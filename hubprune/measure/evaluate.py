@@ -1,0 +1,497 @@
+"""Benchmarks through lm-eval: suites, one model load per model, per-task resume, results/eval.json.
+
+A family is evaluated as its base model (when its folder is still on this machine) plus every member, under
+identical settings. Each model is loaded once; its tasks run in groups of equal few-shot count, because
+lm-eval's num_fewshot applies to a whole call (the paper's own code silently ran every task 0-shot when the
+counts were mixed). A task already in eval.json with the same settings is not run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hubprune import manifest
+from hubprune.build.gguf import cache_root, is_embedded_default
+from hubprune.errors import EvaluationError
+from hubprune.files import write_json_atomic
+from hubprune.measure.base_model import BASE_RESULTS, locate_base
+from hubprune.measure.device import hardware, resolve_device
+from hubprune.measure.offline_tasks import task_folder
+from hubprune.measure.suites import Suite, SuiteTask, default_suite, load_suite
+from hubprune.progress import Progress, ProgressCallback, report
+
+BACKENDS = ("hf", "vllm")
+DTYPES = ("auto", "bfloat16", "float32")
+# keys of lm-eval's output that hold one entry per task (or group)
+PER_TASK_KEYS = frozenset(
+    {"results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples"}
+)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    suite: str = "auto"  # a built-in suite name, a suite YAML path, or "auto"
+    tasks: tuple[str, ...] = ()  # run only these tasks of the suite (or these extra tasks, 0-shot)
+    include_paths: tuple[Path, ...] = ()
+    limit: int | None = None  # overrides every task's limit
+    batch_size: str = "auto"  # "auto" or a positive integer
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "hf"
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    # lm-eval's CLI default is 100000; 1000 resamples estimate a standard error to a few percent, in a fraction
+    # of the time on a CPU. Only metrics without a closed-form stderr (perplexities) are bootstrapped.
+    bootstrap_iters: int = 1000
+
+
+def check_settings(settings: EvalSettings) -> None:
+    """Refuse bad settings before any model is loaded."""
+    if settings.limit is not None and settings.limit < 1:
+        raise EvaluationError(f"`limit` {settings.limit}: give a whole number of documents >= 1, or leave it out")
+    if settings.batch_size != "auto" and not (settings.batch_size.isdigit() and int(settings.batch_size) > 0):
+        raise EvaluationError(f"`batch_size` {settings.batch_size!r}: use 'auto' or a positive integer")
+    if settings.dtype not in DTYPES:
+        raise EvaluationError(
+            f"`dtype` {settings.dtype!r}: use one of {', '.join(DTYPES)} (float16 overflows to inf perplexity)"
+        )
+    if settings.backend not in BACKENDS:
+        raise EvaluationError(f"`backend` {settings.backend!r}: use one of {', '.join(BACKENDS)}")
+    if settings.tensor_parallel_size < 1 or settings.data_parallel_size < 1:
+        raise EvaluationError("`tensor_parallel_size` and `data_parallel_size` must be >= 1")
+    resolve_device(settings.device, EvaluationError)
+    for path in settings.include_paths:
+        if not Path(path).is_dir():
+            raise EvaluationError(f"`include_paths` {path} is not a folder of lm-eval task YAMLs")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """auto: bfloat16 on GPU, float32 on CPU (where bfloat16 matmuls are slow); never float16."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+CPU_BATCH_SIZE = 4
+
+
+def resolve_batch_size(batch_size: str, device: str) -> str:
+    """auto: lm-eval's search on GPU; a fixed small batch on CPU, where the search runs full-length batches
+    through the model for minutes and finds little to gain."""
+    if batch_size == "auto" and not device.startswith("cuda"):
+        return str(CPU_BATCH_SIZE)
+    return batch_size
+
+
+def vllm_model_args(folder: Path, settings: EvalSettings, dtype: str) -> str:
+    """lm-eval's model_args string for its vLLM backend (the optional `vllm` extra)."""
+    args = {
+        "pretrained": str(folder),
+        "dtype": dtype,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
+        "gpu_memory_utilization": 0.9,
+    }
+    if settings.batch_size != "auto":
+        args["batch_size"] = settings.batch_size
+    return ",".join(f"{key}={value}" for key, value in args.items())
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model to evaluate: a label for progress, its folder, its revision, where its results go."""
+
+    label: str
+    folder: Path
+    revision: str | None
+    results: Path
+
+
+@dataclass
+class _Plan:
+    suite: Suite
+    tasks: list[SuiteTask]
+    include_paths: list[Path] = field(default_factory=list)
+
+
+def plan_tasks(settings: EvalSettings, *, embedded_default: bool = False) -> _Plan:
+    """The suite's tasks (or the `tasks` subset), with `limit` applied; unknown tasks are refused."""
+    check_settings(settings)
+    suite = load_suite(default_suite(embedded_default) if settings.suite == "auto" else settings.suite)
+    tasks = list(suite.tasks)
+    if settings.tasks:
+        by_name = {t.task: t for t in tasks}
+        tasks = [by_name.get(name, SuiteTask(name, 0, "")) for name in settings.tasks]
+    if settings.limit is not None:
+        tasks = [SuiteTask(t.task, t.num_fewshot, t.metric, settings.limit) for t in tasks]
+    include_paths = [Path(p).resolve() for p in settings.include_paths]
+    if any(t.task.startswith("hubprune_") for t in tasks):
+        include_paths.append(task_folder(cache_root()))
+    _check_task_names([t.task for t in tasks], include_paths)
+    _check_task_requirements(tasks)
+    return _Plan(suite, tasks, include_paths)
+
+
+def _task_manager(include_paths: list[Path], names: list[str]) -> Any:
+    """A TaskManager that knows `names`: only the local folders when they hold every task (indexing lm-eval's own
+    thousands of task YAMLs takes tens of seconds), else those folders plus lm-eval's tasks."""
+    if include_paths:
+        local = _cached_task_manager(tuple(str(p) for p in include_paths), False)
+        if set(names) <= set(local.all_tasks):
+            return local
+    return _cached_task_manager(tuple(str(p) for p in include_paths), True)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_task_manager(include_paths: tuple[str, ...], include_defaults: bool) -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=include_defaults)
+
+
+def _check_task_names(names: list[str], include_paths: list[Path]) -> None:
+    known = set(_task_manager(include_paths, names).all_tasks)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=4)
+            hint = f"did you mean {', '.join(close)}?" if close else "list them with `lm-eval ls tasks`"
+            raise EvaluationError(f"unknown lm-eval task {name!r}: {hint}")
+
+
+def models_to_evaluate(path: Path) -> tuple[list[ModelRef], str | None]:
+    """The models under `path` (a family: its base when present, then every member; or one checkpoint folder),
+    and why the base was left out, if it was."""
+    path = Path(path)
+    kind = manifest.locate(path).kind
+    if kind == "family":
+        family = manifest.load(path)
+        refs = []
+        base, skipped = locate_base(family)
+        if base is not None:
+            refs.append(ModelRef("base", base, family.source.revision, path / BASE_RESULTS))
+        for member in family.built_members():
+            folder = path / member.path
+            refs.append(ModelRef(member.name, folder, None, folder / "results"))
+        return refs, skipped
+    if kind != "unknown":  # a member is evaluated as the checkpoint it is
+        return [ModelRef(path.name, path, None, path / "results")], None
+    raise EvaluationError(manifest.not_a_model(path))
+
+
+def settings_key(task: SuiteTask, settings: EvalSettings, device: str, dtype: str, lm_eval_version: str) -> str:
+    """What decides a task's result; a stored result is reused only when this is unchanged."""
+    decisive = {
+        "task": task.task,
+        "num_fewshot": task.num_fewshot,
+        "limit": task.limit,
+        "metric": task.metric,
+        "dtype": dtype,
+        "device": device.split(":")[0],
+        "batch_size": settings.batch_size,
+        "backend": settings.backend,
+        "bootstrap_iters": settings.bootstrap_iters,
+        "lm_eval": lm_eval_version,
+    }
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    suite: Suite
+    tasks: tuple[SuiteTask, ...]  # what was asked, in suite order
+    results: dict[str, dict[str, Any]]  # model label ("base" or a member name) -> its eval.json content
+
+
+def evaluate(
+    path: Path, settings: EvalSettings, *, command: str | None = None, on_progress: ProgressCallback | None = None
+) -> EvalOutcome:
+    """Evaluate a family (base + members) or one checkpoint; write results/eval.json per model, update family.json
+    (with `command`, the command line that ran this, for the cards' reproducibility section)."""
+    path = Path(path)
+    refs, base_skipped = models_to_evaluate(path)
+    is_family = manifest.locate(path).kind == "family"
+    embedded = is_family and is_embedded_default(manifest.load(path).source.origin)
+    plan = plan_tasks(settings, embedded_default=embedded)
+    device = resolve_device(settings.device, EvaluationError)
+    results: dict[str, Any] = {}
+    for ref in refs:
+        try:
+            results[ref.label] = evaluate_model(ref, plan, settings, device, on_progress)
+        except BaseException:
+            if is_family:
+                _record_stage(path, ref.label, status="failed", suite=plan.suite.name)
+            raise
+        if is_family:
+            _record_stage(path, ref.label, status="done", suite=plan.suite.name, tasks=[t.task for t in plan.tasks])
+    if is_family:
+        _record_analysis(path, results, base_skipped)
+        if command is not None:
+            manifest.record_command(path, "eval", command)
+    return EvalOutcome(plan.suite, tuple(plan.tasks), results)
+
+
+def evaluate_model(
+    ref: ModelRef, plan: _Plan, settings: EvalSettings, device: str, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Run the plan's tasks on one model (loaded once), skipping tasks already done with the same settings."""
+    import lm_eval
+
+    dtype = resolve_dtype(settings.dtype, device)
+    settings = replace(settings, batch_size=resolve_batch_size(settings.batch_size, device))
+    results_file = ref.results / "eval.json"
+    stored = json.loads(results_file.read_text(encoding="utf-8")) if results_file.exists() else {}
+    done = stored.get("tasks", {})
+    keys = {t.task: settings_key(t, settings, device, dtype, lm_eval.__version__) for t in plan.tasks}
+    todo = [t for t in plan.tasks if done.get(t.task, {}).get("settings_key") != keys[t.task]]
+    record = {
+        "model": {"path": str(ref.folder), "revision": ref.revision},
+        "lm_eval_version": lm_eval.__version__,
+        "suite": plan.suite.name,
+        "dtype": dtype,
+        "device": device,
+        "batch_size": settings.batch_size,
+        "backend": settings.backend,
+        "bootstrap_iters": settings.bootstrap_iters,
+        "hardware": hardware(device),
+        "versions": _versions(),
+        "tasks": dict(done),
+    }
+    if not todo:
+        return record
+    report(on_progress, Progress("eval", f"[eval] {ref.label}: loading {ref.folder}"))
+    lm = _load_model(ref.folder, settings, device, dtype)
+    manager = _task_manager(plan.include_paths, [t.task for t in todo])
+    for shots, group in _by_fewshot(todo):
+        tasks = ", ".join(t.task for t in group)
+        report(on_progress, Progress("eval", f"[eval] {ref.label}: {tasks} ({shots}-shot)"))
+        started = time.perf_counter()
+        with _hub_offline(all(_is_local(t.task, manager, plan.include_paths) for t in group)):
+            raw = _run_lm_eval(lm, group, shots, manager, settings.bootstrap_iters)
+        elapsed = time.perf_counter() - started
+        for task in group:
+            record["tasks"][task.task] = _task_result(raw, task, keys[task.task], elapsed / len(group))
+            _save_raw(ref.results, task.task, raw)
+        write_json_atomic(results_file, record)  # after every group: a stopped run keeps what it finished
+    return record
+
+
+def _versions() -> dict[str, str]:
+    import lm_eval
+    import torch
+    import transformers
+
+    return {"lm_eval": lm_eval.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def _by_fewshot(tasks: list[SuiteTask]) -> Iterator[tuple[int, list[SuiteTask]]]:
+    shots = sorted({t.num_fewshot for t in tasks})
+    for count in shots:
+        group = [t for t in tasks if t.num_fewshot == count]
+        limits = sorted({t.limit for t in group}, key=lambda x: (x is None, x))
+        for limit in limits:  # lm-eval's limit also applies to a whole call
+            yield count, [t for t in group if t.limit == limit]
+
+
+def _check_task_requirements(tasks: list[SuiteTask]) -> None:
+    if any(t.task == "ifeval" or t.task.startswith("leaderboard_ifeval") for t in tasks):
+        try:
+            import nltk
+
+            nltk.data.find("tokenizers/punkt_tab")
+        except (ImportError, LookupError):
+            raise EvaluationError(
+                "IFEval needs nltk's punkt_tab data, which hubprune never downloads silently: run "
+                "`python -m nltk.downloader punkt_tab` (with langdetect and immutabledict installed), or set NLTK_DATA"
+            ) from None
+
+
+def _load_model(folder: Path, settings: EvalSettings, device: str, dtype: str) -> Any:
+    if settings.backend == "vllm":
+        from lm_eval.api.registry import get_model
+
+        try:
+            return get_model("vllm").create_from_arg_string(vllm_model_args(folder, settings, dtype))
+        except ImportError:
+            raise EvaluationError("`backend` vllm needs vLLM: pip install 'hubprune[vllm]'") from None
+    from lm_eval.models.huggingface import HFLM
+
+    batch = settings.batch_size if settings.batch_size == "auto" else int(settings.batch_size)
+    return HFLM(pretrained=str(folder), device=device, dtype=dtype, batch_size=batch)
+
+
+def _is_local(task: str, manager: Any, include_paths: list[Path]) -> bool:
+    """True when the task's YAML lives in an `include_paths` folder (or is one of hubprune's offline tasks)."""
+    entry = manager.task_index.get(task)
+    yaml_path = getattr(entry, "yaml_path", None)  # an Entry in lm-eval 0.4.10+, a dict before
+    if yaml_path is None and isinstance(entry, dict):
+        yaml_path = entry.get("yaml_path")
+    if not yaml_path or yaml_path == -1:
+        return False
+    return any(Path(yaml_path).resolve().is_relative_to(folder) for folder in include_paths)
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Switch the Hub and datasets offline for one run. Both libraries copy the variables into module constants
+    at import, so those are set too, and everything is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = [
+        (module, name, getattr(module, name))
+        for module, name in (
+            (huggingface_hub.constants, "HF_HUB_OFFLINE"),
+            (datasets.config, "HF_HUB_OFFLINE"),
+            (datasets.config, "HF_DATASETS_OFFLINE"),
+        )
+        if hasattr(module, name)
+    ]
+    os.environ.update({name: "1" for name in names})
+    for module, name, _ in saved:
+        setattr(module, name, True)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_lm_eval(lm: Any, group: list[SuiteTask], shots: int, manager: Any, bootstrap_iters: int) -> dict[str, Any]:
+    from lm_eval import evaluator, simple_evaluate
+
+    # lm-eval records the git commit of the current directory, whatever that is (printing git's "fatal: not a
+    # git repository" outside one): it says nothing about the evaluation and would be published with the results.
+    saved_hash, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, lambda: None
+    try:
+        raw = simple_evaluate(
+            model=lm,
+            tasks=[t.task for t in group],
+            num_fewshot=shots,
+            limit=group[0].limit,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=bootstrap_iters,
+        )
+    except (ConnectionError, OSError) as exc:
+        names = ", ".join(t.task for t in group)
+        raise EvaluationError(
+            f"the data of {names} could not be loaded ({type(exc).__name__}): these tasks download their datasets "
+            "from the Hub; run with network access, or use `suite` offline"
+        ) from None
+    finally:
+        evaluator.get_git_commit_hash = saved_hash
+    if raw is None:
+        raise EvaluationError("lm-eval returned no results (is this a non-zero rank of a distributed run?)")
+    return raw
+
+
+def _task_result(raw: dict[str, Any], task: SuiteTask, key: str, seconds: float) -> dict[str, Any]:
+    results = raw["results"].get(task.task)
+    if results is None:
+        raise EvaluationError(f"lm-eval returned no results for {task.task}")
+    metric = task.metric or _first_metric(results)
+    if metric not in results:
+        available = sorted(k for k in results if "," in k and "_stderr" not in k)
+        raise EvaluationError(f"task {task.task} has no metric {metric!r}; it reports {', '.join(available)}")
+    name, _, filt = metric.partition(",")
+    stderr = results.get(f"{name}_stderr,{filt}")
+    return {
+        "metric": metric,
+        "value": results[metric],
+        "stderr": stderr if isinstance(stderr, (int, float)) else None,
+        "higher_is_better": raw.get("higher_is_better", {}).get(task.task, {}).get(name),
+        "num_fewshot": task.num_fewshot,
+        "limit": task.limit,
+        "n_samples": raw.get("n-samples", {}).get(task.task),
+        "version": raw.get("versions", {}).get(task.task),
+        "settings_key": key,
+        "wall_seconds": round(seconds, 2),
+    }
+
+
+def _first_metric(results: dict[str, Any]) -> str:
+    return next(k for k in results if "," in k and "_stderr" not in k)
+
+
+def _save_raw(results_dir: Path, task: str, raw: dict[str, Any]) -> None:
+    """lm-eval's own output for the task (and the subtasks of a group task such as mmlu), kept beside eval.json
+    for provenance. A call runs several tasks; each file keeps only its own task's entries, not the whole call's."""
+    names = _with_subtasks(task, raw.get("group_subtasks", {}))
+    kept = {}
+    for key, value in raw.items():
+        if key in ("samples", "git_hash", "upper_git_hash"):  # the last two: commits of the working directory
+            continue
+        per_task = isinstance(value, dict) and key in PER_TASK_KEYS
+        kept[key] = {name: entry for name, entry in value.items() if name in names} if per_task else value
+    write_json_atomic(results_dir / "lm_eval" / f"{task}.json", kept)
+
+
+def _with_subtasks(task: str, group_subtasks: dict[str, list[str]]) -> set[str]:
+    names, pending = set(), [task]
+    while pending:
+        name = pending.pop()
+        if name not in names:
+            names.add(name)
+            pending.extend(group_subtasks.get(name, []))
+    return names
+
+
+def _record_stage(family_dir: Path, label: str, **record: Any) -> None:
+    if label == "base":  # the base is no member: its status lives with the family-level results
+        family = manifest.load(family_dir)
+        manifest.save(family.with_analysis(base_eval=record), family_dir)
+    else:
+        manifest.record_stage(family_dir, label, "eval", **record)
+
+
+def _record_analysis(family_dir: Path, outcome: dict[str, Any], base_skipped: str | None) -> None:
+    table = {
+        label: {f"{task}:{r['metric']}": r["value"] for task, r in record["tasks"].items()}
+        for label, record in outcome.items()
+    }
+    family = manifest.load(family_dir)
+    family = family.with_analysis(correlations=correlations(table), base_eval_skipped=base_skipped)
+    manifest.save(family, family_dir)
+
+
+def correlations(table: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Pearson r, its two-sided p-value and n for every pair of metrics, over the models that have both.
+
+    Pairs measured on fewer than 3 models get none: with n = 2, r is always +-1 and p is undefined.
+    """
+    from scipy import stats
+
+    metrics = sorted({m for row in table.values() for m in row})
+    found = []
+    for i, first in enumerate(metrics):
+        for second in metrics[i + 1 :]:
+            pairs = [(row[first], row[second]) for row in table.values() if first in row and second in row]
+            if len(pairs) < 3:
+                continue
+            xs, ys = zip(*pairs)
+            if len(set(xs)) == 1 or len(set(ys)) == 1:
+                found.append({"x": first, "y": second, "n": len(pairs), "r": None, "p": None, "note": "constant"})
+                continue
+            result = stats.pearsonr(xs, ys)
+            found.append({"x": first, "y": second, "n": len(pairs), "r": float(result[0]), "p": float(result[1])})
+    return found

@@ -1,0 +1,122 @@
+"""The whole `build-family` job in one call: prune -> check-criteria -> eval -> profile -> cards.
+
+Each stage is a library function of its own (build_family, check_criteria, evaluate, profile_path,
+render_cards) that reads and writes family.json, so any of them can run alone; run_family chains them in the
+order a user wants for a new family, checks every stage's settings before the first byte is written, and
+returns what each stage found. The command line only parses its options, calls this and prints the outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubprune import manifest
+from hubprune.build.calibrate import CalibrationSettings, calibration_text, shared_ngrams
+from hubprune.build.check import CheckOutcome, CheckSettings, check_criteria
+from hubprune.build.family import PruneSettings, build_family, make_plan
+from hubprune.build.gguf import is_embedded_default
+from hubprune.build.importance import DATA_CRITERIA, check_criterion
+from hubprune.build.plan import FamilyPlan, Target
+from hubprune.build.source import open_source
+from hubprune.errors import CriterionError
+from hubprune.measure.efficiency import ProfileSettings
+from hubprune.measure.efficiency import check_settings as check_profile_settings
+from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
+from hubprune.measure.evaluate import check_settings as check_eval_settings
+from hubprune.measure.offline_tasks import evaluated_documents
+from hubprune.measure.profile import ModelProfile, profile_path
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.publish.cards import CardOutcome, CardSettings, render_cards
+
+DEFAULT_PRUNE, DEFAULT_EVAL, DEFAULT_PROFILE, DEFAULT_CARDS = (
+    PruneSettings(),
+    EvalSettings(),
+    ProfileSettings(),
+    CardSettings(),
+)
+
+
+@dataclass(frozen=True)
+class FamilyOutcome:
+    """What run_family built and measured; a stage that was not run is None."""
+
+    family_dir: Path
+    plan: FamilyPlan  # the base's shape and every member's width, parameters and size
+    family: manifest.Family  # family.json as the last stage left it
+    check: CheckOutcome | None
+    evaluation: EvalOutcome | None
+    profiles: tuple[ModelProfile, ...] | None
+    cards: CardOutcome
+
+
+def run_family(
+    source: str | None,
+    output: Path,
+    targets: Sequence[Target],
+    prune: PruneSettings = DEFAULT_PRUNE,
+    *,
+    evaluation: EvalSettings | None = DEFAULT_EVAL,
+    profile: ProfileSettings | None = DEFAULT_PROFILE,
+    cards: CardSettings = DEFAULT_CARDS,
+    check_first: bool = False,
+    revision: str | None = None,
+    force: bool = False,
+    command: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> FamilyOutcome:
+    """Build the family of `source` (a checkpoint folder, a .gguf file, a Hub repo id, or None for the embedded
+    default) at every target width into `output`, then benchmark (unless `evaluation` is None), profile (unless
+    `profile` is None) and render the cards.
+
+    `check_first` compares the criterion with random pruning at every width before anything is written, and
+    the table goes into the cards. `command` is the command line recorded in family.json for the cards'
+    reproducibility section. A stopped run, run again, finishes what is missing only.
+    """
+    output = Path(output)
+    targets = list(targets)
+    if evaluation is not None:  # bad stage settings stop the job before anything is written
+        check_eval_settings(evaluation)
+    if profile is not None:
+        check_profile_settings(profile)
+    criterion = check_criterion(prune.criterion)
+    if check_first and criterion == "random":
+        raise CriterionError("`check_first` compares the criterion with random pruning: choose another `criterion`")
+    checkpoint = open_source(source, revision=revision)
+    calibration = prune.calibration or CalibrationSettings()
+    if evaluation is not None:  # unknown tasks or missing task data stop the job before anything is written
+        tasks = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin)).tasks
+        if criterion in DATA_CRITERIA:
+            _warn_if_calibration_is_evaluated(calibration, [(t.task, t.limit) for t in tasks], on_progress)
+    check = None
+    if check_first:
+        comparison = CheckSettings(targets=tuple(targets), criteria=(criterion, "random"), calibration=calibration)
+        check = check_criteria(checkpoint, comparison, on_progress=on_progress)
+        for warning in check.warnings():
+            report(on_progress, Progress("check", warning, status="warning"))
+    build_family(checkpoint, output, targets, prune, force=force, on_progress=on_progress)
+    if check is not None:
+        manifest.record_analysis(output, criteria_check=check.to_dict())
+    if command is not None:
+        manifest.record_command(output, "build-family", command)
+    evaluated = evaluate(output, evaluation, on_progress=on_progress) if evaluation is not None else None
+    profiles = profile_path(output, profile, on_progress=on_progress) if profile is not None else None
+    _, plan = make_plan(checkpoint, targets, prune.multiple_of)
+    rendered = render_cards(output, cards)
+    return FamilyOutcome(output, plan, manifest.load(output), check, evaluated, profiles, rendered)
+
+
+def _warn_if_calibration_is_evaluated(
+    calibration: CalibrationSettings, tasks: list[tuple[str, int | None]], on_progress: ProgressCallback | None
+) -> None:
+    """Calibration text that the benchmarks also score flatters the data-aware criteria: say so. Only the offline
+    suite's texts are on this machine to compare with; Hub tasks are not checked."""
+    documents = evaluated_documents(tasks)
+    shared = shared_ngrams(calibration_text(calibration)[0], documents) if documents else 0
+    if shared:
+        message = (
+            f"the calibration text shares 13-word sequences with {shared} of the {len(documents)} offline "
+            "benchmark documents: those scores flatter the criterion; calibrate on a disjoint text"
+        )
+        report(on_progress, Progress("eval", message, status="warning"))
