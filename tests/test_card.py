@@ -202,7 +202,7 @@ def test_namespace_sets_repo_ids_and_links_and_is_remembered(family):
 @pytest.mark.parametrize(
     "settings, fragment",
     [
-        (CardSettings(license="not-a-licence"), "licence 'not-a-licence' (from --license) is not an identifier"),
+        (CardSettings(license="not-a-licence"), "licence 'not-a-licence' (from `license`) is not an identifier"),
         (CardSettings(namespace="a/b"), "namespace 'a/b' is not a Hub user or organisation name"),
         (CardSettings(base_model="just-a-name"), "base_model 'just-a-name' is not one Hub repo id"),
     ],
@@ -268,7 +268,7 @@ def test_build_family_renders_cards_and_records_its_command(tmp_path, tiny_dir):
 
 
 def test_licence_other_needs_and_carries_a_name_and_link(family):
-    with pytest.raises(CardError, match="licence 'other' .* needs a name and a link: pass --license-name"):
+    with pytest.raises(CardError, match="licence 'other' .* needs a name and a link: pass `license_name`"):
         render_cards(family, CardSettings(license="other"))
     render_cards(family, CardSettings(license="other", license_name="tiny-licence", license_link="LICENSE"))
     data = card_of(family, MEMBERS[0]).data

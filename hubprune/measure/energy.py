@@ -115,7 +115,7 @@ def check_energy(kind: str, device: str) -> None:
 def _nvml_without_gpu(device: str) -> EnergyError:
     return EnergyError(
         f"energy source nvml measures NVIDIA GPUs but the device is {device}: use `device` cuda on a GPU machine, "
-        "or --energy auto"
+        "or `energy` auto"
     )
 
 

@@ -162,7 +162,7 @@ def _templates(template_dir: Path | None) -> Any:
     loaders = [jinja2.FileSystemLoader(str(builtin))]
     if template_dir is not None:
         if not Path(template_dir).is_dir():
-            raise CardError(f"--template-dir {template_dir} is not a folder: give a folder of .md.j2 templates")
+            raise CardError(f"`template_dir` {template_dir} is not a folder: give a folder of .md.j2 templates")
         loaders.insert(0, jinja2.FileSystemLoader(str(template_dir)))  # the user's files win, ours fill the gaps
     return jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),

@@ -1,6 +1,6 @@
 """The licence the cards declare, and the rest of the YAML metadata the Hub reads from a card.
 
-A derived model carries its base's licence, so the licence is looked up where the base declares it (--license,
+A derived model carries its base's licence, so the licence is looked up where the base declares it (the `license` setting,
 else the base's own card, config.json or GGUF metadata) and never guessed: when none is found the cards say so.
 data/licenses.json lists the Hub's licence ids and the duties some licences put on derived models (an
 attribution line, a notice, a name prefix). The metadata is built with huggingface_hub's ModelCardData and
@@ -53,26 +53,26 @@ def resolve_license(
     license_name: str | None = None,
     license_link: str | None = None,
 ) -> Licence:
-    """The base's licence from `license` (--license), else the base's own card, config or GGUF metadata, with the
+    """The base's licence from `license` (the setting), else the base's own card, config or GGUF metadata, with the
     duties it carries; `license_name` and `license_link` override those found. Never guessed: when none is
     found the id is None and the card says so."""
     table = _licence_table()
     if license:
         found = {"license": license, "license_name": None, "license_link": None}
-        where = "--license"
+        where = "`license`"
     else:
         found, where = _base_licence(family)
     licence_id = found["license"].strip().lower() if found["license"] else None  # the Hub's ids are lower case
     if licence_id and licence_id not in table["hub_ids"]:
         raise CardError(
-            f"licence {found['license']!r} (from {where}) is not an identifier the Hub accepts: pass --license with "
-            "one of its ids (e.g. apache-2.0, llama3.2, gemma), or --license other with --license-name and --license-link"
+            f"licence {found['license']!r} (from {where}) is not an identifier the Hub accepts: pass `license` with "
+            "one of its ids (e.g. apache-2.0, llama3.2, gemma), or `license` other with `license_name` and `license_link`"
         )
     name = license_name or found["license_name"]
     link = license_link or found["license_link"]
     if licence_id == "other" and not (name and link):
         raise CardError(
-            f"licence 'other' (from {where}) needs a name and a link: pass --license-name NAME and --license-link URL"
+            f"licence 'other' (from {where}) needs a name and a link: pass `license_name` NAME and `license_link` URL"
         )
     duties = table["duties"].get(licence_id or "", {})
     return Licence(

@@ -156,7 +156,7 @@ def _select(
     known = [m.name for m in family.members]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise PushError(f"--members names {', '.join(unknown)}, not in this family: choose from {', '.join(known)}")
+        raise PushError(f"`members` names {', '.join(unknown)}, not in this family: choose from {', '.join(known)}")
     chosen, skipped = [], []
     for member in family.members:
         if names and member.name not in names:
@@ -199,8 +199,8 @@ def _check_licence(family_dir: Path, member: manifest.MemberRecord, cards: CardO
         licence = front_matter(text).get("license")
     if not licence:
         raise PushError(
-            "the cards declare no licence (none was found for the base model): run "
-            f"`hubprune card {family_dir} --license ID` with the base model's licence first"
+            "the cards declare no licence (none was found for the base model): render the cards again with the "
+            "base model's `license` first"
         )
 
 
@@ -237,7 +237,7 @@ def _collection_title(family: manifest.Family, settings: PushSettings) -> str | 
     if len(title) > COLLECTION_TITLE_LIMIT:
         if settings.collection:
             raise PushError(
-                f"--collection title is {len(title)} characters; the Hub allows {COLLECTION_TITLE_LIMIT}: shorten it"
+                f"`collection` title is {len(title)} characters; the Hub allows {COLLECTION_TITLE_LIMIT}: shorten it"
             )
         title = title[: COLLECTION_TITLE_LIMIT - 1] + "…"
     return title
@@ -315,7 +315,7 @@ class _Client:
         if files - {".gitattributes"} and "hubprune.json" not in files and not self.settings.force:
             raise PushError(
                 f"{repo_id} already exists and was not made by hubprune (it has no hubprune.json): push to another "
-                "--namespace, or pass --force to overwrite it"
+                "`namespace`, or pass `force` to overwrite it"
             )
 
     def push_member(self, family_dir: Path, member: manifest.MemberRecord, message: str) -> MemberPush:
