@@ -43,7 +43,9 @@ def main(old: Path, new: Path) -> int:
     checks.append(("member list", members == [{k: v for k, v in vars(m).items() if k != "stages"} for m in b.members]))
     identity = ("revision", "model_type", "hidden_size", "intermediate_size", "num_layers", "params_total")
     checks.append(("source shape", all(getattr(a.source, k) == getattr(b.source, k) for k in identity)))
-    checks.append(("criterion, seed, multiple-of", (a.criterion, a.seed, a.multiple_of) == (b.criterion, b.seed, b.multiple_of)))
+    checks.append(
+        ("criterion, seed, multiple-of", (a.criterion, a.seed, a.multiple_of) == (b.criterion, b.seed, b.multiple_of))
+    )
     for member in a.members:
         x, y = old / member.path, new / member.path
         for name in ("hubprune-kept-indices.json", "model.safetensors", "config.json"):
