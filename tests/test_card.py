@@ -263,7 +263,9 @@ def test_build_family_renders_cards_and_records_its_command(tmp_path, tiny_dir):
     recorded = json.loads((out / "family.json").read_text())["commands"]["build-family"]
     assert recorded == f"hubprune build-family {source} --output {out} --ratios 1.5 --skip-eval --skip-profile"
     text = (out / "src-er1.5" / "README.md").read_text()
-    assert recorded in text
+    # the card shows the command as typed, local paths written as their names: a card is published
+    assert "hubprune build-family src --output fam --ratios 1.5 --skip-eval --skip-profile" in text
+    assert str(tmp_path) not in text
     assert "Benchmarks: not measured" in text and "## Efficiency\n\nNot measured" in text
 
 

@@ -282,8 +282,16 @@ def test_members_carry_tokenizer_and_licence_but_not_readme_or_pickles(tmp_path)
     [
         (["--batch-sizes", "0"], "batch size 0"),
         (["--batch-sizes", "one"], "'one' is not a whole number"),
-        (["--device", "cuda"], "no CUDA GPU"),
-        (["--energy", "nvml"], "nvml"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU"),
+        ),
+        pytest.param(
+            ["--energy", "nvml"],
+            "nvml",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU"),
+        ),  # on a GPU, nvml measures
         (["--rounds", "0"], "rounds 0: give a whole number >= 1"),
     ],
 )

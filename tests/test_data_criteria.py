@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from support.oracle import load_tensors, mlp_modules, oracle_logits, top_k_tie_lower_index
-from support.tiny_models import VOCAB
+from support.tiny_models import VOCAB, build_tiny
 from transformers import AutoModelForCausalLM
 
 from hubprune.build.calibrate import CalibrationSettings, shared_ngrams
@@ -87,7 +87,9 @@ def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, 
 
     provenance = json.loads((member / "hubprune.json").read_text())
     record = provenance["calibration"]
-    assert provenance["criterion"] == "activation" and record["source"] == str(calibration)
+    assert (
+        provenance["criterion"] == "activation" and record["source"] == calibration.name
+    )  # the name, never the local path
     assert record["tokens"] == 200 and record["window"] == 64 and len(record["sha256"]) == 64
 
     ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25]])
@@ -194,7 +196,7 @@ def test_check_criteria_command_prints_the_table(tiny_dir, texts):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "criterion" in result.output and "(base)" in result.output and "maw" in result.output
-    assert f"held-out text: {held_out}" in result.output
+    assert f"held-out text: {held_out.name}, " in result.output  # by name: the record is published in cards
 
 
 def test_unknown_criterion_is_one_line(tiny_dir):
@@ -216,7 +218,7 @@ def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_
         ("activation", "50"),
         ("random", "50"),
     ]
-    assert check["calibration"]["source"] == str(calibration)
+    assert check["calibration"]["source"] == calibration.name
     card = (out / "src-llama0-er1.5" / "README.md").read_text()
     assert "### Against random pruning" in card
     activation_25 = check["rows"][0]
@@ -243,3 +245,26 @@ def test_check_criteria_with_the_random_criterion_is_refused(tmp_path, tiny_dir)
     result = CliRunner().invoke(main, [*args, "--criterion", "random", "--check-criteria", "--skip-eval"])
     assert result.exit_code == 1 and result.output.startswith("error: --check-criteria compares the criterion")
     assert not (tmp_path / "fam").exists()
+
+
+def test_check_criteria_starts_every_window_with_the_tokenizers_bos(tmp_path):
+    """A tokenizer that puts BOS before every text (Llama 3, Gemma): each held-out window is BOS and then the next
+    window-1 text tokens, and every text token is scored, as the model reads text in use."""
+    source = build_tiny(tmp_path / "src", "llama", bos=True)
+    ids = [4 + (i * 7) % (VOCAB - 4) for i in range(50)]
+    text = tmp_path / "held-out.txt"
+    text.write_text(" ".join(f"w{i}" for i in ids))
+    settings = CheckSettings(text=text, pcts=("10",), criteria=("maw",), max_tokens=50, window=16)
+    outcome = check_criteria(open_source(str(source)), settings)
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float64)
+    nll, scored = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), 15):
+            window = [1, *ids[start : start + 15]]
+            logp = model(torch.tensor([window])).logits[0].log_softmax(-1)
+            nll -= sum(logp[pos - 1, window[pos]].item() for pos in range(1, len(window)))
+            scored += len(window) - 1
+    assert scored == 50
+    assert outcome.base_perplexity == pytest.approx(math.exp(nll / scored), rel=1e-5)
+    assert outcome.text["special_prefix"] == ["<s>"]

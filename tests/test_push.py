@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from huggingface_hub import HfApi
 from support.hub_server import HubServer
 from support.tiny_models import build_tiny
+from support.tiny_tasks import ALL_THREE, suite_file
 from transformers import AutoModelForCausalLM
 
 from hubprune.build.family import PruneSettings, build_family
@@ -286,3 +287,50 @@ def test_cards_from_a_template_dir_survive_a_push(hub, family, tmp_path):
     assert push(family).exit_code == 0  # another namespace: the cards are rendered again, with the same templates
     card = hub.files(REPOS[0])["README.md"].decode()
     assert "OUR OWN LICENCE SECTION" in card and f'from_pretrained("{REPOS[0]}")' in card
+
+
+MARK = "Builder-Private-Folder-7f3a"  # a folder name no published byte may contain
+
+
+def test_nothing_published_names_the_builders_machine(hub, tmp_path, task_dir, monkeypatch):
+    """The whole job under a recognisable folder (source, family, tasks and hubprune's cache all in it), with
+    eval and profile results, then push: no byte on the Hub names that folder or the home folder."""
+    root = tmp_path / MARK
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(root / "cache"))
+    source = build_tiny(root / "models" / "Llama-tiny", "llama")
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    tasks = Path(shutil.copytree(task_dir, root / "tasks"))
+    suite = suite_file(root, ALL_THREE[0], ALL_THREE[1])
+    family = root / "family"
+    built = CliRunner().invoke(
+        main,
+        [
+            *("build-family", str(source), "-o", str(family), "--sizes", "48,32"),
+            *("--suite", str(suite), "--include-path", str(tasks), "--batch-size", "1", "--device", "cpu"),
+            *("--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0"),
+            *("--rounds", "1", "--energy", "off"),
+        ],
+    )
+    assert built.exit_code == 0, built.output
+    assert (family / MEMBERS[0] / "results" / "eval.json").exists()
+    assert (family / MEMBERS[0] / "results" / "profile.json").exists()
+    assert MARK in (family / "family.json").read_text()  # the manifest keeps local paths: resume needs them
+
+    assert push(family).exit_code == 0
+    for repo in REPOS:
+        files = hub.files(repo)
+        assert "results/eval.json" in files and "results/lm_eval/tiny_ppl.json" in files and "hubprune.json" in files
+        for path, data in files.items():
+            assert MARK.encode() not in data, f"{repo}/{path} names the builder's folder"
+            assert f"{Path.home()}/".encode() not in data, f"{repo}/{path} names the home folder"
+
+
+def test_push_refuses_a_member_file_that_names_the_machine(hub, family):
+    assert CliRunner().invoke(main, ["card", str(family), "--license", "mit"]).exit_code == 0
+    leak = family / MEMBERS[1] / "results" / "notes.txt"
+    leak.parent.mkdir(exist_ok=True)
+    leak.write_text(f"built in {family.resolve()}\n")
+    for args in ((), ("--dry-run",)):
+        result = push(family, *args)
+        assert result.exit_code == 1 and hub.requests == []
+        assert f"error: {MEMBERS[1]}/results/notes.txt names this machine" in result.output

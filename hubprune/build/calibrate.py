@@ -51,7 +51,7 @@ def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
         return "\n\n".join(found[SHIPPED_CALIBRATION_START:]), (
             f"{SHIPPED_TEXT}, paragraphs {SHIPPED_CALIBRATION_START + 1}-{len(found)}"
         )
-    return read_text(settings.text, "calibration text"), str(settings.text)
+    return read_text(settings.text, "calibration text"), Path(settings.text).name  # the name only: it is published
 
 
 def read_text(path: Path, what: str) -> str:
@@ -81,6 +81,7 @@ def collect_activations(
     ids = token_ids(tokenizer, text, settings.max_tokens)
     if ids.numel() < 2:
         raise CriterionError(f"the calibration text {source} has fewer than 2 tokens: give a longer text")
+    prefix = special_prefix(tokenizer)
     abs_sum: dict[int, torch.Tensor] = {}
     sq_sum: dict[int, torch.Tensor] = {}
 
@@ -105,7 +106,7 @@ def collect_activations(
             handles.append(module.register_forward_pre_hook(hook(layer)))
         tokens = 0
         with torch.no_grad():
-            for window in windows(ids, settings.window):
+            for window in windows(ids, settings.window, prefix):
                 model(window[None])
                 tokens += window.numel()
     finally:
@@ -116,6 +117,7 @@ def collect_activations(
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "tokens": tokens,
         "window": settings.window,
+        "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
     }
     return ActivationStats(
         abs_mean={layer: total / tokens for layer, total in abs_sum.items()},
@@ -125,12 +127,36 @@ def collect_activations(
 
 
 def token_ids(tokenizer: Any, text: str, max_tokens: int) -> torch.Tensor:
+    """The text's own tokens, without the special tokens the tokenizer adds (windows() puts those back per window)."""
     return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
 
 
-def windows(ids: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Consecutive windows of `size` tokens; a last window of one token (nothing to predict from) is dropped."""
-    return [w for w in (ids[s : s + size] for s in range(0, ids.numel(), size)) if w.numel() > 1]
+def special_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens the tokenizer puts before every text it encodes by default: BOS for Llama 3 and Gemma, none for
+    SmolLM2. A model sees them at the start of every input in use, so every window starts with them too (lm-eval
+    does the same for each model it scores)."""
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a", add_special_tokens=True).input_ids
+    if len(full) > len(plain) and full[len(full) - len(plain) :] == plain:
+        return tuple(full[: len(full) - len(plain)])
+    return ()
+
+
+def windows(ids: torch.Tensor, size: int, prefix: tuple[int, ...] = ()) -> list[torch.Tensor]:
+    """The model inputs that cover `ids`: `prefix` (see special_prefix) then the next `size` - len(prefix) tokens,
+    so that each input is `size` tokens long; a last input with nothing to predict is dropped."""
+    step = size - len(prefix)
+    if step < 1:
+        raise CriterionError(f"windows of {size} tokens leave no room for the text after {len(prefix)} special tokens")
+    head = torch.tensor(prefix, dtype=ids.dtype)
+    inputs = (torch.cat([head, ids[s : s + step]]) for s in range(0, ids.numel(), step))
+    return [w for w in inputs if w.numel() > first_predicted(prefix)]
+
+
+def first_predicted(prefix: tuple[int, ...]) -> int:
+    """Where a window's scored tokens start: the first text token after a prefix (it is predicted from BOS), else
+    the second (the first has no context)."""
+    return max(len(prefix), 1)
 
 
 def shared_ngrams(calibration: str, documents: list[str], n: int = NGRAM) -> int:

@@ -22,8 +22,10 @@ from hubprune.build.calibrate import (
     CalibrationSettings,
     calibration_text,
     collect_activations,
+    first_predicted,
     read_text,
     shared_ngrams,
+    special_prefix,
     token_ids,
     windows,
 )
@@ -106,7 +108,7 @@ def held_out_text(settings: CheckSettings) -> tuple[str, str]:
         return "\n\n".join(paragraphs()[:SHIPPED_CALIBRATION_START]), (
             f"{SHIPPED_TEXT}, paragraphs 1-{SHIPPED_CALIBRATION_START}"
         )
-    return read_text(settings.text, "held-out text"), str(settings.text)
+    return read_text(settings.text, "held-out text"), Path(settings.text).name  # the name only: it is published
 
 
 def check_criteria(
@@ -127,6 +129,7 @@ def check_criteria(
     ids = token_ids(tokenizer, text, settings.max_tokens)
     if ids.numel() < 2:
         raise CriterionError(f"the held-out text {source} has fewer than 2 tokens: give a longer text")
+    prefix = special_prefix(tokenizer)
     names = down_modules(layout)
     downs = {layer: model.get_submodule(name) for layer, name in names.items()}
     stats = shared = None
@@ -137,13 +140,13 @@ def check_criteria(
     scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
-    base = _perplexity(model, ids, settings.window)
+    base = _perplexity(model, ids, settings.window, prefix)
     rows: list[CheckRow] = []
     for member in plan.members:
         removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
         pct = member.target.value if member.target.kind == "pct" else f"{removed:.3g}"
         measured = {
-            name: _pruned_perplexity(model, downs, s, member.intermediate_size, ids, settings.window)
+            name: _pruned_perplexity(model, downs, s, member.intermediate_size, ids, settings.window, prefix)
             for name, s in scores.items()
         }
         randoms = [v for name, v in measured.items() if name.startswith("random:")]
@@ -158,7 +161,7 @@ def check_criteria(
     return CheckOutcome(
         base,
         tuple(rows),
-        {"source": source, "tokens": int(ids.numel())},
+        {"source": source, "tokens": int(ids.numel()), "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix))},
         stats.record if stats else None,
         shared,
     )
@@ -175,7 +178,13 @@ def _random(num_layers: int, width: int, seed: int) -> dict[int, torch.Tensor]:
 
 
 def _pruned_perplexity(
-    model: Any, downs: dict[int, Any], scores: dict[int, torch.Tensor], width: int, ids: torch.Tensor, window: int
+    model: Any,
+    downs: dict[int, Any],
+    scores: dict[int, torch.Tensor],
+    width: int,
+    ids: torch.Tensor,
+    window: int,
+    prefix: tuple[int, ...],
 ) -> float:
     """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed, then
     restored."""
@@ -188,18 +197,20 @@ def _pruned_perplexity(
         for layer, module in downs.items():
             saved[layer] = module.weight.data[:, removed[layer]].clone()
             module.weight.data[:, removed[layer]] = 0
-        return _perplexity(model, ids, window)
+        return _perplexity(model, ids, window, prefix)
     finally:
         for layer, columns in saved.items():
             downs[layer].weight.data[:, removed[layer]] = columns
 
 
-def _perplexity(model: Any, ids: torch.Tensor, window: int) -> float:
-    """exp of the mean next-token negative log-likelihood over every window (each predicted from its own start)."""
+def _perplexity(model: Any, ids: torch.Tensor, window: int, prefix: tuple[int, ...]) -> float:
+    """exp of the mean next-token negative log-likelihood of the text's tokens over every window, each window
+    starting with the tokenizer's special prefix (BOS) as the model's inputs do in use."""
+    start = first_predicted(prefix)
     total, count = 0.0, 0
     with torch.no_grad():
-        for chunk in windows(ids, window):
-            logits = model(chunk[None]).logits[0, :-1].float()
-            total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
-            count += chunk.numel() - 1
+        for chunk in windows(ids, window, prefix):
+            logits = model(chunk[None]).logits[0, start - 1 : -1].float()
+            total += torch.nn.functional.cross_entropy(logits, chunk[start:], reduction="sum").item()
+            count += chunk.numel() - start
     return math.exp(total / count)

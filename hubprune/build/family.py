@@ -32,6 +32,7 @@ from hubprune.build.prune import (
     model_shape,
     prune_pass,
 )
+from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
 from hubprune.errors import OutputError
 from hubprune.manifest import Family, MemberRecord, SourceRecord
@@ -199,7 +200,7 @@ def _finish_member(
     provenance = {
         "hubprune_version": __version__,
         "source": {
-            "id": checkpoint.source,
+            **source_identity(checkpoint),  # never its local path: this file is published with the member
             "revision": checkpoint.revision,
             "model_type": checkpoint.config.get("model_type"),
             "origin": checkpoint.origin,

@@ -6,10 +6,19 @@ checkpoint.COPIED_FILE_PATTERNS), at one resolved commit so the provenance names
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from pathlib import Path
+from typing import Any
 
 from hubprune.build.checkpoint import COPIED_FILE_PATTERNS, INDEX_FILE, Checkpoint, is_hub_id, open_checkpoint
-from hubprune.build.gguf import embedded_default, open_gguf
+from hubprune.build.gguf import (
+    DEFAULT_PACKAGE,
+    DEFAULT_PACKAGE_VERSION,
+    embedded_default,
+    is_embedded_default,
+    open_gguf,
+)
 from hubprune.errors import SourceError
 
 # README.md is fetched for the base's licence (the card stage reads it there) and never copied into a member.
@@ -90,3 +99,26 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
             continue
         errors.append(module.TransportError)
     return tuple(errors)
+
+
+def source_identity(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The source as a member publishes it: by what it is, never by where it lies on this machine.
+
+    A Hub repo: its id (the commit is the checkpoint's revision). A GGUF file: its file name (its sha256 is in
+    the origin record), and the package that carried it for the embedded default. A local folder: its name and
+    a sha256 over its config.json and its safetensors headers, which tells two different folders of one name
+    apart without reading the weights.
+    """
+    if checkpoint.origin and checkpoint.origin.get("format") == "gguf":
+        found: dict[str, Any] = {"id": Path(checkpoint.source).name}
+        if is_embedded_default(checkpoint.origin):
+            found["package"] = f"{DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
+        return found
+    if checkpoint.revision is not None or not Path(checkpoint.source).expanduser().exists():
+        return {"id": checkpoint.source}  # a Hub repo id
+    digest = hashlib.sha256((checkpoint.folder / "config.json").read_bytes())
+    for shard in sorted({info.file for info in checkpoint.tensors.values()}):
+        with open(shard, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            digest.update(handle.read(length))
+    return {"id": checkpoint.folder.resolve().name, "digest": f"sha256:{digest.hexdigest()}"}

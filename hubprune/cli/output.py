@@ -196,7 +196,9 @@ def check_table(outcome: CheckOutcome) -> str:
             value = f"{row.perplexity:.4g}"
             versus = f"{row.perplexity / medians[row.pct]:.3g}x" if row.pct in medians else "-"
         rows.append([row.criterion, f"{row.pct}%", str(row.width), value, versus])
-    lines = [table(rows), f"held-out text: {outcome.text['source']}, {outcome.text['tokens']} tokens"]
+    prefix = "".join(outcome.text.get("special_prefix") or [])
+    begins = f", each window beginning with {prefix} as the tokenizer does" if prefix else ""
+    lines = [table(rows), f"held-out text: {outcome.text['source']}, {outcome.text['tokens']} tokens{begins}"]
     if outcome.calibration:
         lines.append(f"calibration: {outcome.calibration['source']}, {outcome.calibration['tokens']} tokens")
         if outcome.shared_documents == 0:

@@ -147,7 +147,7 @@ def measure(folder: Path, settings: ProfileSettings, *, energy: EnergySource | N
         "format": FORMAT,
         "status": "done",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"folder": str(folder), **params, "load_time": load, "size_on_disk": _size_on_disk(folder)},
+        "model": {"name": folder.resolve().name, **params, "load_time": load, "size_on_disk": _size_on_disk(folder)},
         "settings": {
             **asdict(settings),
             "batch_sizes": list(settings.batch_sizes),

@@ -24,7 +24,8 @@ from hubprune import manifest
 from hubprune.build.gguf import cache_root, is_embedded_default
 from hubprune.errors import EvaluationError
 from hubprune.files import write_json_atomic
-from hubprune.measure.base_model import BASE_RESULTS, locate_base
+from hubprune.local_paths import replacements, scrub
+from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
 from hubprune.measure.device import hardware, resolve_device
 from hubprune.measure.offline_tasks import task_folder
 from hubprune.measure.suites import Suite, SuiteTask, default_suite, load_suite
@@ -109,12 +110,14 @@ def vllm_model_args(folder: Path, settings: EvalSettings, dtype: str) -> str:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One model to evaluate: a label for progress, its folder, its revision, where its results go."""
+    """One model to evaluate: a label for progress, its folder, its revision, where its results go, and the
+    name its results call it by (never its folder's path: results are published with the member)."""
 
     label: str
     folder: Path
     revision: str | None
     results: Path
+    name: str
 
 
 @dataclass
@@ -178,13 +181,14 @@ def models_to_evaluate(path: Path) -> tuple[list[ModelRef], str | None]:
         refs = []
         base, skipped = locate_base(family)
         if base is not None:
-            refs.append(ModelRef("base", base, family.source.revision, path / BASE_RESULTS))
+            refs.append(ModelRef("base", base, family.source.revision, path / BASE_RESULTS, base_label(family)))
         for member in family.built_members():
             folder = path / member.path
-            refs.append(ModelRef(member.name, folder, None, folder / "results"))
+            refs.append(ModelRef(member.name, folder, None, folder / "results", member.name))
         return refs, skipped
     if kind != "unknown":  # a member is evaluated as the checkpoint it is
-        return [ModelRef(path.name, path, None, path / "results")], None
+        name = path.resolve().name
+        return [ModelRef(name, path, None, path / "results", name)], None
     raise EvaluationError(manifest.not_a_model(path))
 
 
@@ -254,7 +258,7 @@ def evaluate_model(
     keys = {t.task: settings_key(t, settings, device, dtype, lm_eval.__version__) for t in plan.tasks}
     todo = [t for t in plan.tasks if done.get(t.task, {}).get("settings_key") != keys[t.task]]
     record = {
-        "model": {"path": str(ref.folder), "revision": ref.revision},
+        "model": {"name": ref.name, "revision": ref.revision},
         "lm_eval_version": lm_eval.__version__,
         "suite": plan.suite.name,
         "dtype": dtype,
@@ -271,6 +275,10 @@ def evaluate_model(
     report(on_progress, Progress("eval", f"[eval] {ref.label}: loading {ref.folder}"))
     lm = _load_model(ref.folder, settings, device, dtype)
     manager = _task_manager(plan.include_paths, [t.task for t in todo])
+    # lm-eval's own output names the model's folder and every task file: they become names before it is kept
+    local_names = replacements(
+        {ref.folder: ref.name, cache_root(): "$HUBPRUNE_CACHE", **{p: f"tasks:{p.name}" for p in plan.include_paths}}
+    )
     for shots, group in _by_fewshot(todo):
         tasks = ", ".join(t.task for t in group)
         report(on_progress, Progress("eval", f"[eval] {ref.label}: {tasks} ({shots}-shot)"))
@@ -280,7 +288,7 @@ def evaluate_model(
         elapsed = time.perf_counter() - started
         for task in group:
             record["tasks"][task.task] = _task_result(raw, task, keys[task.task], elapsed / len(group))
-            _save_raw(ref.results, task.task, raw)
+            _save_raw(ref.results, task.task, scrub(raw, local_names))
         write_json_atomic(results_file, record)  # after every group: a stopped run keeps what it finished
     return record
 

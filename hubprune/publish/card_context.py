@@ -12,6 +12,7 @@ from typing import Any
 
 from hubprune import manifest
 from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
+from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.publish.formatting import (
     bytes_text,
@@ -43,6 +44,12 @@ SPREAD_NOTE_ABOVE = 0.05  # the bench's target for repeatable medians
 FIGURE_LABELS = {"ttft": "time to first token", "decode_throughput": "decode throughput", "e2e_latency": "end-to-end"}
 
 
+def _published_commands(family: manifest.Family) -> list[str]:
+    """The commands that made the weights and the numbers, as typed but with local paths written as names: a
+    card is published, the builder's folders are not."""
+    return [command_without_local_paths(family.commands[stage]) for stage in COMMAND_ORDER if stage in family.commands]
+
+
 def common_context(
     family: manifest.Family,
     base: ModelResults,
@@ -54,7 +61,7 @@ def common_context(
 ) -> dict[str, Any]:
     """What every card shows: the family card's whole context, and the part of each member's it shares."""
     label = base_label(family)
-    name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/importance.py"))
+    name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/build/importance.py"))
     note = None
     if family.criterion == "random":
         note = f"Random scores, seed {family.seed}: this family is a baseline, not the paper's method."
@@ -74,7 +81,7 @@ def common_context(
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
-        "commands": [family.commands[stage] for stage in COMMAND_ORDER if stage in family.commands],
+        "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
         "license": licence_text(license_info),

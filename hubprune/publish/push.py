@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 from hubprune import __version__, manifest
 from hubprune.build.checkpoint import open_checkpoint
+from hubprune.build.gguf import cache_root
 from hubprune.errors import HubpruneError, PushError
+from hubprune.local_paths import machine_names_in_folder, machine_needles
 from hubprune.measure.base_model import base_label
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.publish.cards import STAGE as CARD_STAGE
@@ -35,6 +37,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 IGNORE_PATTERNS = [".*", "**/.*"]
 COLLECTION_TITLE_LIMIT = 60  # the Hub's limit on a collection title
 NOTE_LIMIT = 500  # ... and on an item's note
+BINARY = frozenset({".safetensors", ".png", ".gguf", ".bin"})  # files never read for local paths
 T = TypeVar("T")
 
 
@@ -101,6 +104,11 @@ def push_family(
     )
     cards = render_cards(family_dir, CardSettings(namespace=settings.namespace), write=False) if stale else None
     _check_licence(family_dir, chosen[0], cards)
+    needles = _machine_needles(family_dir, family)
+    for member in chosen:  # cards about to be rendered again are checked once they are (below)
+        _check_no_machine_names(family_dir, member, needles, cards=False)
+        if cards is None:
+            _check_no_machine_names(family_dir, member, needles, cards=True)
     if settings.dry_run:
         planned = tuple(_plan(family_dir, m, settings.namespace, "planned", cards) for m in chosen)
         items = tuple(_collection_items(family_dir, family, chosen, settings.namespace)) if title else ()
@@ -113,6 +121,8 @@ def push_family(
         render_cards(family_dir, CardSettings(namespace=settings.namespace))
         family = manifest.load(family_dir)
         chosen = [family.member(m.name) for m in chosen]  # type: ignore[misc]
+        for member in chosen:
+            _check_no_machine_names(family_dir, member, needles, cards=True)
     pushed: list[MemberPush] = []
     try:
         for index, member in enumerate(chosen, 1):
@@ -222,6 +232,30 @@ def _plan(
         sizes.update(cards.files.get(member.name, {}))
     files = tuple(FileUpload(path, sizes[path]) for path in sorted(sizes))
     return MemberPush(member.name, f"{namespace}/{member.name}", status, files)
+
+
+def _machine_needles(family_dir: Path, family: manifest.Family) -> list[str]:
+    folders = [family_dir, cache_root(), *filter(None, [family.source.folder])]
+    if Path(family.source.id).expanduser().exists():  # a local source, not a Hub id
+        folders.append(family.source.id)
+    return machine_needles(folders)
+
+
+def _check_no_machine_names(
+    family_dir: Path, member: manifest.MemberRecord, needles: list[str], *, cards: bool
+) -> None:
+    """Refuse to publish a file of the member that names this machine: its card (with `cards`) or every other
+    text file. Weights and plots are not read."""
+
+    def wanted(relative: Path) -> bool:
+        return (relative == Path(CARD_FILE)) == cards and relative.suffix not in BINARY
+
+    found = machine_names_in_folder(family_dir / member.path, needles, wanted)
+    if found:
+        raise PushError(
+            f"{member.name}/{found[0]} names this machine ({found[1]!r}): nothing was sent; remove the local path "
+            "from it (or rebuild with this hubprune, which records sources and results by name)"
+        )
 
 
 def _commit_message(member: manifest.MemberRecord, settings: PushSettings) -> str:

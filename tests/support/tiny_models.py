@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, PreTrainedTokenizerFast
 
 HIDDEN, WIDTH, LAYERS, VOCAB = 32, 64, 2, 96
@@ -40,10 +40,14 @@ def tiny_config(model_type: str, **overrides):
     return AutoConfig.for_model(model_type, **kw)
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
+def _tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of w4 w5 ...; with `bos`, it puts <s> (id 1) before every text, as Llama 3's and
+    Gemma's do."""
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{f"w{i}": i for i in range(4, VOCAB)}}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
@@ -56,6 +60,7 @@ def build_tiny(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     max_shard_size: str | None = None,
+    bos: bool = False,
     **overrides,
 ) -> Path:
     """Save a randomly initialised tiny model (weights scaled up so pruning visibly changes logits)."""
@@ -67,5 +72,5 @@ def build_tiny(
     model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
-    _tokenizer().save_pretrained(folder)
+    _tokenizer(bos).save_pretrained(folder)
     return Path(folder)
