@@ -51,6 +51,24 @@ def test_prune_writes_one_loadable_member(tiny_dir, tmp_path):
     assert not list(tmp_path.glob(".partial-*"))
 
 
+def test_a_local_source_is_recorded_by_name_and_digest_not_by_path(tiny_dir, tmp_path):
+    """Two copies of one folder in different places give the same record; a changed config another digest."""
+    records = []
+    for where in ("a", "b"):
+        source = shutil.copytree(tiny_dir("llama"), tmp_path / where / "Llama-tiny")
+        if where == "b":
+            config = json.loads((source / "config.json").read_text())
+            (source / "config.json").write_text(json.dumps({**config, "rope_theta": 12345.0}))
+        for copy in ("same", "moved"):
+            folder = shutil.copytree(source, tmp_path / where / copy / "Llama-tiny")
+            assert invoke("prune", folder, "-o", tmp_path / where / copy / "out", "--ratio", "1.5").exit_code == 0
+            records.append(json.loads((tmp_path / where / copy / "out" / "hubprune.json").read_text())["source"])
+    assert records[0] == records[1] and records[2] == records[3]
+    assert records[0]["id"] == "Llama-tiny" and records[0]["digest"].startswith("sha256:")
+    assert records[0]["digest"] != records[2]["digest"]
+    assert str(tmp_path) not in json.dumps(records)
+
+
 def test_build_family_skips_members_already_built(tiny_dir, tmp_path):
     source, family = tiny_dir("llama"), tmp_path / "fam"
     assert (

@@ -7,7 +7,6 @@ checkpoint.COPIED_FILE_PATTERNS), at one resolved commit so the provenance names
 from __future__ import annotations
 
 import hashlib
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +105,8 @@ def source_identity(checkpoint: Checkpoint) -> dict[str, Any]:
 
     A Hub repo: its id (the commit is the checkpoint's revision). A GGUF file: its file name (its sha256 is in
     the origin record), and the package that carried it for the embedded default. A local folder: its name and
-    a sha256 over its config.json and its safetensors headers, which tells two different folders of one name
-    apart without reading the weights.
+    a sha256 over its config.json and its tensor layout as the safetensors headers give it (name, dtype, shape,
+    file name and offset of every tensor), which tells two folders of one name apart without reading weights.
     """
     if checkpoint.origin and checkpoint.origin.get("format") == "gguf":
         found: dict[str, Any] = {"id": Path(checkpoint.source).name}
@@ -117,8 +116,6 @@ def source_identity(checkpoint: Checkpoint) -> dict[str, Any]:
     if checkpoint.revision is not None or not Path(checkpoint.source).expanduser().exists():
         return {"id": checkpoint.source}  # a Hub repo id
     digest = hashlib.sha256((checkpoint.folder / "config.json").read_bytes())
-    for shard in sorted({info.file for info in checkpoint.tensors.values()}):
-        with open(shard, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            digest.update(handle.read(length))
+    for info in checkpoint.tensors.values():  # read from the headers when the checkpoint was opened
+        digest.update(f"{info.name}|{info.dtype}|{info.shape}|{info.file.name}|{info.offset}\n".encode())
     return {"id": checkpoint.folder.resolve().name, "digest": f"sha256:{digest.hexdigest()}"}
