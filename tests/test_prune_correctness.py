@@ -13,6 +13,7 @@ from support.oracle import load_tensors, logits, oracle_logits, scores_float64, 
 from support.tiny_models import FAMILIES, LAYERS, VOCAB, WIDTH
 from transformers import AutoConfig
 
+from hubprune.build import prune as prune_module
 from hubprune.build.family import PruneSettings, build_family
 from hubprune.build.plan import Target
 from hubprune.build.source import open_source
@@ -169,3 +170,22 @@ def test_random_criterion_is_seeded_and_nested(tmp_path, tiny_dir):
     assert first != other
     wide, narrow = first
     assert all(set(n) <= set(w) for w, n in zip(wide, narrow))
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("criterion", ["maw", "random"])
+def test_small_chunks_stream_every_tensor_in_pieces_and_still_match_the_oracle(
+    tmp_path, tiny_dir, monkeypatch, model_type, criterion
+):
+    """With 16 MiB chunks every tiny tensor is one chunk at offset 0; 300-byte chunks cut each MLP tensor into
+    many pieces (1 or 2 rows), most at a non-zero offset, from a sharded source."""
+    monkeypatch.setattr(prune_module, "CHUNK_BYTES", 300)
+    real_chunks, chunked = prune_module._row_chunks, []
+    monkeypatch.setattr(prune_module, "_row_chunks", lambda *args: chunked.append(real_chunks(*args)) or chunked[-1])
+    source = tiny_dir(model_type, max_shard_size="20KB")
+    assert len(set(json.loads((source / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    family = build_family(open_source(str(source)), tmp_path / "fam", TARGETS, PruneSettings(criterion=criterion))
+    assert max(len(ranges) for ranges in chunked) > 10 and any(start > 0 for ranges in chunked for start, _ in ranges)
+    source_tensors = load_tensors(source)
+    for member in family.members:
+        _check_member(source, tmp_path / "fam" / member.path, criterion, source_tensors)
