@@ -72,6 +72,8 @@ class Family:
     analysis: dict[str, Any] = field(default_factory=dict)  # family-level results, e.g. metric correlations
     commands: dict[str, str] = field(default_factory=dict)  # stage -> the last command line that ran it
     card: dict[str, Any] = field(default_factory=dict)  # the card settings chosen (namespace, licence, base id)
+    # the text a data-aware criterion read (source name, sha256, tokens, window); part of what the family is
+    calibration: dict[str, Any] | None = None
 
     def built_members(self) -> tuple[MemberRecord, ...]:
         """The members whose weights were written and verified (widest first): the ones later stages use."""
@@ -153,6 +155,7 @@ def load(folder: Path) -> Family:
             analysis=data.get("analysis", {}),
             commands=data.get("commands", {}),
             card=data.get("card", {}),
+            calibration=data.get("calibration"),
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         if isinstance(exc, OutputError):

@@ -268,3 +268,25 @@ def test_check_criteria_starts_every_window_with_the_tokenizers_bos(tmp_path):
     assert scored == 50
     assert outcome.base_perplexity == pytest.approx(math.exp(nll / scored), rel=1e-5)
     assert outcome.text["special_prefix"] == ["<s>"]
+
+
+def test_a_family_is_one_calibration_another_is_refused_and_nothing_is_written(tiny_dir, texts, tmp_path):
+    calibration, held_out = texts
+    family = tmp_path / "fam"
+    build = ["build-family", str(tiny_dir("llama")), "-o", str(family), "--skip-eval", "--skip-profile"]
+    build += ["--criterion", "activation", "--calibration", str(calibration)]
+    assert CliRunner().invoke(main, [*build, "--sizes", "48"]).exit_code == 0
+    recorded = json.loads((family / "family.json").read_text())["calibration"]
+    assert recorded["source"] == "calibration.txt" and recorded["max_tokens"] == 4096 and len(recorded["sha256"]) == 64
+    before = sorted(p.name for p in family.iterdir())
+
+    other = [*build[:-1], str(held_out)]  # another text
+    fewer = [*build, "--calibration-tokens", "100"]  # the same text, read less far
+    for args in (other, fewer):
+        result = CliRunner().invoke(main, [*args, "--sizes", "48,32"])
+        assert result.exit_code == 1, result.output
+        line = result.output.strip()
+        assert line.startswith("error: ") and "\n" not in line
+        assert "calibrated on calibration.txt (4096 tokens" in line and "--calibration and --calibration-tokens" in line
+        assert sorted(p.name for p in family.iterdir()) == before  # the 32-wide member was not written
+    assert CliRunner().invoke(main, [*build, "--sizes", "48,32"]).exit_code == 0  # the same calibration resumes

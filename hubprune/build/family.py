@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hubprune import __version__, manifest
-from hubprune.build.calibrate import CalibrationSettings, calibrate
+from hubprune.build.calibrate import CalibrationSettings, calibrate, calibration_text
 from hubprune.build.checkpoint import Checkpoint
 from hubprune.build.importance import DATA_CRITERIA, check_criterion
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
@@ -262,6 +262,7 @@ def _open_family_folder(
         seed=settings.seed,
         multiple_of=settings.multiple_of,
         members=(),
+        calibration=_calibration_identity(settings.calibration),
     )
     if (out / manifest.MANIFEST).exists():
         existing = manifest.load(out)
@@ -272,11 +273,32 @@ def _open_family_folder(
                 f"{out} holds a family built from {existing.source.id} with criterion {existing.criterion}, seed "
                 f"{existing.seed}, multiple-of {existing.multiple_of}; these settings differ: choose a new folder"
             )
+        if existing.calibration != fresh.calibration:
+            was = existing.calibration or {}
+            raise OutputError(
+                f"{out} holds a family calibrated on {was.get('source', 'an unrecorded text')} "
+                f"({was.get('max_tokens', '?')} tokens, sha256 {str(was.get('sha256'))[:12]}); this calibration "
+                "differs: give the same `calibration` and `calibration_tokens`, or choose a new folder"
+            )
         return existing
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputError(f"{out} is not empty and is not a hubprune family: choose a new folder, or pass `force`")
     out.mkdir(parents=True, exist_ok=True)
     return fresh
+
+
+def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, Any] | None:
+    """What makes a data-aware family's calibration: the text (by name and sha256) and how much of it was read.
+    None for the weight criteria, which read no text."""
+    if calibration is None:
+        return None
+    text, source = calibration_text(calibration)
+    return {
+        "source": source,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "max_tokens": calibration.max_tokens,
+        "window": calibration.window,
+    }
 
 
 def _already_built(folder: Path, member: MemberPlan, family: Family) -> bool:

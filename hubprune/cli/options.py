@@ -437,7 +437,7 @@ def _as_typed(value: Any) -> str:
 OPTION_OF_SETTING = {
     **{name: flag_of(name, spec) for fields in SETTINGS_FIELDS.values() for name, spec in fields.items()},
     **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
-    **{name: "--" + name for name in ("criterion", "seed")},
+    **{name: "--" + name.replace("_", "-") for name in ("criterion", "seed", "calibration", "calibration_tokens")},
     **{name: "--" + name for name in ("members", "collection")},
     "max_shard_bytes": "--max-shard-size",
     "check_first": "--check-criteria",
