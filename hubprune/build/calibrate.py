@@ -95,14 +95,7 @@ def collect_activations(
 
     handles = []
     try:
-        for layer, name in down_modules.items():
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise CriterionError(
-                    f"the loaded model has no module {name!r} to calibrate: this architecture's module names "
-                    "differ from its tensor names; use a weight criterion"
-                ) from None
+        for layer, module in loaded_modules(model, down_modules).items():
             handles.append(module.register_forward_pre_hook(hook(layer)))
         tokens = 0
         with torch.no_grad():
@@ -124,6 +117,28 @@ def collect_activations(
         l2={layer: total.sqrt() for layer, total in sq_sum.items()},
         record=record,
     )
+
+
+def loaded_modules(model: Any, names: dict[int, str]) -> dict[int, torch.nn.Module]:
+    """Each layer's module in the loaded model, from the name of its weight in the checkpoint. A loaded model's
+    module names follow its classes and can differ from the tensor names (Gemma 3's multimodal checkpoint stores
+    language_model.model.layers.N..., its loaded model names model.language_model.layers.N...), so a name the
+    model lacks is found as the one module, outside a vision tower, ending in the same layers.N... path."""
+    modules = dict(model.named_modules())
+    found = {}
+    for layer, name in names.items():
+        if name in modules:
+            found[layer] = modules[name]
+            continue
+        tail = name[name.find(f"layers.{layer}.") :]
+        matches = [module for path, module in modules.items() if path.endswith(f".{tail}") and "vision" not in path]
+        if len(matches) != 1:
+            raise CriterionError(
+                f"the loaded model has {len(matches) or 'no'} module(s) for {name!r}: this architecture's module names "
+                "cannot be matched to its tensor names; use a weight criterion"
+            )
+        found[layer] = matches[0]
+    return found
 
 
 def token_ids(tokenizer: Any, text: str, max_tokens: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from hubprune.build.calibrate import (
     calibration_text,
     collect_activations,
     first_predicted,
+    loaded_modules,
     read_text,
     shared_ngrams,
     special_prefix,
@@ -131,7 +132,7 @@ def check_criteria(
         raise CriterionError(f"the held-out text {source} has fewer than 2 tokens: give a longer text")
     prefix = special_prefix(tokenizer)
     names = down_modules(layout)
-    downs = {layer: model.get_submodule(name) for layer, name in names.items()}
+    downs = loaded_modules(model, names)
     stats = shared = None
     if any(c in DATA_CRITERIA for c in criteria):
         stats = collect_activations(model, tokenizer, names, settings.calibration)
