@@ -270,21 +270,34 @@ source_argument = click.argument("source", required=False)
 revision_option = option("--revision", help="Hub branch, tag or commit (Hub sources only).")
 
 
+def _with_options(wrapper: Callable[..., Any], decls: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """`wrapper` with the option decorators `decls`, listed by --help in the order given."""
+    for decl in reversed(decls):
+        wrapper = decl(wrapper)
+    return wrapper
+
+
+def _widths_of_one_kind(given: list[tuple[str, str | None]], choices: str) -> list[Target]:
+    """The targets of the one width option given among (kind, text) pairs, or TargetError naming `choices`."""
+    found = [(kind, text) for kind, text in given if text is not None]
+    if len(found) != 1:
+        raise TargetError(f"give exactly one of {choices}")
+    return parse_targets(*found[0])  # type: ignore[arg-type]
+
+
 def family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--ratios / --pcts / --sizes / --preset, handed to the command as `targets`, a list of Target."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        given = [(kind, kwargs.pop(flag)) for kind, flag in (("ratio", "ratios"), ("pct", "pcts"), ("size", "sizes"))]
-        given = [(kind, text) for kind, text in given if text is not None]
-        if kwargs.pop("preset") is not None:
-            given.append(("pct", ",".join(PAPER_PCTS)))
-        if len(given) != 1:
-            raise TargetError("give exactly one of --ratios, --pcts, --sizes or --preset paper")
-        kwargs["targets"] = parse_targets(*given[0])  # type: ignore[arg-type]
+        given = [(kind, kwargs.pop(name)) for kind, name in (("ratio", "ratios"), ("pct", "pcts"), ("size", "sizes"))]
+        preset = kwargs.pop("preset")
+        given.append(("pct", ",".join(PAPER_PCTS) if preset is not None else None))
+        kwargs["targets"] = _widths_of_one_kind(given, "--ratios, --pcts, --sizes or --preset paper")
         return func(*args, **kwargs)
 
-    for decl in reversed(
+    return _with_options(
+        wrapper,
         [
             option("--ratios", stage="widths", help="Expansion ratios intermediate/hidden, e.g. 3.6,2.4,1.6."),
             option("--pcts", stage="widths", help="Percentages of MLP width to remove, e.g. 10,20,40."),
@@ -295,10 +308,8 @@ def family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.Choice(["paper"]),
                 help="paper: 10,20,30,40,50,60 % (arXiv 2512.22671).",
             ),
-        ]
-    ):
-        wrapper = decl(wrapper)
-    return wrapper
+        ],
+    )
 
 
 def member_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -307,24 +318,20 @@ def member_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         given = [(k, kwargs.pop(f)) for k, f in (("ratio", "ratio"), ("pct", "pct"), ("size", "intermediate_size"))]
-        given = [(kind, text) for kind, text in given if text is not None]
-        if len(given) != 1:
-            raise TargetError("give exactly one of --ratio, --pct or --intermediate-size")
-        targets: list[Target] = parse_targets(*given[0])  # type: ignore[arg-type]
+        targets = _widths_of_one_kind(given, "--ratio, --pct or --intermediate-size")
         if len(targets) != 1:
             raise TargetError("prune writes one checkpoint: give one width (use build-family for several)")
         kwargs["target"] = targets[0]
         return func(*args, **kwargs)
 
-    for decl in reversed(
+    return _with_options(
+        wrapper,
         [
             option("--ratio", stage="widths", help="Expansion ratio intermediate/hidden, e.g. 2.4."),
             option("--pct", stage="widths", help="Percentage of MLP width to remove, e.g. 40."),
             option("--intermediate-size", "intermediate_size", stage="widths", help="Explicit intermediate size."),
-        ]
-    ):
-        wrapper = decl(wrapper)
-    return wrapper
+        ],
+    )
 
 
 def calibration_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -371,7 +378,8 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, **kwargs)
 
     defaults = PruneSettings()
-    for decl in reversed(
+    return _with_options(
+        wrapper,
         [
             option(
                 "--criterion",
@@ -398,10 +406,8 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Largest safetensors shard written.",
             ),
-        ]
-    ):
-        wrapper = decl(wrapper)
-    return wrapper
+        ],
+    )
 
 
 def typed_command() -> str:
