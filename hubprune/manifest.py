@@ -8,9 +8,10 @@ Writes are atomic (temporary file, then rename) so a crash never leaves half a m
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hubprune.errors import HubpruneError, OutputError
 from hubprune.files import write_json_atomic
@@ -74,6 +75,7 @@ class Family:
     card: dict[str, Any] = field(default_factory=dict)  # the card settings chosen (namespace, licence, base id)
     # the text a data-aware criterion read (source name, sha256, tokens, window); part of what the family is
     calibration: dict[str, Any] | None = None
+    recovery: str = "none"  # what recovered the members after pruning (PruneSettings.recover); part of the family
 
     def built_members(self) -> tuple[MemberRecord, ...]:
         """The members whose weights were written and verified (widest first): the ones later stages use."""
@@ -137,32 +139,75 @@ def not_a_model(path: Path) -> str:
 
 
 def load(folder: Path) -> Family:
+    """The manifest in `folder`, checked field by field against the dataclasses above: a damaged family.json is
+    one OutputError that says what is wrong with it, never a crash further on."""
     path = Path(folder) / MANIFEST
+    fix = "restore it, or rebuild the family in a new folder"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT_VERSION:
-            raise OutputError(
-                f"{path} has manifest format {data.get('format')!r}; this hubprune reads format {FORMAT_VERSION}: "
-                "upgrade hubprune or rebuild the family"
-            )
-        return Family(
-            hubprune_version=data["hubprune_version"],
-            source=SourceRecord(**data["source"]),
-            criterion=data["criterion"],
-            seed=data["seed"],
-            multiple_of=data["multiple_of"],
-            members=tuple(MemberRecord(**m) for m in data["members"]),
-            analysis=data.get("analysis", {}),
-            commands=data.get("commands", {}),
-            card=data.get("card", {}),
-            calibration=data.get("calibration"),
-        )
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        if isinstance(exc, OutputError):
-            raise
+    except UnicodeDecodeError:
+        raise OutputError(f"the family manifest {path} is not UTF-8 text: {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"the family manifest {path} is not valid JSON ({exc}): {fix}") from None
+    except OSError as exc:
+        raise OutputError(f"cannot read the family manifest {path} ({exc.strerror or exc}): {fix}") from None
+    if isinstance(data, dict) and data.get("format") != FORMAT_VERSION:
         raise OutputError(
-            f"cannot read the family manifest {path} ({exc}): rebuild the family in a new folder"
-        ) from None
+            f"{path} has manifest format {data.get('format')!r}; this hubprune reads format {FORMAT_VERSION}: "
+            "upgrade hubprune or rebuild the family"
+        )
+    try:
+        return _parse(Family, data, "")
+    except _WrongShape as exc:
+        raise OutputError(f"{path} is not a valid hubprune family manifest: {exc}: {fix}") from None
+
+
+class _WrongShape(ValueError):
+    """A manifest value that does not have the type its dataclass field says."""
+
+
+def _parse(cls: type, data: Any, where: str) -> Any:
+    """An instance of the dataclass `cls` from JSON `data`, each field checked against its type hint. Keys the
+    dataclass does not know are ignored (a newer hubprune may add some); a field without a default must be there."""
+    if not isinstance(data, dict):
+        raise _WrongShape(f"{where or 'it'} is {_json_kind(data)}, not an object")
+    hints = get_type_hints(cls)
+    values = {}
+    for spec in fields(cls):
+        if spec.name in data:
+            values[spec.name] = _checked(data[spec.name], hints[spec.name], f"{where}.{spec.name}".lstrip("."))
+        elif spec.default is MISSING and spec.default_factory is MISSING:
+            raise _WrongShape(f"{where or 'it'} lacks {spec.name!r}")
+    return cls(**values)
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """`value` converted to `hint` (a dataclass, a tuple of them, or a plain JSON type), or _WrongShape."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _checked(value, next(a for a in args if a is not type(None)), where)
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and is_dataclass(hint):
+        return _parse(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _WrongShape(f"{where} is {_json_kind(value)}, not a list")
+        return tuple(_checked(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+    expected = {dict: (dict,), str: (str,), int: (int,), float: (int, float)}[origin or hint]
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise _WrongShape(f"{where} is {_json_kind(value)}, not {_JSON_NAMES[origin or hint]}")
+    return value
+
+
+_JSON_NAMES = {dict: "an object", str: "a string", int: "a whole number", float: "a number"}
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def save(family: Family, folder: Path) -> None:

@@ -9,13 +9,13 @@ returns what each stage found. The command line only parses its options, calls t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hubprune import manifest
 from hubprune.build.calibrate import CalibrationSettings, calibration_text, shared_ngrams
 from hubprune.build.check import CheckOutcome, CheckSettings, check_criteria
-from hubprune.build.family import PruneSettings, build_family, make_plan
+from hubprune.build.family import PruneSettings, build_family, check_family_folder, make_plan
 from hubprune.build.gguf import is_embedded_default
 from hubprune.build.importance import DATA_CRITERIA, check_criterion
 from hubprune.build.plan import FamilyPlan, Target
@@ -84,14 +84,21 @@ def run_family(
     if check_first and criterion == "random":
         raise CriterionError("`check_first` compares the criterion with random pruning: choose another `criterion`")
     checkpoint = open_source(source, revision=revision)
+    check_family_folder(output, checkpoint, prune)  # a family of other settings stops the job before any stage
     calibration = prune.calibration or CalibrationSettings()
     if evaluation is not None:  # unknown tasks or missing task data stop the job before anything is written
-        tasks = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin)).tasks
-        if criterion in DATA_CRITERIA:
+        planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
+        if planned.choice is not None:  # `auto` is decided once, here, and said in one line
+            report(on_progress, Progress("eval", planned.announcement()))
+            evaluation = replace(evaluation, suite=planned.choice.name)
+        tasks = planned.tasks
+        if criterion in DATA_CRITERIA or prune.recover != "none":  # both are fitted to the calibration text
             _warn_if_calibration_is_evaluated(calibration, [(t.task, t.limit) for t in tasks], on_progress)
     check = None
     if check_first:
-        comparison = CheckSettings(targets=tuple(targets), criteria=(criterion, "random"), calibration=calibration)
+        comparison = CheckSettings(
+            targets=tuple(targets), criteria=(criterion, "random"), calibration=calibration, recover=prune.recover
+        )
         check = check_criteria(checkpoint, comparison, on_progress=on_progress)
         for warning in check.warnings():
             report(on_progress, Progress("check", warning, status="warning"))

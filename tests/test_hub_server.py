@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
-from support.hub_server import HubServer, LfsUpload
+from support.hub_server import HubServer, LfsUpload, point_datasets_at
 
 # The client streams LFS files with httpx's deprecated `data=<file>`; that is its business, not these tests'.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -371,3 +371,68 @@ def test_transformers_loads_a_pushed_model(hub, api, tiny_dir):
     info = api.model_info("acme/tiny-llama")
     assert info.safetensors.total == sum(tensor.numel() for tensor in expected.values())
     assert "llama" in info.tags and info.card_data is None  # no README.md pushed
+
+
+# ---- dataset repos, as the datasets library writes and reads them ---------------------------------------------------
+@pytest.fixture
+def datasets_hub(hub, tmp_path, monkeypatch):
+    """The loopback Hub with the datasets library pointed at it too, caching under tmp_path."""
+    point_datasets_at(hub, monkeypatch, tmp_path / "hf-home")
+    return hub
+
+
+def test_push_to_hub_then_load_dataset_by_config_and_revision(datasets_hub, api, monkeypatch):
+    """The unmodified datasets client both ways: push_to_hub writes two configs (parquet files and the README's
+    `configs:` and `dataset_info`), load_dataset reads each back by name, at a tag, with its features."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_dataset
+    from datasets.exceptions import DatasetNotFoundError
+
+    monkeypatch.setenv("HF_TOKEN", datasets_hub.token)
+    features = Features(
+        {"question": Value("string"), "choices": List(Value("string")), "answer": ClassLabel(names=list("ABCD"))}
+    )
+
+    def subject(name: str, rows: int) -> DatasetDict:
+        row = {"question": f"about {name}?", "choices": ["a", "b", "c", "d"], "answer": 2}
+        return DatasetDict({split: Dataset.from_list([row] * rows, features=features) for split in ("test", "dev")})
+
+    subject("anatomy", 3).push_to_hub("acme/exams", config_name="anatomy")
+    datasets_hub.tag("acme/exams", "v1", "main", repo_type="dataset")
+    subject("astronomy", 2).push_to_hub("acme/exams", config_name="astronomy")
+
+    files = datasets_hub.files("acme/exams", repo_type="dataset")
+    assert {"anatomy/test-00000-of-00001.parquet", "astronomy/dev-00000-of-00001.parquet"} <= set(files)
+    info = api.dataset_info("acme/exams")
+    assert [c["config_name"] for c in info.card_data.configs] == ["anatomy", "astronomy"]
+    assert "format:parquet" in info.tags and not hasattr(info, "safetensors")
+
+    loaded = load_dataset("acme/exams", "astronomy")
+    assert {split: len(rows) for split, rows in loaded.items()} == {"test": 2, "dev": 2}
+    assert loaded["dev"].features == features and loaded["dev"][0]["question"] == "about astronomy?"
+    assert len(load_dataset("acme/exams", "anatomy", split="test")) == 3
+    with pytest.raises(ValueError, match="astronomy"):  # the tag predates the second config
+        load_dataset("acme/exams", "astronomy", revision="v1")
+    with pytest.raises(ValueError, match="anatomy"):  # an unknown config: the error lists the known ones
+        load_dataset("acme/exams", "geology")
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("acme/missing")
+    with pytest.raises(DatasetNotFoundError, match="Revision"):
+        load_dataset("acme/exams", "anatomy", revision="v9")
+
+
+def test_load_dataset_reads_jsonl_without_configs_and_csv_splits_named_in_the_card(datasets_hub):
+    """The two layouts of the paper suite's datasets that are not push_to_hub's: one JSON Lines file and no
+    `configs:` (the reader infers a train split: IFEval), and one CSV per split named in `configs:` (MuSR)."""
+    from datasets import load_dataset
+    from support.paper_datasets import STAND_INS, seed
+
+    ifeval, musr = [s for s in STAND_INS if s.repo_id in ("google/IFEval", "TAUR-Lab/MuSR")]
+    shas = seed(datasets_hub, (ifeval, musr))
+    rows = load_dataset("google/IFEval")
+    assert list(rows) == ["train"] and rows["train"][0]["kwargs"][0] == {"relation": "less than", "num_sentences": 5}
+    splits = load_dataset("TAUR-Lab/MuSR", revision=shas["TAUR-Lab/MuSR"])
+    assert list(splits) == ["murder_mysteries", "object_placements", "team_allocation"]
+    assert splits["object_placements"][0]["choices"] == "['drawer', 'shelf', 'table']"  # a list in a string
+    # Every file came over HTTP from the loopback Hub, at the commit the README was read from.
+    assert datasets_hub.requested("GET", "/datasets/TAUR-Lab/MuSR/resolve/")
+    assert all(shas["TAUR-Lab/MuSR"] in p for p in datasets_hub.requested("GET", "/datasets/TAUR-Lab/MuSR/resolve/"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import PushError
 from hubprune.publish import push as hub_module
+from hubprune.publish.licence import front_matter
 from hubprune.publish.push import PushSettings, push_family
 
 pytestmark = [
@@ -139,6 +141,38 @@ def test_a_hub_that_stays_down_names_what_was_and_was_not_published(hub, family)
     result = push(family)
     assert result.exit_code == 1 and result.output.count("error:") == 1
     assert result.output.splitlines()[-1].startswith(f"error: upload {REPOS[1]} failed: ")
+
+
+def test_a_push_stopped_part_way_is_finished_by_a_rerun_once_the_hub_is_back(hub, family):
+    """The first member's commit lands, the second's keeps failing (every retry): one line says which members are
+    published. Once the Hub answers again the same command publishes the rest, leaves the first member's repo
+    as it is, and makes the collection of all members in order."""
+    hub.fail_next(rf"^/api/models/{re.escape(REPOS[1])}/commit/", 503, times=100)
+    failed = push(family)
+    assert failed.exit_code == 1 and failed.output.count("error:") == 1, failed.output
+    line = failed.output.splitlines()[-1]
+    assert line.startswith(f"error: upload {REPOS[1]} failed: ") and "503" in line
+    assert f"; published: {REPOS[0]}; not published: {REPOS[1]}, the collection. Run the same command" in line
+    assert len(hub.calls("commit", status=503)) == PushSettings(namespace=NS).retries  # retried, then given up
+    [landed] = pushed_commits(hub, REPOS[0])
+    assert pushed_commits(hub, REPOS[1]) == [] and not hub.collections
+    recorded = {m["name"]: m["stages"].get("push") for m in json.loads((family / "family.json").read_text())["members"]}
+    assert recorded[MEMBERS[0]]["commit"] == landed.sha and recorded[MEMBERS[1]] is None
+
+    hub.faults.clear()  # the Hub is back
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    assert pushed_commits(hub, REPOS[0]) == [landed]  # no new commit for the member already published
+    [commit] = pushed_commits(hub, REPOS[1])
+    assert "model.safetensors" in commit.added and "README.md" in commit.added
+    assert [line.split()[:2] for line in result.output.splitlines() if line.startswith(f"{NS}/")] == [
+        [REPOS[0], "unchanged"],
+        [REPOS[1], "pushed"],
+    ]
+    [collection] = hub.collections.values()
+    listed = HfApi(endpoint=hub.endpoint, token=hub.token).get_collection(collection.slug)
+    assert [item.item_id for item in listed.items] == REPOS  # widest first
+    assert all(item.note.startswith("Expansion ratio ") for item in listed.items)
 
 
 def test_the_token_never_appears_in_output_files_or_errors(hub, family):
@@ -292,26 +326,41 @@ def test_cards_from_a_template_dir_survive_a_push(hub, family, tmp_path):
 MARK = "Builder-Private-Folder-7f3a"  # a folder name no published byte may contain
 
 
-def test_nothing_published_names_the_builders_machine(hub, tmp_path, task_dir, monkeypatch):
-    """The whole job under a recognisable folder (source, family, tasks and hubprune's cache all in it), with
-    eval and profile results, then push: no byte on the Hub names that folder or the home folder."""
-    root = tmp_path / MARK
-    monkeypatch.setenv("HUBPRUNE_CACHE", str(root / "cache"))
+@pytest.fixture(scope="module")
+def measured_build(tmp_path_factory, task_dir) -> Path:
+    """The whole job under a recognisable folder (source, family, tasks and hubprune's cache all in it): a family
+    built with eval (two tiny local tasks, their first 2 documents) and profile (one short round) results."""
+    root = tmp_path_factory.mktemp("measured") / MARK
     source = build_tiny(root / "models" / "Llama-tiny", "llama")
     (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
     tasks = Path(shutil.copytree(task_dir, root / "tasks"))
-    suite = suite_file(root, ALL_THREE[0], ALL_THREE[1])
-    family = root / "family"
-    built = CliRunner().invoke(
-        main,
-        [
-            *("build-family", str(source), "-o", str(family), "--sizes", "48,32"),
-            *("--suite", str(suite), "--include-path", str(tasks), "--batch-size", "1", "--device", "cpu"),
-            *("--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0"),
-            *("--rounds", "1", "--energy", "off"),
-        ],
-    )
+    suite = suite_file(root, *ALL_THREE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HUBPRUNE_CACHE", str(root / "cache"))
+        built = CliRunner().invoke(
+            main,
+            [
+                *("build-family", str(source), "-o", str(root / "family"), "--sizes", "48,32"),
+                *("--suite", str(suite), "--tasks", "tiny_ppl,tiny_mc", "--limit", "2", "--include-path", str(tasks)),
+                *("--batch-size", "1", "--device", "cpu", "--batch-sizes", "1", "--prompt-tokens", "8"),
+                *("--new-tokens", "4", "--min-seconds", "0", "--rounds", "1", "--energy", "off"),
+            ],
+        )
     assert built.exit_code == 0, built.output
+    return root
+
+
+@pytest.fixture
+def measured_family(measured_build, tmp_path, monkeypatch) -> Path:
+    """A copy of measured_build's family, still under a folder named MARK, with hubprune's cache where it was."""
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(measured_build / "cache"))
+    return Path(shutil.copytree(measured_build / "family", tmp_path / MARK / "family"))
+
+
+def test_nothing_published_names_the_builders_machine(hub, measured_family):
+    """A family with eval and profile results, pushed: no byte on the Hub names the folder the job ran in or the
+    home folder."""
+    family = measured_family
     assert (family / MEMBERS[0] / "results" / "eval.json").exists()
     assert (family / MEMBERS[0] / "results" / "profile.json").exists()
     assert MARK in (family / "family.json").read_text()  # the manifest keeps local paths: resume needs them
@@ -325,6 +374,70 @@ def test_nothing_published_names_the_builders_machine(hub, tmp_path, task_dir, m
             assert f"{Path.home()}/".encode() not in data, f"{repo}/{path} names the home folder"
 
 
+def test_a_measured_family_publishes_its_results_as_the_cards_and_notes_state_them(hub, measured_family):
+    """Each member's repo gets its results/ (eval.json, profile.json, lm-eval's outputs) but not the rounds a
+    stopped profile keeps; its card's model-index holds exactly eval.json's scores; its collection note carries the
+    headline score and its change against the base as the card states them."""
+    family = measured_family
+    rounds = family / MEMBERS[0] / "results" / ".profile-rounds"  # as a stopped `profile --rounds 2` leaves them
+    rounds.mkdir()
+    profile = json.loads((family / MEMBERS[0] / "results" / "profile.json").read_text())
+    (rounds / "profile-round-1.json").write_text(json.dumps({"settings": {}, "round": 1, "document": profile}))
+    base = json.loads((family / "base-results" / "eval.json").read_text())["tasks"]
+
+    result = push(family)
+    assert result.exit_code == 0, result.output
+    [collection] = hub.collections.values()
+    notes = {
+        i.item_id: i.note for i in HfApi(endpoint=hub.endpoint, token=hub.token).get_collection(collection.slug).items
+    }
+    assert list(notes) == REPOS
+    for name, repo in zip(MEMBERS, REPOS):
+        files = hub.files(repo)
+        local = family / name / "results"
+        sent = {
+            str(p.relative_to(family / name))
+            for p in local.rglob("*")
+            if p.is_file() and ".profile-rounds" not in p.parts
+        }
+        assert {"results/eval.json", "results/profile.json", "results/lm_eval/tiny_ppl.json"} <= sent
+        assert {p for p in files if p.startswith("results/")} == sent
+        assert all(files[p] == (family / name / p).read_bytes() for p in sent)
+        assert not any(".profile-rounds" in path for c in hub.commits(repo) for path in c.files)
+
+        scores = json.loads(files["results/eval.json"])["tasks"]
+        assert list(scores) == ["tiny_ppl", "tiny_mc"]
+        card = files["README.md"].decode()
+        [entry] = front_matter(card)["model-index"]
+        assert entry["name"] == name
+        indexed = {}
+        for found in entry["results"]:
+            assert found["dataset"]["name"] == found["dataset"]["type"]
+            [metric] = found["metrics"]
+            indexed[found["dataset"]["type"]] = (metric["type"], metric["value"], metric["name"])
+        assert indexed == {
+            task: (
+                s["metric"].split(",")[0],
+                s["value"],
+                f"{s['metric'].split(',')[0]} ({s['num_fewshot']}-shot, first {s['limit']} samples)",
+            )
+            for task, s in scores.items()
+        }
+
+        # the headline: the first task's row of the card's own results table
+        row = next(line for line in card.splitlines() if line.startswith("| tiny_ppl | word_perplexity,none |"))
+        *_, value, _, change = [cell.strip() for cell in row.strip("|").split("|")]
+        member, reference = scores["tiny_ppl"]["value"], base["tiny_ppl"]["value"]
+        assert value == f"{member:.4g}"
+        expected = (
+            f"{member / reference:,.1f}× base"
+            if member / reference >= 2
+            else f"{(member - reference) / reference * 100:+.1f} %"
+        )
+        assert change == expected
+        assert notes[repo].endswith(f"; tiny_ppl: {value} ({change} vs the base)"), notes[repo]
+
+
 def test_push_refuses_a_member_file_that_names_the_machine(hub, family):
     assert CliRunner().invoke(main, ["card", str(family), "--license", "mit"]).exit_code == 0
     leak = family / MEMBERS[1] / "results" / "notes.txt"
@@ -334,3 +447,28 @@ def test_push_refuses_a_member_file_that_names_the_machine(hub, family):
         result = push(family, *args)
         assert result.exit_code == 1 and hub.requests == []
         assert f"error: {MEMBERS[1]}/results/notes.txt names this machine" in result.output
+
+
+def test_a_family_without_a_licence_is_refused_before_any_request(hub, tmp_path):
+    """The base declares no licence (no card, none in config.json): push names the option that sets one and sends
+    nothing, whether the cards are yet to be rendered or were rendered saying the licence is not known."""
+    source = build_tiny(tmp_path / "Llama-tiny", "llama")
+    assert not (source / "README.md").exists() and "license" not in json.loads((source / "config.json").read_text())
+    family = tmp_path / "family"
+    build_family(open_source(str(source)), family, [Target("size", "48")], PruneSettings())
+    for rendered in (False, True):
+        if rendered:
+            assert CliRunner().invoke(main, ["card", str(family)]).exit_code == 0
+            assert "Not known: hubprune found no licence" in (family / MEMBERS[0] / "README.md").read_text()
+        for args in ((), ("--dry-run",)):
+            result = push(family, *args)
+            assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+            assert result.output.startswith("error: the cards declare no licence")
+            assert "render the cards again with the base model's Hub licence id as --license (e.g. hubprune card " in (
+                result.output
+            )
+            assert hub.requests == [] and not hub.repos
+    assert CliRunner().invoke(main, ["card", str(family), "--license", "mit"]).exit_code == 0  # the fix it names
+    fixed = push(family)
+    assert fixed.exit_code == 0, fixed.output
+    assert HfApi(endpoint=hub.endpoint, token=hub.token).model_info(REPOS[0]).card_data.license == "mit"

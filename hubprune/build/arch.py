@@ -1,7 +1,8 @@
 """Resolve a config.json to the architecture spec that says how its GLU MLP tensors are named.
 
 The facts live in hubprune/data/architectures/*.json (one file per family), so supporting a new family means
-adding a file, not a branch here.
+adding a file, not a branch here. Optional key "bias_flag": the config key that says the MLP projections carry
+biases (default "mlp_bias", Llama's); a family whose configs lack it has no MLP biases.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class ArchSpec:
     gate: str | None = None
     up: str | None = None
     gate_up: str | None = None  # fused [gate; up] rows, as in Phi-3
+    bias_flag: str | None = "mlp_bias"  # the config key that gives the MLP biases (transformers' name for Llama)
+
+    def has_bias(self, config: dict[str, Any]) -> bool:
+        """True when the config says the MLP projections carry biases (Llama's `mlp_bias`); without the key a
+        checkpoint of this family has none, and a bias tensor in it is unexpected."""
+        return bool(self.bias_flag) and self.text_config(config).get(self.bias_flag) is True
 
     def text_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The (sub)dict of config.json that holds hidden_size and intermediate_size."""
@@ -64,6 +71,7 @@ def _load_spec(name: str, data: dict[str, Any]) -> ArchSpec:
         gate=data.get("gate"),
         up=data.get("up"),
         gate_up=data.get("gate_up"),
+        bias_flag=data.get("bias_flag", "mlp_bias"),
     )
 
 

@@ -20,6 +20,7 @@ from hubprune.build.calibrate import (
     SHIPPED_CALIBRATION_START,
     SHIPPED_TEXT,
     CalibrationSettings,
+    Grams,
     calibration_text,
     collect_activations,
     first_predicted,
@@ -34,6 +35,7 @@ from hubprune.build.checkpoint import Checkpoint
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
 from hubprune.build.plan import Target, plan_family
 from hubprune.build.prune import analyse, data_scores, down_modules, model_shape, weight_scores
+from hubprune.build.recovery import apply_update, check_recovery, refit_member, removed_of
 from hubprune.errors import CriterionError
 from hubprune.measure.offline_tasks import paragraphs
 from hubprune.progress import Progress, ProgressCallback, report
@@ -49,10 +51,12 @@ class CheckSettings:
     max_tokens: int = 8192  # of the held-out text
     window: int = 512
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    recover: str = "none"  # refit: each criterion but random is measured again with its down_proj refit
 
     def __post_init__(self) -> None:
         for name in self.criteria:  # refuse a typo before anything is loaded
             check_criterion(name)
+        check_recovery(self.recover)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class CheckRow:
     low: float | None = None  # for random: the range over the seeds
     high: float | None = None
     worse_than_random: bool | None = None  # None for random itself, or when random was not measured
+    recovery: str = "none"  # refit: the same pruning with down_proj refit (recovery.py)
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,9 @@ class CheckOutcome:
 
     def warnings(self) -> list[str]:
         found = [
-            f"{r.criterion} at {r.pct} % removed: perplexity {r.perplexity:.4g} is worse than random pruning's "
-            f"median {self._random(r.pct):.4g}; prefer a criterion that beats random on this model"
+            f"{r.criterion}{'' if r.recovery == 'none' else ' + ' + r.recovery} at {r.pct} % removed: perplexity "
+            f"{r.perplexity:.4g} is worse than random pruning's median {self._random(r.pct):.4g}; prefer a "
+            "criterion that beats random on this model"
             for r in self.rows
             if r.worse_than_random
         ]
@@ -134,8 +140,9 @@ def check_criteria(
     names = down_modules(layout)
     downs = loaded_modules(model, names)
     stats = shared = None
-    if any(c in DATA_CRITERIA for c in criteria):
-        stats = collect_activations(model, tokenizer, names, settings.calibration)
+    refit = settings.recover == "refit"
+    if refit or any(c in DATA_CRITERIA for c in criteria):
+        stats = collect_activations(model, tokenizer, names, settings.calibration, grams=refit)
         held_out = [p for p in text.split("\n\n") if p.strip()]
         shared = shared_ngrams(calibration_text(settings.calibration)[0], held_out)
     scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
@@ -146,19 +153,33 @@ def check_criteria(
     for member in plan.members:
         removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
         pct = member.target.value if member.target.kind == "pct" else f"{removed:.3g}"
+        width = member.intermediate_size
         measured = {
-            name: _pruned_perplexity(model, downs, s, member.intermediate_size, ids, settings.window, prefix)
+            name: _pruned_perplexity(model, downs, s, width, ids, settings.window, prefix, None)
             for name, s in scores.items()
         }
         randoms = [v for name, v in measured.items() if name.startswith("random:")]
         median = statistics.median(randoms) if randoms else None
         for criterion in criteria:
             if criterion == "random":
-                rows.append(CheckRow("random", pct, member.intermediate_size, median, min(randoms), max(randoms)))  # type: ignore[arg-type]
-            else:
-                value = measured[criterion]
+                rows.append(CheckRow("random", pct, width, median, min(randoms), max(randoms)))  # type: ignore[arg-type]
+                continue
+            recoveries = {"none": measured[criterion]}
+            if refit:
+                report(on_progress, Progress("check", f"[check] refitting down_proj for {criterion} at width {width}"))
+                recoveries["refit"] = _pruned_perplexity(
+                    model,
+                    downs,
+                    scores[criterion],
+                    width,
+                    ids,
+                    settings.window,
+                    prefix,
+                    stats.grams,  # type: ignore[union-attr]
+                )
+            for recovery, value in recoveries.items():
                 worse = None if median is None else value > median
-                rows.append(CheckRow(criterion, pct, member.intermediate_size, value, worse_than_random=worse))
+                rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovery))
     return CheckOutcome(
         base,
         tuple(rows),
@@ -186,22 +207,26 @@ def _pruned_perplexity(
     ids: torch.Tensor,
     window: int,
     prefix: tuple[int, ...],
+    grams: Grams | None,
 ) -> float:
-    """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed, then
-    restored."""
-    removed = {}
-    for layer, module in downs.items():
-        removed[layer] = torch.ones(module.weight.shape[1], dtype=torch.bool)
-        removed[layer][keep(rank(scores[layer]), width)] = False
+    """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed (and
+    with `grams`, the kept columns refit as recovery.refit_member does), then restored."""
+    kept = {layer: keep(rank(scores[layer]), width) for layer in downs}
+    if grams is not None:
+        weights = {layer: module.weight.data.float() for layer, module in downs.items()}
+        updates = refit_member(weights, grams, kept).updates
     saved = {}
     try:
         for layer, module in downs.items():
-            saved[layer] = module.weight.data[:, removed[layer]].clone()
-            module.weight.data[:, removed[layer]] = 0
+            saved[layer] = module.weight.data.clone()
+            removed = removed_of(kept[layer], module.weight.shape[1])
+            if grams is not None:
+                module.weight.data[:, kept[layer]] = apply_update(saved[layer], kept[layer], removed, updates[layer])
+            module.weight.data[:, removed] = 0
         return _perplexity(model, ids, window, prefix)
     finally:
-        for layer, columns in saved.items():
-            downs[layer].weight.data[:, removed[layer]] = columns
+        for layer, weight in saved.items():
+            downs[layer].weight.data = weight
 
 
 def _perplexity(model: Any, ids: torch.Tensor, window: int, prefix: tuple[int, ...]) -> float:

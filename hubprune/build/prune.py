@@ -1,11 +1,12 @@
 """One streaming pass over a source checkpoint writes every member of a family.
 
 Tensors are visited in file order. An untouched tensor is copied byte-for-byte into every member by the
-kernel (no dtype conversion, no trip through Python memory). MLP tensors are handled in row chunks of at most
-CHUNK_BYTES: the first time a layer is met, its gate and up rows are streamed through the criterion to rank
-the neurons; then each MLP tensor is streamed again, chunk by chunk, and every member receives its kept rows
-(or columns) of each chunk. Peak memory is a few chunks, whatever the size of the model or of its layers.
-The disk reads the source once: the second read of a layer's gate and up finds them in the page cache.
+kernel (no dtype conversion, no trip through Python memory). Every layer is scored before the pass
+(weight_layer_scores streams each layer's gate and up rows through the criterion, chunk by chunk; data_scores
+uses calibration statistics), so a checkpoint that cannot be ranked is refused with nothing written. The pass
+then streams each MLP tensor in row chunks of at most CHUNK_BYTES, and every member receives its kept rows (or
+columns) of each chunk. Peak memory is a few chunks, whatever the size of the model or of its layers. Gate and
+up are read twice, to score and to write: the second read finds them in the page cache when the model fits.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from hubprune.build.arch import ArchSpec, resolve
 from hubprune.build.calibrate import ActivationStats
 from hubprune.build.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
 from hubprune.build.importance import (
-    DATA_CRITERIA,
     activation,
     hybrid,
     keep,
@@ -33,6 +33,7 @@ from hubprune.build.importance import (
     score_rows,
 )
 from hubprune.build.plan import ModelShape
+from hubprune.build.recovery import apply_update, removed_of
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
 from hubprune.errors import CheckpointError, CriterionError, TargetError
 from hubprune.progress import Progress, ProgressCallback, report
@@ -74,7 +75,8 @@ def analyse(checkpoint: Checkpoint) -> MlpLayout:
     """Find and check every GLU tensor: known roles, float dtypes, the shapes the config promises."""
     spec = resolve(checkpoint.config)
     hidden, n = spec.widths(checkpoint.config)
-    role_of_suffix = _suffix_roles(spec)
+    bias = spec.has_bias(checkpoint.config)
+    role_of_suffix = _suffix_roles(spec, bias)
     roles: dict[str, tuple[int, str]] = {}
     for name in checkpoint.tensors:
         match = spec.mlp_prefix.match(name)
@@ -82,43 +84,83 @@ def analyse(checkpoint: Checkpoint) -> MlpLayout:
             continue
         suffix = name[match.end() :]
         if suffix not in role_of_suffix:
+            fix = "prune the original model"
+            if suffix.endswith(".bias") and spec.bias_flag and not bias:
+                fix += f" (or, if this model does use MLP biases, set {spec.bias_flag}: true in config.json)"
             raise CheckpointError(
-                f"unexpected MLP tensor {name!r} in a {spec.name} checkpoint: hubprune knows "
-                f"{', '.join(sorted(role_of_suffix))}; is it quantized or a different architecture?"
+                f"unexpected MLP tensor {name!r}: a {spec.name} MLP "
+                f"{f'with {spec.bias_flag} true ' if bias else ''}holds only {', '.join(sorted(role_of_suffix))} "
+                f"(hubprune/data/architectures/{spec.name}.json); this checkpoint is quantized, adapted or of "
+                f"another architecture than its config.json says: {fix}"
             )
         roles[name] = (int(match.group("layer")), role_of_suffix[suffix])
     layers = sorted({layer for layer, _ in roles.values()})
     num_layers = spec.text_config(checkpoint.config).get("num_hidden_layers", len(layers))
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool):
+        raise CheckpointError(
+            f"config.json has num_hidden_layers {num_layers!r}, not a whole number: restore the original config.json"
+        )
     if not layers:
         raise CheckpointError(f"no {spec.name} MLP tensors found in {checkpoint.folder}: is the checkpoint complete?")
     if layers != list(range(num_layers)):
         raise CheckpointError(
-            f"config.json says {num_layers} layers but MLP tensors exist for layers {layers[0]}..{layers[-1]} "
-            f"({len(layers)} layers): the checkpoint is incomplete or inconsistent"
+            f"config.json says num_hidden_layers {num_layers} but the weights hold MLP tensors for "
+            f"{len(layers)} layer(s) ({_spans(layers)}): the weights and config.json disagree; re-download the "
+            "checkpoint, or restore its original config.json"
         )
-    needed = ("gate_up.weight", "down.weight") if spec.gate_up else ("gate.weight", "up.weight", "down.weight")
+    scoring_roles = ("gate_up.weight",) if spec.gate_up else ("gate.weight", "up.weight")
+    needed = (*scoring_roles, "down.weight")
+    if bias:
+        needed += tuple(role.replace(".weight", ".bias") for role in needed)
     by_layer: dict[int, dict[str, str]] = {layer: {} for layer in layers}
     for name, (layer, role) in roles.items():
         by_layer[layer][role] = name
     for layer, found in by_layer.items():
         missing = [role for role in needed if role not in found]
         if missing:
+            names = ", ".join(_suffix_of(spec, role) for role in missing)
             raise CheckpointError(
-                f"layer {layer} lacks its MLP {', '.join(missing)} tensor(s): the checkpoint is incomplete"
+                f"layer {layer} lacks its MLP tensor(s) {names}: the checkpoint is incomplete; re-download it"
             )
         for role, name in found.items():
             _check_shape(checkpoint.tensors[name], role, layer, hidden, n)
-    scoring = {layer: tuple(found[r] for r in needed[:-1]) for layer, found in by_layer.items()}
+    scoring = {layer: tuple(found[r] for r in scoring_roles) for layer, found in by_layer.items()}
     return MlpLayout(spec, hidden, n, num_layers, roles, scoring)
 
 
-def _suffix_roles(spec: ArchSpec) -> dict[str, str]:
+def _suffix_roles(spec: ArchSpec, bias: bool) -> dict[str, str]:
+    """Tensor name suffix after the MLP prefix -> role: 'gate_proj.weight' -> 'gate.weight'; biases only when
+    the config says the MLP has them."""
     parts = {"gate_up": spec.gate_up} if spec.gate_up else {"gate": spec.gate, "up": spec.up}
     parts["down"] = spec.down
-    return {f"{module}.{kind}": f"{part}.{kind}" for part, module in parts.items() for kind in ("weight", "bias")}
+    kinds = ("weight", "bias") if bias else ("weight",)
+    return {f"{module}.{kind}": f"{part}.{kind}" for part, module in parts.items() for kind in kinds}
+
+
+def _suffix_of(spec: ArchSpec, role: str) -> str:
+    """'up.weight' -> 'up_proj.weight', as the checkpoint names it."""
+    part, kind = role.split(".")
+    return f"{getattr(spec, part)}.{kind}"
+
+
+def _spans(layers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    spans: list[list[int]] = []
+    for layer in layers:
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _check_shape(info: TensorInfo, role: str, layer: int, hidden: int, n: int) -> None:
+    # The dtype first: a quantized tensor's shape is packed, and its dtype says why better than its shape does.
+    if info.dtype not in FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{info.name} is stored as {info.dtype}, not as floats (a quantized checkpoint?): hubprune prunes "
+            "float16/bfloat16/float32 MLP weights: prune the unquantized model, then quantize the members"
+        )
     fused = role in FUSED_ROLES
     neuron_dim = 1 if role in COLUMN_ROLES else 0
     expected = [2 * n if fused else n, hidden] if role.endswith(".weight") else [2 * n if fused else n]
@@ -140,12 +182,8 @@ def _check_shape(info: TensorInfo, role: str, layer: int, hidden: int, n: int) -
                 "differ, and plain from_pretrained needs one width for all layers; prune a uniform-width model"
             )
         raise CheckpointError(
-            f"{info.name} has shape {shape}, expected {expected} from config.json: the checkpoint and its config disagree"
-        )
-    if info.dtype not in FLOAT_DTYPES:
-        raise CheckpointError(
-            f"{info.name} is stored as {info.dtype}: hubprune prunes float16/bfloat16/float32 weights; "
-            "prune the unquantized model"
+            f"{info.name} has shape {shape}, expected {expected} from config.json: the weights and config.json "
+            "disagree; re-download the checkpoint, or restore its original config.json"
         )
 
 
@@ -204,16 +242,17 @@ def prune_pass(
     checkpoint: Checkpoint,
     layout: MlpLayout,
     outputs: list[MemberOutput],
+    layer_scores: dict[int, torch.Tensor],
     *,
-    criterion: str,
-    seed: int = 0,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     on_progress: ProgressCallback | None = None,
-    layer_scores: dict[int, torch.Tensor] | None = None,
+    down_updates: dict[int, dict[int, torch.Tensor]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Write every member's weights in one pass over the source; return each width's kept indices,
-    a [num_layers, width] int64 tensor with each row ascending. A data-aware criterion's scores are computed
-    beforehand (data_scores) and given as `layer_scores`.
+    a [num_layers, width] int64 tensor with each row ascending. Every layer's scores are computed beforehand
+    (layer_scores: weight_layer_scores or data_scores), so a checkpoint that cannot be ranked is refused before
+    anything is written. `down_updates` (width -> layer -> M, recovery.refit_member) makes a member's down_proj
+    the refit W_K + W_R M instead of the kept columns W_K, chunk by chunk, in the source dtype.
 
     Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
     shapes re-read) before this returns.
@@ -242,15 +281,19 @@ def prune_pass(
             else:
                 layer = layout.roles[info.name][0]
                 if layer not in scored:
-                    if criterion in DATA_CRITERIA:
-                        ranking = rank(layer_scores[layer])  # type: ignore[index]
-                    else:
-                        ranking = rank(weight_scores(checkpoint, layout, layer, criterion, seed))
+                    ranking = rank(layer_scores[layer])
                     for width, indices in kept.items():
                         indices[layer] = keep(ranking, width)
                     scored.add(layer)
+                updates = {w: (down_updates or {}).get(w, {}).get(layer) for w in kept}
                 _write_mlp_tensor(
-                    pipeline, info, role, {w: k[layer] for w, k in kept.items()}, writers, layout.intermediate_size
+                    pipeline,
+                    info,
+                    role,
+                    {w: k[layer] for w, k in kept.items()},
+                    writers,
+                    layout.intermediate_size,
+                    updates,
                 )
             done += info.nbytes
             report(on_progress, Progress("prune", done=done, total=total, unit="B"))
@@ -310,6 +353,25 @@ def weight_scores(checkpoint: Checkpoint, layout: MlpLayout, layer: int, criteri
         up = read_tensor(up_info, up_start + start, up_start + stop)
         parts.append(score_rows(criterion, gate, up, layer=layer))
     return torch.cat(parts)
+
+
+def weight_layer_scores(
+    checkpoint: Checkpoint, layout: MlpLayout, criterion: str, seed: int = 0
+) -> dict[int, torch.Tensor]:
+    """Every layer's float32 scores under a weight criterion (or random), read before anything is written, so
+    that a checkpoint whose gate/up weights hold NaN or inf is refused (CriterionError) with nothing on disk.
+    The pass then reads gate and up once more, to write them (from the page cache when the model fits in it)."""
+    return {layer: weight_scores(checkpoint, layout, layer, criterion, seed) for layer in range(layout.num_layers)}
+
+
+def down_weights(checkpoint: Checkpoint, layout: MlpLayout) -> dict[int, torch.Tensor]:
+    """Every layer's whole down_proj weight (hidden x n, float32), for recovery's refit."""
+    found = {}
+    for name, (layer, role) in layout.roles.items():
+        if role == "down.weight":
+            info = checkpoint.tensors[name]
+            found[layer] = read_tensor(info, 0, info.shape[0]).float()
+    return found
 
 
 def down_modules(layout: MlpLayout) -> dict[int, str]:
@@ -372,18 +434,26 @@ def _write_mlp_tensor(
     kept: dict[int, torch.Tensor],
     writers: list[tuple[int, ShardedWriter]],
     intermediate_size: int,
+    updates: dict[int, torch.Tensor | None],
 ) -> None:
-    """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk."""
+    """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk, or for
+    down_proj with an update (recovery), its refit columns."""
     first = True
-    if role in COLUMN_ROLES:  # down_proj [hidden, n]: any rows, the kept columns
+    if role in COLUMN_ROLES:  # down_proj [hidden, n]: any rows, the kept (or refit) columns
+        removed = {
+            width: removed_of(kept[width], intermediate_size) for width, update in updates.items() if update is not None
+        }
         for start, stop in _row_chunks(info, 0, info.shape[0]):
             chunk = read_tensor(info, start, stop)
-            pipeline.submit(
-                [
-                    functools.partial(_append_columns, writer, info.name if first else None, chunk, kept[width])
-                    for width, writer in writers
-                ]
-            )
+            jobs = []
+            for width, writer in writers:
+                begin = info.name if first else None
+                if updates.get(width) is None:
+                    jobs.append(functools.partial(_append_columns, writer, begin, chunk, kept[width]))
+                else:
+                    columns = functools.partial(apply_update, chunk, kept[width], removed[width], updates[width])
+                    jobs.append(functools.partial(_append_computed, writer, begin, columns))
+            pipeline.submit(jobs)
             first = False
         return
     # gate / up rows [0, n); a fused gate_up has gate rows [0, n) then up rows [n, 2n), kept in that order
@@ -405,6 +475,13 @@ def _append_columns(writer: ShardedWriter, begin: str | None, chunk: torch.Tenso
     if begin is not None:
         writer.begin(begin)
     writer.append(_as_bytes(chunk.index_select(1, indices)))
+
+
+def _append_computed(writer: ShardedWriter, begin: str | None, compute: Callable[[], torch.Tensor]) -> None:
+    """Compute a chunk's output on the worker thread (a refit's matrix product), then write it."""
+    if begin is not None:
+        writer.begin(begin)
+    writer.append(_as_bytes(compute()))
 
 
 def _append_rows(writer: ShardedWriter, begin: str | None, chunk: torch.Tensor, indices: torch.Tensor) -> None:

@@ -53,7 +53,7 @@ def open_source(source: str | None, *, revision: str | None = None, cache_dir: P
 
 def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Checkpoint:
     # Imported here so that local-only use never pays for the Hub client's import.
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"{repo_id}@{revision}" if revision else repo_id
@@ -67,6 +67,10 @@ def _download(repo_id: str, revision: str | None, cache_dir: Path | None) -> Che
                     "arbitrary code: use a repo or revision with safetensors weights"
                 )
             raise SourceError(f"{where} has no safetensors weights: choose a model repository that has them")
+        # A gated repo shows its info to anyone but its files only to those granted access: ask for one file's
+        # metadata first, so that a refusal comes before the download starts (and its progress bar).
+        probe = "config.json" if "config.json" in files else next(f for f in files if f.endswith(".safetensors"))
+        get_hf_file_metadata(hf_hub_url(repo_id, probe, revision=info.sha))
         folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=list(HUB_PATTERNS), cache_dir=cache_dir)
     except GatedRepoError:
         raise SourceError(

@@ -14,6 +14,8 @@ from hubprune.build.plan import Target
 from hubprune.build.source import open_source
 from hubprune.cli import output
 from hubprune.cli.options import (
+    HELD_OUT_FILE,
+    RECOVER_OPTION,
     SOURCE_HELP,
     CommaList,
     StagedCommand,
@@ -132,7 +134,7 @@ def build_family_command(
 
 @click.command("check-criteria", cls=StagedCommand, epilog=SOURCE_HELP)
 @source_argument
-@option("--text", type=click.Path(path_type=Path), help="Held-out text (default: part of the text hubprune ships).")
+@option("--text", type=HELD_OUT_FILE, help="Held-out text (default: part of the text hubprune ships).")
 @option("--pcts", type=CommaList("pcts"), default="10,20", show_default=True, help="MLP width percentages to remove.")
 @option(
     "--criteria",
@@ -143,6 +145,7 @@ def build_family_command(
 )
 @option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds of random pruning.")
 @option("--tokens", type=click.IntRange(min=2), default=8192, show_default=True, help="Held-out tokens read.")
+@RECOVER_OPTION
 @calibration_options
 @revision_option
 def check_criteria_command(
@@ -152,13 +155,21 @@ def check_criteria_command(
     criteria: tuple[str, ...],
     seeds: int,
     tokens: int,
+    recover: str,
     calibration: CalibrationSettings,
     revision: str | None,
 ) -> None:
     """Perplexity on held-out text of the model pruned by each criterion, every layer, against random pruning
-    (median and range over the seeds); warns about any criterion that does worse than random."""
+    (median and range over the seeds); warns about any criterion that does worse than random. With --recover,
+    each criterion is measured with and without recovery."""
     settings = CheckSettings(
-        text=text, pcts=pcts, criteria=criteria, seeds=seeds, max_tokens=tokens, calibration=calibration
+        text=text,
+        pcts=pcts,
+        criteria=criteria,
+        seeds=seeds,
+        max_tokens=tokens,
+        calibration=calibration,
+        recover=recover,
     )
     with output.progress_display() as show:
         outcome = check_criteria(open_source(source, revision=revision), settings, on_progress=show)

@@ -20,11 +20,12 @@ from typing import Any
 
 import click
 
-from hubprune.build.calibrate import CalibrationSettings
+from hubprune.build.calibrate import CalibrationSettings, calibration_text, read_text
 from hubprune.build.family import PruneSettings
 from hubprune.build.importance import CRITERIA
 from hubprune.build.plan import PAPER_PCTS, Target, parse_targets
-from hubprune.errors import TargetError
+from hubprune.build.recovery import RECOVERY_CHOICES
+from hubprune.errors import HubpruneError, TargetError
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
 from hubprune.publish.cards import CardSettings
@@ -55,10 +56,43 @@ class ByteSize(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
         if not match or match.group(2).upper() not in self.UNITS:
             self.fail(f"{value!r} is not a size: use e.g. 5GB, 500MB or 2GiB", param, ctx)
-        return Bytes(int(float(match.group(1)) * self.UNITS[match.group(2).upper()]), str(value))
+        count = int(float(match.group(1)) * self.UNITS[match.group(2).upper()])
+        if count < 1:
+            self.fail(f"{value!r} is not a positive size (at least one byte): use e.g. 5GB, 500MB or 2GiB", param, ctx)
+        return Bytes(count, str(value))
+
+
+class TextFile(click.ParamType):
+    """A text file, read once as the option is parsed by the library's own `check`, so that an unreadable or
+    unusable text is refused before anything is loaded or written; the command gets the path."""
+
+    name = "file"
+
+    def __init__(self, check: Callable[[Path], object]) -> None:
+        self.check = check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value)
+        try:
+            self.check(path)
+        except HubpruneError as exc:
+            self.fail(str(exc), param, ctx)
+        return path
+
+
+def _calibration_file(path: Path) -> object:
+    return calibration_text(CalibrationSettings(text=path))
+
+
+def _held_out_file(path: Path) -> object:
+    return read_text(path, "held-out text")
+
+
+CALIBRATION_FILE = TextFile(_calibration_file)
+HELD_OUT_FILE = TextFile(_held_out_file)
 
 
 class CommaList(click.ParamType):
@@ -142,8 +176,8 @@ DEVICE_FIELDS = {
 }
 EVAL_FIELDS = {
     "suite": Field(
-        "Built-in suite (paper, quick, offline) or a suite YAML; auto: offline when the Hub is off or the source "
-        "is the embedded default, else paper."
+        "Built-in suite (paper, quick, offline) or a suite YAML; auto: offline for the embedded default, with "
+        "HF_HUB_OFFLINE set, or where the Hub does not answer (one quick request finds out), else paper."
     ),
     "tasks": Field("Only these lm-eval tasks, comma-separated.", CommaList("tasks")),
     "include_paths": Field(
@@ -317,7 +351,19 @@ def member_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        given = [(k, kwargs.pop(f)) for k, f in (("ratio", "ratio"), ("pct", "pct"), ("size", "intermediate_size"))]
+        given = []
+        for kind, name, flag in (
+            ("ratio", "ratio", "--ratio"),
+            ("pct", "pct", "--pct"),
+            ("size", "intermediate_size", "--intermediate-size"),
+        ):
+            values = kwargs.pop(name)
+            if len(values) > 1:  # Click would keep the last one silently
+                raise TargetError(
+                    f"prune writes one checkpoint: {flag} is given {len(values)} times; give one width "
+                    "(use build-family for several)"
+                )
+            given.append((kind, values[0] if values else None))
         targets = _widths_of_one_kind(given, "--ratio, --pct or --intermediate-size")
         if len(targets) != 1:
             raise TargetError("prune writes one checkpoint: give one width (use build-family for several)")
@@ -327,9 +373,16 @@ def member_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return _with_options(
         wrapper,
         [
-            option("--ratio", stage="widths", help="Expansion ratio intermediate/hidden, e.g. 2.4."),
-            option("--pct", stage="widths", help="Percentage of MLP width to remove, e.g. 40."),
-            option("--intermediate-size", "intermediate_size", stage="widths", help="Explicit intermediate size."),
+            # multiple=True only to refuse a repeated option (see the wrapper)
+            option("--ratio", stage="widths", multiple=True, help="Expansion ratio intermediate/hidden, e.g. 2.4."),
+            option("--pct", stage="widths", multiple=True, help="Percentage of MLP width to remove, e.g. 40."),
+            option(
+                "--intermediate-size",
+                "intermediate_size",
+                stage="widths",
+                multiple=True,
+                help="Explicit intermediate size.",
+            ),
         ],
     )
 
@@ -358,9 +411,20 @@ def calibration_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--calibration",
         "calibration_text",
         stage="prune",
-        type=click.Path(path_type=Path),
+        type=CALIBRATION_FILE,
         help="Calibration text of the activation and hybrid criteria (default: part of the text hubprune ships).",
     )(wrapper)
+
+
+RECOVER_OPTION = option(
+    "--recover",
+    stage="prune",
+    type=click.Choice(RECOVERY_CHOICES),
+    default="none",
+    show_default=True,
+    help="After pruning: refit = training-free least-squares refit of down_proj's kept columns on the calibration "
+    "text (ridge toward the original columns, chosen on held-out windows); none = the kept columns as they are.",
+)
 
 
 def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -374,6 +438,7 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
             multiple_of=kwargs.pop("multiple_of"),
             max_shard_bytes=int(kwargs.pop("max_shard_size")),
             calibration=kwargs.pop("calibration"),
+            recover=kwargs.pop("recover"),
         )
         return func(*args, **kwargs)
 
@@ -388,6 +453,7 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help=f"Neuron importance: {', '.join(CRITERIA)}.",
             ),
+            RECOVER_OPTION,
             calibration_options,
             option("--seed", stage="prune", type=int, default=None, help="Seed of the random criterion (default 0)."),
             option(
@@ -443,7 +509,10 @@ def _as_typed(value: Any) -> str:
 OPTION_OF_SETTING = {
     **{name: flag_of(name, spec) for fields in SETTINGS_FIELDS.values() for name, spec in fields.items()},
     **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
-    **{name: "--" + name.replace("_", "-") for name in ("criterion", "seed", "calibration", "calibration_tokens")},
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover")
+    },
     **{name: "--" + name for name in ("members", "collection")},
     "max_shard_bytes": "--max-shard-size",
     "check_first": "--check-criteria",

@@ -159,7 +159,10 @@ def headline_scores(outcome: EvalOutcome) -> tuple[str, dict[str, str]]:
         scores[label] = score_with_change(
             score.value if score else None, base.value if base else None, fraction, is_base=label == "base"
         )
-    return f"{first.task} ({first.metric.split(',')[0]})", scores
+    # the metric the results recorded: a task asked for outside the suite has none in the plan
+    recorded = next((view.tasks[first.task].metric_name for view in views.values() if first.task in view.tasks), None)
+    metric = recorded or first.metric.split(",")[0]
+    return (f"{first.task} ({metric})" if metric else first.task), scores
 
 
 def profile_table(profiles: tuple[ModelProfile, ...]) -> str:
@@ -185,8 +188,8 @@ def profile_table(profiles: tuple[ModelProfile, ...]) -> str:
 
 
 def check_table(outcome: CheckOutcome) -> str:
-    rows = [["criterion", "removed", "width", "perplexity", "vs random median"]]
-    rows.append(["(base)", "0%", "-", f"{outcome.base_perplexity:.4g}", "-"])
+    rows = [["criterion", "removed", "width", "perplexity", "vs base", "vs random median"]]
+    rows.append(["(base)", "0%", "-", f"{outcome.base_perplexity:.4g}", "-", "-"])
     medians = {r.pct: r.perplexity for r in outcome.rows if r.criterion == "random"}
     for row in outcome.rows:
         if row.criterion == "random":
@@ -195,7 +198,9 @@ def check_table(outcome: CheckOutcome) -> str:
         else:
             value = f"{row.perplexity:.4g}"
             versus = f"{row.perplexity / medians[row.pct]:.3g}x" if row.pct in medians else "-"
-        rows.append([row.criterion, f"{row.pct}%", str(row.width), value, versus])
+        name = row.criterion if row.recovery == "none" else f"{row.criterion} + {row.recovery}"
+        ratio = f"{row.perplexity / outcome.base_perplexity:.3g}x"
+        rows.append([name, f"{row.pct}%", str(row.width), value, ratio, versus])
     prefix = "".join(outcome.text.get("special_prefix") or [])
     begins = f", each window beginning with {prefix} as the tokenizer does" if prefix else ""
     lines = [table(rows), f"held-out text: {outcome.text['source']}, {outcome.text['tokens']} tokens{begins}"]

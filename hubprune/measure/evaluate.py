@@ -28,7 +28,16 @@ from hubprune.local_paths import replacements, scrub
 from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
 from hubprune.measure.device import hardware, resolve_device
 from hubprune.measure.offline_tasks import task_folder
-from hubprune.measure.suites import Suite, SuiteTask, default_suite, load_suite
+from hubprune.measure.suites import (
+    Suite,
+    SuiteChoice,
+    SuiteTask,
+    choose_suite,
+    hub_offline,
+    hub_problem,
+    hub_status,
+    load_suite,
+)
 from hubprune.progress import Progress, ProgressCallback, report
 
 BACKENDS = ("hf", "vllm")
@@ -125,12 +134,19 @@ class _Plan:
     suite: Suite
     tasks: list[SuiteTask]
     include_paths: list[Path] = field(default_factory=list)
+    choice: SuiteChoice | None = None  # what `auto` picked and why; None when the suite was named
+
+    def announcement(self) -> str | None:
+        """The one line that says which suite `auto` picked and why."""
+        return f"[eval] suite auto: {self.choice.name}, because {self.choice.reason}" if self.choice else None
 
 
 def plan_tasks(settings: EvalSettings, *, embedded_default: bool = False) -> _Plan:
-    """The suite's tasks (or the `tasks` subset), with `limit` applied; unknown tasks are refused."""
+    """The suite's tasks (or the `tasks` subset), with `limit` applied; unknown tasks, and tasks that cannot run
+    here (no Hub for their data, IFEval without its extra or NLTK data), are refused before anything runs."""
     check_settings(settings)
-    suite = load_suite(default_suite(embedded_default) if settings.suite == "auto" else settings.suite)
+    choice = choose_suite(embedded_default) if settings.suite == "auto" else None
+    suite = load_suite(choice.name if choice else settings.suite)
     tasks = list(suite.tasks)
     if settings.tasks:
         by_name = {t.task: t for t in tasks}
@@ -140,9 +156,12 @@ def plan_tasks(settings: EvalSettings, *, embedded_default: bool = False) -> _Pl
     include_paths = [Path(p).resolve() for p in settings.include_paths]
     if any(t.task.startswith("hubprune_") for t in tasks):
         include_paths.append(task_folder(cache_root()))
-    _check_task_names([t.task for t in tasks], include_paths)
-    _check_task_requirements(tasks)
-    return _Plan(suite, tasks, include_paths)
+    names = [t.task for t in tasks]
+    _check_task_names(names, include_paths)
+    manager = _task_manager(include_paths, names)
+    hub_tasks = [name for name in names if not _is_local(name, manager, include_paths)]
+    _check_task_requirements(tasks, suite.name if hub_tasks else None)
+    return _Plan(suite, tasks, include_paths, choice)
 
 
 def _task_manager(include_paths: list[Path], names: list[str]) -> Any:
@@ -226,15 +245,22 @@ def evaluate(
     is_family = manifest.locate(path).kind == "family"
     embedded = is_family and is_embedded_default(manifest.load(path).source.origin)
     plan = plan_tasks(settings, embedded_default=embedded)
+    if plan.announcement():
+        report(on_progress, Progress("eval", plan.announcement()))
     device = resolve_device(settings.device, EvaluationError)
     results: dict[str, Any] = {}
     for ref in refs:
         try:
             results[ref.label] = evaluate_model(ref, plan, settings, device, on_progress)
-        except BaseException:
-            if is_family:
-                _record_stage(path, ref.label, status="failed", suite=plan.suite.name)
-            raise
+        except BaseException as exc:
+            reason = _reason(exc)
+            if is_family:  # the models evaluated before this one are recorded done, and kept by the next run
+                _record_stage(path, ref.label, status="failed", suite=plan.suite.name, error=reason)
+            if not isinstance(exc, Exception):  # an interruption stays one
+                raise
+            what = f"the base {ref.name}" if ref.label == "base" else f"member {ref.label}" if is_family else ref.name
+            again = "; family.json records it: run the same command again to redo it" if is_family else ""
+            raise EvaluationError(f"eval of {what} failed: {reason}{again}") from exc
         if is_family:
             _record_stage(path, ref.label, status="done", suite=plan.suite.name, tasks=[t.task for t in plan.tasks])
     if is_family:
@@ -242,6 +268,17 @@ def evaluate(
         if command is not None:
             manifest.record_command(path, "eval", command)
     return EvalOutcome(plan.suite, tuple(plan.tasks), results)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line on why a model's evaluation stopped: hubprune's own message, else the exception's type and the first
+    line of its message (lm-eval, transformers and torch raise their own)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if isinstance(exc, EvaluationError):
+        return first
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
 
 
 def evaluate_model(
@@ -275,9 +312,15 @@ def evaluate_model(
     report(on_progress, Progress("eval", f"[eval] {ref.label}: loading {ref.folder}"))
     lm = _load_model(ref.folder, settings, device, dtype)
     manager = _task_manager(plan.include_paths, [t.task for t in todo])
-    # lm-eval's own output names the model's folder and every task file: they become names before it is kept
+    # lm-eval's own output names the model's folder and every task file (`config_source`, its own tasks' too, in
+    # the environment's site-packages): they become names before it is kept
     local_names = replacements(
-        {ref.folder: ref.name, cache_root(): "$HUBPRUNE_CACHE", **{p: f"tasks:{p.name}" for p in plan.include_paths}}
+        {
+            ref.folder: ref.name,
+            cache_root(): "$HUBPRUNE_CACHE",
+            Path(lm_eval.__file__).parent: "lm_eval",
+            **{p: f"tasks:{p.name}" for p in plan.include_paths},
+        }
     )
     for shots, group in _by_fewshot(todo):
         tasks = ", ".join(t.task for t in group)
@@ -289,6 +332,8 @@ def evaluate_model(
         for task in group:
             record["tasks"][task.task] = _task_result(raw, task, keys[task.task], elapsed / len(group))
             _save_raw(ref.results, task.task, scrub(raw, local_names))
+        order = [t.task for t in plan.tasks] + [name for name in record["tasks"] if name not in keys]
+        record["tasks"] = {name: record["tasks"][name] for name in order if name in record["tasks"]}  # suite order
         write_json_atomic(results_file, record)  # after every group: a stopped run keeps what it finished
     return record
 
@@ -310,17 +355,29 @@ def _by_fewshot(tasks: list[SuiteTask]) -> Iterator[tuple[int, list[SuiteTask]]]
             yield count, [t for t in group if t.limit == limit]
 
 
-def _check_task_requirements(tasks: list[SuiteTask]) -> None:
+def _check_task_requirements(tasks: list[SuiteTask], hub_suite: str | None = None) -> None:
+    """Refuse tasks that cannot run here, in one line that names the reason that matters most first: no Hub for a
+    suite whose data lives there (`hub_suite`, its name), then IFEval's extra, then IFEval's NLTK data."""
+    problems = []
+    if hub_suite is not None and not hub_offline() and not (status := hub_status()).answers:
+        problems.append(hub_problem(hub_suite, status))
     if any(t.task == "ifeval" or t.task.startswith("leaderboard_ifeval") for t in tasks):
+        try:
+            import immutabledict  # noqa: F401
+            import langdetect  # noqa: F401
+        except ImportError:
+            problems.append("IFEval needs the ifeval extra (langdetect, immutabledict): pip install 'hubprune[ifeval]'")
         try:
             import nltk
 
             nltk.data.find("tokenizers/punkt_tab")
         except (ImportError, LookupError):
-            raise EvaluationError(
+            problems.append(
                 "IFEval needs nltk's punkt_tab data, which hubprune never downloads silently: run "
-                "`python -m nltk.downloader punkt_tab` (with langdetect and immutabledict installed), or set NLTK_DATA"
-            ) from None
+                "`python -m nltk.downloader punkt_tab`, or set NLTK_DATA to a folder that holds it"
+            )
+    if problems:
+        raise EvaluationError("; also, ".join(problems))
 
 
 def _load_model(folder: Path, settings: EvalSettings, device: str, dtype: str) -> Any:
@@ -427,14 +484,42 @@ def _task_result(raw: dict[str, Any], task: SuiteTask, key: str, seconds: float)
         "metric": metric,
         "value": results[metric],
         "stderr": stderr if isinstance(stderr, (int, float)) else None,
-        "higher_is_better": raw.get("higher_is_better", {}).get(task.task, {}).get(name),
+        "higher_is_better": _higher_is_better(raw, task.task, name),
         "num_fewshot": task.num_fewshot,
         "limit": task.limit,
-        "n_samples": raw.get("n-samples", {}).get(task.task),
+        "n_samples": _n_samples(raw, task.task),
         "version": raw.get("versions", {}).get(task.task),
         "settings_key": key,
         "wall_seconds": round(seconds, 2),
     }
+
+
+def _leaves(raw: dict[str, Any], task: str) -> list[str]:
+    """The tasks that scored documents for `task`: itself, or the subtasks of a group (mmlu: its 57 subjects)."""
+    groups = raw.get("group_subtasks", {})
+    return sorted(name for name in _with_subtasks(task, groups) if not groups.get(name))
+
+
+def _higher_is_better(raw: dict[str, Any], task: str, metric: str) -> bool | None:
+    """lm-eval's direction for the metric; for a group it records none for (mmlu, a group of groups), the one
+    every subtask agrees on."""
+    table = raw.get("higher_is_better", {})
+    own = table.get(task, {}).get(metric)
+    if own is not None:
+        return own
+    found = {table.get(name, {}).get(metric) for name in _leaves(raw, task)} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
+def _n_samples(raw: dict[str, Any], task: str) -> dict[str, int] | None:
+    """Documents in the task and documents scored (with a limit, fewer); for a group, its subtasks' sums."""
+    table = raw.get("n-samples", {})
+    if task in table:
+        return table[task]
+    counts = [table.get(name) for name in _leaves(raw, task)]
+    if not counts or None in counts:
+        return None
+    return {key: sum(count[key] for count in counts) for key in ("original", "effective")}
 
 
 def _first_metric(results: dict[str, Any]) -> str:

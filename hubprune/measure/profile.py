@@ -272,9 +272,13 @@ def _one_round(
         document = _in_fresh_process(job.folder, share)
     except ProfileError as exc:
         _emit(on_progress, job, "failed", number, settings.rounds)
-        if job.family_dir is not None:
-            manifest.record_stage(job.family_dir, job.name, STAGE, status="failed", error=str(exc))
-        raise
+        if job.family_dir is None:
+            raise ProfileError(f"profiling {job.folder} failed: {exc}") from None
+        # the models finished before this one are kept: the next run measures only what is missing
+        manifest.record_stage(job.family_dir, job.name, STAGE, status="failed", error=str(exc))
+        raise ProfileError(
+            f"profile of member {job.name} failed: {exc}; family.json records it: run the same command again to redo it"
+        ) from None
     kept.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(kept, {"settings": _settings_key(settings), "round": number, "document": document})
     return document
@@ -339,7 +343,7 @@ def _in_fresh_process(folder: Path, settings: ProfileSettings) -> dict[str, Any]
     if answer is not None and "error" in answer:
         raise ProfileError(answer["error"])
     if proc.returncode != 0 or answer is None:
-        raise ProfileError(f"profiling {folder} failed: {_death(proc)}")
+        raise ProfileError(_death(proc))
     return answer
 
 

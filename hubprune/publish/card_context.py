@@ -7,11 +7,14 @@ formatted. Everything comes from family.json and the results views; a number tha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
+from hubprune.build.family import PROVENANCE
 from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
+from hubprune.build.recovery import ALPHAS, FORMULA
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.publish.formatting import (
@@ -81,6 +84,7 @@ def common_context(
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
+        "recovery": _recovery(family),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -111,6 +115,7 @@ def member_context(
         },
         "table": _family_table([base, *members], namespace, current=member.name),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
+        "member_recovery": _member_recovery(member),
         "eval_settings": _eval_settings_line(member),
     }
 
@@ -339,7 +344,9 @@ def _criteria_check(found: dict[str, Any] | None) -> dict[str, Any] | None:
         rows.append(
             [
                 f"{row['pct']} %",
-                row["criterion"],
+                row["criterion"]
+                if row.get("recovery", "none") == "none"
+                else f"{row['criterion']} + {row['recovery']}",
                 f"{row['perplexity']:.4g}",
                 f"{reference['perplexity']:.4g} [{reference['low']:.4g}, {reference['high']:.4g}]"
                 if reference
@@ -355,6 +362,39 @@ def _criteria_check(found: dict[str, Any] | None) -> dict[str, Any] | None:
         "text": f"{text.get('source')}, {text.get('tokens')} tokens",
         "calibration": f"{calibration['source']}, {calibration['tokens']} tokens" if calibration else None,
         "warnings": found.get("warnings", []),
+    }
+
+
+def _recovery(family: manifest.Family) -> dict[str, Any] | None:
+    """What recovery ran after pruning, for the method section; None when the members are the kept columns."""
+    if family.recovery == "none":
+        return None
+    calibration = family.calibration or {}
+    return {
+        "formula": f"    {FORMULA}",
+        "alphas": ", ".join(f"{a:g}" for a in ALPHAS),
+        "text": f"{calibration.get('source')} (sha256 `{str(calibration.get('sha256'))[:12]}`), at most "
+        f"{calibration.get('max_tokens')} tokens in windows of {calibration.get('window')}",
+    }
+
+
+def _member_recovery(member: ModelResults) -> dict[str, Any] | None:
+    """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
+    provenance = member.folder / PROVENANCE if member.folder else None
+    if provenance is None or not provenance.exists():
+        return None
+    record = json.loads(provenance.read_text(encoding="utf-8")).get("recovery")
+    if not record:
+        return None
+    chosen = sorted(a for a in record["alpha"].values() if a is not None)
+    left = len(record["alpha"]) - len(chosen)
+    return {
+        "error_plain": f"{record['held_out_error']['plain']:.3g}",
+        "error_refit": f"{record['held_out_error']['refit']:.3g}",
+        "alphas": f"{chosen[0]:g} to {chosen[-1]:g} (median {chosen[len(chosen) // 2]:g})" if chosen else "none",
+        "left": f"; {left} layer(s) left as pruned, where no α beat the plain columns" if left else "",
+        "tokens": f"{record['tokens']['fit']} fitting and {record['tokens']['held_out']} held-out tokens",
+        "seconds": f"{record['seconds']:.1f}",
     }
 
 

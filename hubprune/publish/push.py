@@ -149,9 +149,12 @@ def push_family(
             manifest.save(replace(family, card={**family.card, "collection": {"title": title, "url": url}}), family_dir)
     except PushError as exc:
         done = ", ".join(p.repo_id for p in pushed) or "nothing"
-        missing = ", ".join(f"{settings.namespace}/{m.name}" for m in chosen[len(pushed) :]) or "the collection"
+        missing = [f"{settings.namespace}/{m.name}" for m in chosen[len(pushed) :]]
+        if title is not None:  # the collection is made or updated once every member is pushed
+            missing.append("the collection")
+        left = ", ".join(missing) or "nothing"
         raise PushError(
-            f"{exc}; published: {done}; not published: {missing}. Run the same command again to finish"
+            f"{exc}; published: {done}; not published: {left}. Run the same command again to finish"
         ) from None
     return PushOutcome(tuple(pushed), tuple(skipped), title, url, False)
 
@@ -209,8 +212,8 @@ def _check_licence(family_dir: Path, member: manifest.MemberRecord, cards: CardO
         licence = front_matter(text).get("license")
     if not licence:
         raise PushError(
-            "the cards declare no licence (none was found for the base model): render the cards again with the "
-            "base model's `license` first"
+            "the cards declare no licence (none was found for the base model): render the cards again with the base "
+            "model's Hub licence id as `license` (e.g. hubprune card FAMILY --license apache-2.0), then push again"
         )
 
 

@@ -5,15 +5,19 @@ and the request/response shapes huggingface_hub 2.4 sends and parses. It never s
 HTTP; uploads need the client to run with HF_HUB_DISABLE_XET=1 (a 2.x client cannot be made to fall back to LFS by the
 server), and then take the legacy path: validate-yaml -> preupload -> LFS batch -> PUT -> verify -> NDJSON commit.
 
-Served: downloads (repo info with cardData, tree, refs, commits, paths-info, HEAD/GET resolve with Range), auth
-(whoami, tokens), repos (create with exist_ok's 409, delete, settings, private repos hidden as 404), uploads
+Served: downloads (repo info with cardData, tree, refs, commits, paths-info, HEAD/GET resolve with Range), the home
+page, auth (whoami, tokens), repos (create with exist_ok's 409, delete, settings, private repos hidden as 404), uploads
 (validate-yaml, preupload, LFS basic transfer, commit with file/lfsFile/deletedFile/deletedFolder and parentCommit)
-and collections (create, get, list, update, delete, items add/update/delete). Not served: Xet, LFS multipart (never
-offered), pull requests (create_pr answers 501), Link-header pagination (one page holds any test repo).
+and collections (create, get, list, update, delete, items add/update/delete). Dataset repos are served the way
+`datasets.load_dataset` reads them (dataset_info, pinned revisions, tree listings, paths-info, resolve downloads of the
+README with its `configs:` and of parquet, JSON Lines or CSV data files), and `push_to_hub` writes them. Not served:
+Xet, LFS multipart (never offered), pull requests (create_pr answers 501), Link-header pagination (one page holds any
+test repo), the dataset viewer (datasets-server: point_datasets_at turns the client's lookup off).
 
 Tests seed repos in-process with `add_commit` / `tag` (no .gitattributes, no initial commit, unlike `create_repo`
 over HTTP), read the log (`requests`, `requested`, `calls`) and the store (`commits`, `files`, `lfs_uploads`,
-`uploaded_bytes`, `collections`), and inject failures with `fail_next`. `point_client_at` aims the client at a server.
+`uploaded_bytes`, `collections`), and inject failures with `fail_next`. `point_client_at` aims the client at a server,
+`point_datasets_at` the datasets library as well.
 
 Structure: `Repo` is the store (commits that each hold a full path -> `Blob` map, branches, tags, and the LFS
 objects uploaded to it); `HubServer` owns the repos, collections, tokens, request log and faults, and its endpoint
@@ -159,6 +163,23 @@ def _card_tags(card: dict | None, files: Iterable[str], config: dict | None) -> 
     for base in listed("base_model"):
         tags.append(f"base_model:{base}")
         tags += [f"base_model:{relation}:{base}" for relation in listed("base_model_relation")]
+    return list(dict.fromkeys(tags))
+
+
+DATA_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
+
+
+def _dataset_tags(card: dict | None, files: Iterable[str]) -> list[str]:
+    """dataset_info's `tags` the way the Hub derives them: card tags, `key:value` tags of the card's task
+    categories, languages, licence and size, and the formats of the data files (README.md is not data)."""
+    card = card or {}
+    tags = [value for value in card.get("tags") or [] if isinstance(value, str)]
+    for key in ("task_categories", "task_ids", "language", "license", "size_categories"):
+        values = card.get(key)
+        tags += [f"{key}:{v}" for v in ([values] if isinstance(values, str) else values or []) if isinstance(v, str)]
+    suffixes = {"." + path.rsplit(".", 1)[-1] for path in files if "." in path and not path.startswith(".")}
+    formats = sorted({DATA_FORMATS[s] for s in suffixes if s in DATA_FORMATS})
+    tags += [f"format:{f}" for f in formats] + (["library:datasets"] if formats else [])
     return list(dict.fromkeys(tags))
 
 
@@ -552,7 +573,9 @@ class HubServer:
         """GET /api/{T}/{id}[/revision/{rev}]: model_info / repo_info (snapshot_download, the no-op commit's sha).
 
         Card-derived fields (cardData, tags, library_name, pipeline_tag, model-index) come from README.md's front
-        matter at that revision, `config` and `safetensors` from config.json and the safetensors headers."""
+        matter at that revision, `config` and `safetensors` from config.json and the safetensors headers. A dataset
+        repo answers dataset_info's shape: cardData (with the `configs:` and `dataset_info` that the datasets library
+        reads from the README itself) and tags, no model fields."""
         repo, commit = self._lookup(h, m)
         siblings, parameters = [], {}
         for path in sorted(commit.files):
@@ -571,7 +594,6 @@ class HubServer:
         info = {
             "_id": _object_id(repo.repo_id),
             "id": repo.repo_id,
-            "modelId": repo.repo_id,
             "author": repo.namespace,
             "sha": commit.sha,
             "private": repo.private,
@@ -584,6 +606,12 @@ class HubServer:
             "createdAt": first.date,
             "siblings": siblings,
         }
+        if repo.repo_type != "model":  # dataset_info / space_info: the card's metadata, none of the model fields
+            info["tags"] = _dataset_tags(card, commit.files) if repo.repo_type == "dataset" else []
+            if card is not None:
+                info["cardData"] = card
+            return h.send_json(info)
+        info["modelId"] = repo.repo_id
         if card is not None:
             info["cardData"] = card
             info.update({key: card[key] for key in ("library_name", "pipeline_tag", "model-index") if key in card})
@@ -649,8 +677,14 @@ class HubServer:
         )
 
     def resolve(self, h: "_Handler", m: re.Match) -> None:
-        """HEAD and GET /{P}{id}/resolve/{rev}/{path}: hf_hub_download's metadata call and download (Range -> 206)."""
-        _, commit = self._lookup(h, m)
+        """HEAD and GET /{P}{id}/resolve/{rev}/{path}: hf_hub_download's metadata call and download (Range -> 206).
+
+        A gated repo's files, as on the Hub, go only to callers with access (here: members of its namespace):
+        401 GatedRepo without a token, 403 GatedRepo with one. Its info and file list stay public."""
+        repo, commit = self._lookup(h, m)
+        if repo.gated and (h.user is None or repo.namespace not in self.namespaces):
+            status, why = (401, "Please log in.") if h.user is None else (403, "You are not in the authorized list.")
+            raise HubError(status, f"Access to {repo.repo_type} {repo.repo_id} is restricted. {why}", "GatedRepo")
         path = unquote(m.group("path"))
         if path not in commit.files:
             raise HubError(404, f"{path} does not exist on {commit.sha}", "EntryNotFound", commit.sha)
@@ -676,6 +710,10 @@ class HubServer:
         h.send(status, body, headers)
 
     # ---- endpoints: account and repos -----------------------------------------------------------------------------
+    def home(self, h: "_Handler", m: re.Match) -> None:
+        """HEAD and GET /: the Hub's home page, which answers whoever asks (hubprune's `--suite auto` probes it)."""
+        h.send(200, b"<!doctype html><title>Loopback Hub</title>\n", {"Content-Type": "text/html; charset=utf-8"})
+
     def whoami(self, h: "_Handler", m: re.Match) -> None:
         """GET /api/whoami-v2: the token's user (create_collection without a namespace asks it for `name`)."""
         if h.user is None:
@@ -1118,6 +1156,37 @@ def point_client_at(server: HubServer, monkeypatch, home: Path) -> None:
         monkeypatch.setattr(constants, name, value)
 
 
+def point_datasets_at(server: HubServer, monkeypatch, home: Path) -> None:
+    """Aim the datasets library (and lm-eval's tasks through it) at `server`, online, caching under `home`: call it
+    after point_client_at, which it relies on for the Hub client underneath.
+
+    datasets copies HF_ENDPOINT, the offline flags and its cache folders into `datasets.config` at import, so those
+    are patched as well as the environment. Two lookups that would leave this machine are switched off: the
+    dataset viewer's (the Hub's parquet export and infos, asked of datasets-server.<endpoint host>; the loopback
+    Hub has no viewer, and the client then reads the README's `configs:` and `dataset_info`, as it does for a repo
+    the viewer has not processed yet) and the download counter (a HEAD to s3.amazonaws.com per load_dataset)."""
+    import datasets.config
+
+    cache = home / "datasets"
+    downloads = cache / datasets.config.DOWNLOADED_DATASETS_DIR
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+    patched = {
+        "HF_ENDPOINT": server.endpoint,
+        "HUB_DATASETS_URL": server.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        "HF_HUB_OFFLINE": False,
+        "HF_DATASETS_OFFLINE": False,
+        "USE_PARQUET_EXPORT": False,
+        "HF_UPDATE_DOWNLOAD_COUNTS": False,
+        "HF_DATASETS_CACHE": cache,
+        "DOWNLOADED_DATASETS_PATH": downloads,
+        "EXTRACTED_DATASETS_PATH": downloads / datasets.config.EXTRACTED_DATASETS_DIR,
+    }
+    for name, value in patched.items():
+        monkeypatch.setattr(datasets.config, name, value)
+
+
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
 _API = r"^/api/(?P<type>models|datasets|spaces)/" + _REPO
 _GIT = r"^/(?P<prefix>datasets/|spaces/)?" + _REPO + r"\.git/info/lfs/objects/"
@@ -1132,6 +1201,7 @@ ROUTES: list[tuple[tuple[str, ...], re.Pattern, str]] = [
     (("GET",), re.compile(_API + r"/commits/(?P<rev>[^/]+)$"), "list_commits"),
     (("HEAD", "GET"), re.compile(_RESOLVE), "resolve"),
     # account and repos
+    (("HEAD", "GET"), re.compile(r"^/$"), "home"),
     (("GET",), re.compile(r"^/api/whoami-v2$"), "whoami"),
     (("POST",), re.compile(r"^/api/repos/create$"), "create_repo"),
     (("DELETE",), re.compile(r"^/api/repos/delete$"), "delete_repo"),
