@@ -1,0 +1,178 @@
+"""Training-free compensation: refit each layer's kept down_proj columns so the pruned MLP's output stays close
+to the original's on calibration text.
+
+For one layer, h(t) is down_proj's input at calibration token t (width n), W its weight (hidden x n), K the kept
+neurons and R the removed ones. The original output is W h = W_K h_K + W_R h_R. The refit W'_K minimises
+
+    sum_t || W h(t) - W'_K h_K(t) ||^2  +  lambda || W'_K - W_K ||^2
+
+a least-squares fit of the original output from the kept inputs, with a ridge toward the original columns (as in
+FLAP and SparseGPT's reconstruction objective, here solved exactly for a column subset). With the Gram matrix
+G = sum_t h(t) h(t)^T, setting the gradient to zero gives
+
+    W'_K = W_K + W_R G_RK (G_KK + lambda I)^-1
+
+so only the n x n Gram matrix of each layer is needed, never the activations themselves, and the update is a
+matrix M = G_RK (G_KK + lambda I)^-1 (|R| x |K|) that the streaming pass applies to each row chunk of down_proj:
+W'_K[rows] = W_K[rows] + W_R[rows] M.
+
+lambda = alpha x mean(diag G_KK): alpha is scale-free across layers and models. Without the ridge (alpha -> 0)
+the fit has |K| unknowns per output row and overfits a few thousand tokens (DESIGN.md); alpha is chosen per layer
+from ALPHAS by the reconstruction error on held-out calibration windows (a second Gram matrix), so the choice is
+measured, not assumed; the update is then solved again with that alpha on every calibration window. Every solve
+is in float64: G's condition number grows with the width.
+
+The statistics are those of the original model: every layer is refit for the inputs the unpruned model gives it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hubprune.build.calibrate import Grams
+from hubprune.errors import CriterionError
+
+ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+RECOVERY_CHOICES = ("none", "refit")
+
+
+def check_recovery(name: str) -> str:
+    if name not in RECOVERY_CHOICES:
+        raise CriterionError(f"unknown recovery {name!r}: choose one of {', '.join(RECOVERY_CHOICES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class LayerRefit:
+    """One layer's compensation: the update matrix and how it was chosen."""
+
+    update: torch.Tensor  # M, |R| x |K| float64: W'_K = W_K + W_R M
+    alpha: float  # lambda / mean(diag G_KK)
+    held_out_error: float  # relative reconstruction error on held-out tokens with the refit (0 = exact)
+    plain_error: float  # the same without the refit (W_K alone)
+
+
+def _solve(g_kk: torch.Tensor, g_kr: torch.Tensor, alpha: float) -> torch.Tensor:
+    ridge = alpha * g_kk.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    system = g_kk + ridge * torch.eye(len(g_kk), dtype=torch.float64)
+    # G_KK + lambda I is symmetric positive definite: M^T = (G_KK + lambda I)^-1 G_KR by Cholesky.
+    return torch.cholesky_solve(g_kr, torch.linalg.cholesky(system)).T
+
+
+class _HeldOutError:
+    """sum_t ||W h - W'_K h_K||^2 / sum_t ||W h||^2 over the tokens whose Gram matrix is H, for W'_K = W_K + W_R M.
+
+    The difference W - [W'_K in the kept columns, 0 elsewhere] is W_R Q, with Q = [-M in the kept columns, I in the
+    removed ones], so the numerator is tr(W_R Q H Q^T W_R^T) = tr(A (M H_KK M^T - M H_KR - H_RK M^T + H_RR)) with
+    A = W_R^T W_R: products of |R|-sized blocks, not of the whole n x n matrix, for each alpha tried."""
+
+    def __init__(self, weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor) -> None:
+        w, h = weight.double(), gram.double()
+        w_removed = w[:, removed]
+        self.a = w_removed.T @ w_removed
+        self.h_kk, self.h_kr, self.h_rr = h[kept][:, kept], h[kept][:, removed], h[removed][:, removed]
+        self.total = float((w @ h * w).sum().clamp_min(1e-300))
+
+    def __call__(self, update: torch.Tensor | None) -> float:
+        q = self.h_rr.clone()
+        if update is not None:
+            cross = update @ self.h_kr
+            q += update @ self.h_kk @ update.T - cross - cross.T
+        return float((self.a * q).sum()) / self.total
+
+
+def removed_of(kept: torch.Tensor, width: int) -> torch.Tensor:
+    """The ascending indices in [0, width) that are not in `kept`."""
+    mask = torch.ones(width, dtype=torch.bool)
+    mask[kept] = False
+    return torch.arange(width)[mask]
+
+
+def refit_layer(
+    weight: torch.Tensor,
+    fit_gram: torch.Tensor,
+    held_out_gram: torch.Tensor,
+    kept: torch.Tensor,
+    alphas: tuple[float, ...] = ALPHAS,
+) -> LayerRefit:
+    """The update for one layer: alpha chosen from `alphas` by the reconstruction error on the held-out windows
+    of a fit on the others, then the update solved with that alpha on all of them (fit + held out). When no alpha
+    beats leaving W_K as it is on held-out windows, the update is zero (alpha recorded as inf)."""
+    removed = removed_of(kept, weight.shape[1])
+    error_of = _HeldOutError(weight, held_out_gram, kept, removed)
+    fit = fit_gram.double()
+    fit_kk, fit_kr = fit[kept][:, kept], fit[kept][:, removed]
+    plain = error_of(None)
+    best_alpha, best_error = float("inf"), plain
+    for alpha in alphas:
+        error = error_of(_solve(fit_kk, fit_kr, alpha))
+        if error < best_error:
+            best_alpha, best_error = alpha, error
+    if best_alpha == float("inf"):
+        return LayerRefit(torch.zeros(len(removed), len(kept), dtype=torch.float64), best_alpha, plain, plain)
+    every = fit + held_out_gram.double()
+    update = _solve(every[kept][:, kept], every[kept][:, removed], best_alpha)
+    return LayerRefit(update, best_alpha, best_error, plain)
+
+
+@dataclass(frozen=True)
+class Refits:
+    """Every layer's update for one member width, and the record hubprune.json keeps of how it was chosen."""
+
+    updates: dict[int, torch.Tensor]  # layer -> M (float32, |R| x |K|)
+    record: dict[str, Any]
+
+
+def refit_member(
+    down_weights: dict[int, torch.Tensor],
+    grams: Grams,
+    kept: dict[int, torch.Tensor],
+    alphas: tuple[float, ...] = ALPHAS,
+) -> Refits:
+    """The updates of every layer for one member (`kept`: layer -> ascending kept indices), with its record."""
+    started = time.perf_counter()
+    layers = {
+        layer: refit_layer(down_weights[layer], grams.fit[layer], grams.held_out[layer], kept[layer], alphas)
+        for layer in sorted(kept)
+    }
+    record = {
+        "method": "refit",
+        "formula": FORMULA,
+        "alphas_tried": list(alphas),
+        # None: no alpha beat the plain columns on held-out windows, and the layer was left as pruned
+        "alpha": {str(layer): refit.alpha if math.isfinite(refit.alpha) else None for layer, refit in layers.items()},
+        "held_out_error": {
+            "plain": _mean(refit.plain_error for refit in layers.values()),
+            "refit": _mean(refit.held_out_error for refit in layers.values()),
+            "meaning": "mean over layers of the relative reconstruction error of the MLP's output on held-out "
+            "calibration windows: sum ||W h - W'_K h_K||^2 / sum ||W h||^2",
+        },
+        "tokens": {"fit": grams.fit_tokens, "held_out": grams.held_out_tokens},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Refits({layer: refit.update.float() for layer, refit in layers.items()}, record)
+
+
+FORMULA = (
+    "W'_K = W_K + W_R G_RK (G_KK + lambda I)^-1, lambda = alpha * mean(diag G_KK), G = sum_t h(t) h(t)^T of "
+    "down_proj's input h over the calibration tokens; alpha chosen per layer on held-out windows"
+)
+
+
+def _mean(values: Any) -> float:
+    found = list(values)
+    return sum(found) / len(found)
+
+
+def apply_update(
+    down_rows: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, update: torch.Tensor
+) -> torch.Tensor:
+    """A row chunk of down_proj (rows x n, any float dtype) -> its refit kept columns (rows x |K|), computed in
+    float64 and returned in the chunk's dtype."""
+    rows = down_rows.double()
+    return (rows[:, kept] + rows[:, removed] @ update.double()).to(down_rows.dtype)
