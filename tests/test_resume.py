@@ -50,6 +50,11 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
+def finished_results(family: Path) -> dict[str, dict[str, tuple[int, bytes]]]:
+    """The results of the base and of member A, which the failing runs below finish: what a rerun must not touch."""
+    return {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))}
+
+
 def member_files(family: Path) -> dict[str, bytes]:
     """The bytes of what the prune stage writes into each member (the cards are rendered later)."""
     members = json.loads((family / "family.json").read_text())["members"]
@@ -247,14 +252,14 @@ def test_an_eval_that_fails_for_one_member_is_recorded_and_only_that_member_is_r
         and failed["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB"
     )
     assert not (family / "README.md").exists()  # the stages after eval did not run
-    kept = {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))}
+    kept = finished_results(family)
 
     failing.clear()
     loads.clear()
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert loads == [B], "a model evaluated by the first run was evaluated again"
-    assert {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))} == kept
+    assert finished_results(family) == kept
     assert member_stage(family, B, "eval") == member_stage(family, A, "eval")  # done, the failure forgotten
     assert member_stage(family, B, "eval")["status"] == "done"
     assert json.loads((family / B / "results" / "eval.json").read_text())["tasks"]["tiny_ppl"]["value"] > 1
@@ -288,14 +293,14 @@ def test_a_profile_that_fails_for_one_member_is_recorded_and_only_that_member_is
         "error": "its process exited with status 1: torch.OutOfMemoryError: CPU out of memory",
     }
     assert not (family / B / "results" / "profile.json").exists()
-    kept = {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))}
+    kept = finished_results(family)
 
     failing.clear()
     measured.clear()
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert measured == [B], "a model profiled by the first run was profiled again"
-    assert {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))} == kept
+    assert finished_results(family) == kept
     assert member_stage(family, B, "profile") == member_stage(family, A, "profile")
     assert member_stage(family, B, "profile")["status"] == "done"
     assert json.loads((family / B / "results" / "profile.json").read_text())["status"] == "done"
