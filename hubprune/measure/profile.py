@@ -276,8 +276,9 @@ def _one_round(
             raise ProfileError(f"profiling {job.folder} failed: {exc}") from None
         # the models finished before this one are kept: the next run measures only what is missing
         manifest.record_stage(job.family_dir, job.name, STAGE, status="failed", error=str(exc))
+        what = f"the base {job.name}" if job.role == "base" else f"member {job.name}"
         raise ProfileError(
-            f"profile of member {job.name} failed: {exc}; family.json records it: run the same command again to redo it"
+            f"profile of {what} failed: {exc}; family.json records it: run the same command again to redo it"
         ) from None
     kept.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(kept, {"settings": _settings_key(settings), "round": number, "document": document})
