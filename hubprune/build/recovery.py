@@ -6,8 +6,9 @@ neurons and R the removed ones. The original output is W h = W_K h_K + W_R h_R. 
 
     sum_t || W h(t) - W'_K h_K(t) ||^2  +  lambda || W'_K - W_K ||^2
 
-a least-squares fit of the original output from the kept inputs, with a ridge toward the original columns (as in
-FLAP and SparseGPT's reconstruction objective, here solved exactly for a column subset). With the Gram matrix
+a least-squares fit of the original output from the kept inputs, with a ridge toward the original columns (the
+layer-wise reconstruction objective SparseGPT also minimises, here solved exactly for a subset of columns). With
+the Gram matrix
 G = sum_t h(t) h(t)^T, setting the gradient to zero gives
 
     W'_K = W_K + W_R G_RK (G_KK + lambda I)^-1
