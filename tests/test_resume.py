@@ -55,6 +55,19 @@ def finished_results(family: Path) -> dict[str, dict[str, tuple[int, bytes]]]:
     return {name: snapshot(family / folder) for name, folder in (("base", "base-results"), (A, f"{A}/results"))}
 
 
+def assert_a_rerun_redoes_only_b(args, family: Path, models_run: list[str], stage: str) -> None:
+    """The same command again, its failure gone: only member B goes through `stage` (`models_run` records the
+    models it runs), what the first run finished keeps its bytes and mtimes, and B ends done like A."""
+    kept = finished_results(family)
+    models_run.clear()
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert models_run == [B], f"a model the first run finished went through {stage} again"
+    assert finished_results(family) == kept
+    assert member_stage(family, B, stage) == member_stage(family, A, stage)  # done, the failure forgotten
+    assert member_stage(family, B, stage)["status"] == "done"
+
+
 def member_files(family: Path) -> dict[str, bytes]:
     """The bytes of what the prune stage writes into each member (the cards are rendered later)."""
     members = json.loads((family / "family.json").read_text())["members"]
@@ -252,16 +265,8 @@ def test_an_eval_that_fails_for_one_member_is_recorded_and_only_that_member_is_r
         and failed["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB"
     )
     assert not (family / "README.md").exists()  # the stages after eval did not run
-    kept = finished_results(family)
-
     failing.clear()
-    loads.clear()
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    assert loads == [B], "a model evaluated by the first run was evaluated again"
-    assert finished_results(family) == kept
-    assert member_stage(family, B, "eval") == member_stage(family, A, "eval")  # done, the failure forgotten
-    assert member_stage(family, B, "eval")["status"] == "done"
+    assert_a_rerun_redoes_only_b(args, family, loads, "eval")
     assert json.loads((family / B / "results" / "eval.json").read_text())["tasks"]["tiny_ppl"]["value"] > 1
 
 
@@ -293,16 +298,8 @@ def test_a_profile_that_fails_for_one_member_is_recorded_and_only_that_member_is
         "error": "its process exited with status 1: torch.OutOfMemoryError: CPU out of memory",
     }
     assert not (family / B / "results" / "profile.json").exists()
-    kept = finished_results(family)
-
     failing.clear()
-    measured.clear()
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    assert measured == [B], "a model profiled by the first run was profiled again"
-    assert finished_results(family) == kept
-    assert member_stage(family, B, "profile") == member_stage(family, A, "profile")
-    assert member_stage(family, B, "profile")["status"] == "done"
+    assert_a_rerun_redoes_only_b(args, family, measured, "profile")
     assert json.loads((family / B / "results" / "profile.json").read_text())["status"] == "done"
 
 
