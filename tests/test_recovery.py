@@ -5,12 +5,13 @@ lambda = alpha * mean(diag G_KK) toward the original columns, solved as one stac
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from support.tiny_models import FAMILIES, VOCAB
+from support.oracle import mlp_modules
+from support.tiny_models import FAMILIES
 from test_cli import assert_clean_error, invoke
+from test_data_criteria import words
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.build.calibrate import CalibrationSettings
@@ -22,11 +23,6 @@ from hubprune.build.source import open_source
 TOKENS, WINDOW, WIDTH_KEPT = 300, 50, 40  # six windows: four fit the refit, two (every third) choose alpha
 
 
-def words(seed: int, count: int) -> str:
-    rng = random.Random(seed)
-    return " ".join(f"w{rng.randrange(4, VOCAB)}" for _ in range(count))
-
-
 @pytest.fixture
 def calibration(tmp_path):
     path = tmp_path / "calibration.txt"
@@ -35,13 +31,8 @@ def calibration(tmp_path):
 
 
 def down_projs(model) -> dict[int, torch.nn.Module]:
-    """Each layer's down_proj in a loaded model, found by its module path (the text model's, not a vision tower's)."""
-    found = {}
-    for name, module in model.named_modules():
-        parts = name.split(".")
-        if name.endswith("mlp.down_proj") and "vision" not in name and "layers" in parts:
-            found[int(parts[parts.index("layers") + 1])] = module
-    return found
+    """Each layer's down_proj in a loaded model (the text model's, not a vision tower's)."""
+    return {layer: mlp.down_proj for layer, mlp in mlp_modules(model).items()}
 
 
 def down_inputs(source, text: str) -> list[dict[int, torch.Tensor]]:
