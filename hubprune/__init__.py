@@ -25,6 +25,7 @@ _API = {
     "Target": "hubprune.build.plan",
     "PruneSettings": "hubprune.build.family",
     "CalibrationSettings": "hubprune.build.calibrate",
+    "DistillSettings": "hubprune.build.distill",
     "make_plan": "hubprune.build.family",
     "build_family": "hubprune.build.family",
     "prune_one": "hubprune.build.family",
@@ -56,6 +57,7 @@ __all__ = [
     "Target",
     "PruneSettings",
     "CalibrationSettings",
+    "DistillSettings",
     "make_plan",
     "build_family",
     "prune_one",
@@ -90,6 +92,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from hubprune.build.calibrate import CalibrationSettings
     from hubprune.build.check import CheckSettings, check_criteria
+    from hubprune.build.distill import DistillSettings
     from hubprune.build.family import PruneSettings, build_family, make_plan, prune_one
     from hubprune.build.plan import Target, parse_targets
     from hubprune.build.source import open_source

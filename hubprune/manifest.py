@@ -76,6 +76,7 @@ class Family:
     # the text a data-aware criterion read (source name, sha256, tokens, window); part of what the family is
     calibration: dict[str, Any] | None = None
     recovery: str = "none"  # what recovered the members after pruning (PruneSettings.recover); part of the family
+    distill: dict[str, Any] | None = None  # the distillation's settings (DistillSettings.identity); part of the family
 
     def built_members(self) -> tuple[MemberRecord, ...]:
         """The members whose weights were written and verified (widest first): the ones later stages use."""

@@ -15,10 +15,12 @@ from pathlib import Path
 from hubprune import manifest
 from hubprune.build.calibrate import CalibrationSettings, calibration_text, shared_ngrams
 from hubprune.build.check import CheckOutcome, CheckSettings, check_criteria
+from hubprune.build.distill import DistillSettings
 from hubprune.build.family import PruneSettings, build_family, check_family_folder, make_plan
 from hubprune.build.gguf import is_embedded_default
 from hubprune.build.importance import DATA_CRITERIA, check_criterion
 from hubprune.build.plan import FamilyPlan, Target
+from hubprune.build.recovery import refits
 from hubprune.build.source import open_source
 from hubprune.errors import CriterionError
 from hubprune.measure.efficiency import ProfileSettings
@@ -92,12 +94,17 @@ def run_family(
             report(on_progress, Progress("eval", planned.announcement()))
             evaluation = replace(evaluation, suite=planned.choice.name)
         tasks = planned.tasks
-        if criterion in DATA_CRITERIA or prune.recover != "none":  # both are fitted to the calibration text
+        if criterion in DATA_CRITERIA or refits(prune.recover):  # both are fitted to the calibration text
             _warn_if_calibration_is_evaluated(calibration, [(t.task, t.limit) for t in tasks], on_progress)
     check = None
     if check_first:
         comparison = CheckSettings(
-            targets=tuple(targets), criteria=(criterion, "random"), calibration=calibration, recover=prune.recover
+            targets=tuple(targets),
+            criteria=(criterion, "random"),
+            calibration=calibration,
+            recover=prune.recover,
+            distill=prune.distill or DistillSettings(),
+            device=prune.device,
         )
         check = check_criteria(checkpoint, comparison, on_progress=on_progress)
         for warning in check.warnings():

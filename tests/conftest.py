@@ -21,7 +21,9 @@ def tiny_dir(tmp_path_factory):
     def make(model_type: str, **kwargs) -> Path:
         key = (model_type, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
         if key not in cache:
-            folder = tmp_path_factory.mktemp(f"src-{model_type}")
+            # named by what it is, not by when it was made: tests name members after the folder (src-llama0-er1.5)
+            variant = "".join(f"-{k}-{v}".replace("torch.", "") for k, v in key[1])
+            folder = tmp_path_factory.mktemp(f"src-{model_type}{variant}")
             cache[key] = build_tiny(folder, model_type, **kwargs)
         return cache[key]
 

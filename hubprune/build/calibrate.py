@@ -6,13 +6,22 @@ windows of `window` tokens, and keeps per layer two float32 vectors of the MLP w
 value and the L2 norm over all tokens of each neuron's down_proj input. Recovery (recovery.py) also needs each
 layer's Gram matrix of that input, n x n: one over the fitting windows and one over every third window, held out
 to choose the regulariser.
+
+How the model is loaded (LoadSettings): by default whole, in float32, on the CPU. With a memory cap, in the
+checkpoint's own dtype through accelerate's big-model loading: the modules that do not fit the cap stay on disk
+and each is read from the checkpoint's safetensors just before it runs, so a model larger than memory calibrates;
+the Gram matrices then live in files (see GramFiles) rather than in memory. docs/calibration.md has the figures.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,7 @@ from typing import Any
 import torch
 
 from hubprune.errors import CriterionError
+from hubprune.measure.device import resolve_device
 from hubprune.measure.offline_tasks import TEXT_FILE, paragraphs
 
 DEFAULT_TOKENS = 4096
@@ -44,6 +54,24 @@ class CalibrationSettings:
 
 
 @dataclass(frozen=True)
+class LoadSettings:
+    """Where and how calibration loads the model.
+
+    The default (cpu, no cap) loads the whole model in float32, as hubprune always has. Any other setting loads it
+    in the checkpoint's own dtype (its config's `dtype`; the statistics are still summed in float32), since float32
+    doubles the bytes of a bf16 model that is already too large. With `max_memory`, the model goes through
+    accelerate's device map: modules up to `max_memory` bytes stay resident on `device`, the rest stay on disk in
+    the checkpoint's own safetensors (nothing is copied) and are read just before each runs; and the Gram matrices
+    are summed in files, not in memory. `max_memory` bounds the resident weights only: the process also holds one
+    onloaded module, a window's activations and the file pages being written, which the kernel can write back.
+    """
+
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto; on a GPU the statistics are summed there, then moved to CPU
+    max_memory: int | None = None  # bytes of resident weights on `device`; None: no cap, the whole model resident
+    scratch: Path | None = None  # where the temporary folder is made (None: the system's); on a disk, not tmpfs
+
+
+@dataclass(frozen=True)
 class ActivationStats:
     """Per layer, over every calibration token t, of each neuron i's down_proj input h_i(t)."""
 
@@ -56,7 +84,11 @@ class ActivationStats:
 @dataclass(frozen=True)
 class Grams:
     """Per layer, G = sum_t h(t) h(t)^T (float32, n x n) of down_proj's input over two disjoint sets of windows:
-    `fit` (two windows in three) and `held_out` (every third window), with the tokens each holds."""
+    `fit` (two windows in three) and `held_out` (every third window), with the tokens each holds.
+
+    Under a memory cap (LoadSettings.max_memory) each matrix is a memory map of a file whose name is already
+    removed: its pages are read on use and can be dropped again, and the kernel frees the file with the last
+    tensor that maps it, so nothing is left to clean up."""
 
     fit: dict[int, torch.Tensor]
     held_out: dict[int, torch.Tensor]
@@ -110,18 +142,65 @@ def calibrate(
     *,
     grams: bool = False,
     announce: Callable[[], None] | None = None,
+    load: LoadSettings = LoadSettings(),
 ) -> ActivationStats:
-    """Load the model in `folder` (float32, CPU) and collect each layer's down_proj input statistics over the
-    calibration text. `down_modules` maps each layer to its down_proj module's name. The text is checked first,
-    with the tokenizer alone; `announce` is called once it passes, before the model loads."""
+    """Load the model in `folder` as `load` says (by default whole, float32, CPU) and collect each layer's
+    down_proj input statistics over the calibration text. `down_modules` maps each layer to its down_proj module's
+    name. The text and the load settings are checked first, with the tokenizer alone; `announce` is called once
+    they pass, before the model loads. Any temporary folder is removed before this returns, also on error."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = check_load(load)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     calibration_windows(tokenizer, settings, grams=grams)
     if announce is not None:
         announce()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return collect_activations(model, tokenizer, down_modules, settings, grams=grams)
+    if device == "cpu" and load.max_memory is None:  # what hubprune always did: its results stay as they were
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        return collect_activations(model, tokenizer, down_modules, settings, grams=grams)
+    with scratch_folder(load.scratch) as temp:
+        model = load_model(folder, device, load.max_memory, temp / "offload")
+        files = temp / "grams" if load.max_memory is not None else None
+        stats = collect_activations(model, tokenizer, down_modules, settings, grams=grams, device=device, files=files)
+        del model  # its hooks read the offload folder until here
+    return stats
+
+
+def check_load(load: LoadSettings) -> str:
+    """The device calibration runs on (see resolve_device), or CriterionError for settings it cannot honour."""
+    device = resolve_device(load.device, CriterionError)
+    if load.max_memory is not None and load.max_memory < 1:
+        raise CriterionError(f"max_memory must be a positive number of bytes, not {load.max_memory}: raise it")
+    if load.scratch is not None and not Path(load.scratch).is_dir():
+        raise CriterionError(f"the scratch folder {load.scratch} is not a folder: create it or give another")
+    return device
+
+
+@contextmanager
+def scratch_folder(parent: Path | None) -> Iterator[Path]:
+    """A new temporary folder under `parent` (None: the system's temporary folder), removed with all it holds on
+    exit. Calibration never writes into a family or source folder: the family may be published."""
+    folder = Path(tempfile.mkdtemp(prefix="hubprune-calibrate-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_model(folder: Path, device: str, max_memory: int | None, offload: Path) -> Any:
+    """The model in its checkpoint's dtype on `device`; with `max_memory` (bytes), dispatched by accelerate so that
+    at most that much of its weights is resident there and the rest is read from disk as each module runs. A
+    safetensors checkpoint's offloaded weights are read where they lie; `offload` receives only those that loading
+    converts (e.g. fused experts), so it must outlive the model's use."""
+    from transformers import AutoModelForCausalLM
+
+    if max_memory is None:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype="auto", device_map={"": device}).eval()
+    where: int | str = "cpu" if device == "cpu" else (torch.device(device).index or 0)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype="auto", device_map="auto", max_memory={where: max_memory}, offload_folder=str(offload)
+    )
+    return model.eval()
 
 
 def calibration_windows(
@@ -146,15 +225,23 @@ def calibration_windows(
 
 
 def collect_activations(
-    model: Any, tokenizer: Any, down_modules: dict[int, str], settings: CalibrationSettings, *, grams: bool = False
+    model: Any,
+    tokenizer: Any,
+    down_modules: dict[int, str],
+    settings: CalibrationSettings,
+    *,
+    grams: bool = False,
+    device: str = "cpu",
+    files: Path | None = None,
 ) -> ActivationStats:
     """Run a loaded model over the calibration text with hooks on each layer's down_proj input; with `grams`,
-    also each layer's Gram matrices (see Grams)."""
+    also each layer's Gram matrices (see Grams), summed in files under the folder `files` when it is given, else
+    in memory. Sums are float32 on the device the activations are on, and end on the CPU."""
     inputs, text, source = calibration_windows(tokenizer, settings, grams=grams)
     prefix = special_prefix(tokenizer)
     abs_sum: dict[int, torch.Tensor] = {}
     sq_sum: dict[int, torch.Tensor] = {}
-    gram_sums: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] = ({}, {})
+    sums = GramFiles(files) if files is not None else GramSums()
     held_out = [False]  # whether the window running now is held out
 
     def hook(layer: int):  # noqa: ANN202 - a forward pre-hook
@@ -163,8 +250,7 @@ def collect_activations(
             abs_sum[layer] = abs_sum.get(layer, 0) + h.abs().sum(dim=0)
             sq_sum[layer] = sq_sum.get(layer, 0) + h.square().sum(dim=0)
             if grams:
-                into = gram_sums[held_out[0]]
-                into[layer] = into.get(layer, 0) + h.T @ h
+                sums.add(held_out[0], layer, h)
 
         return record
 
@@ -176,7 +262,7 @@ def collect_activations(
         with torch.no_grad():
             for i, window in enumerate(inputs):
                 held_out[0] = grams and i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-                model(window[None])
+                model(window[None].to(device), **last_logit_only(model))
                 counts[held_out[0]] += window.numel()
     finally:
         for handle in handles:
@@ -189,12 +275,79 @@ def collect_activations(
         "window": settings.window,
         "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
     }
+    if files is not None or device != "cpu" or model.dtype != torch.float32:  # not the default load: say how
+        record |= {"dtype": str(model.dtype).removeprefix("torch."), "device": torch.device(device).type}
     return ActivationStats(
-        abs_mean={layer: total / tokens for layer, total in abs_sum.items()},
-        l2={layer: total.sqrt() for layer, total in sq_sum.items()},
+        abs_mean={layer: (total / tokens).cpu() for layer, total in abs_sum.items()},
+        l2={layer: total.sqrt().cpu() for layer, total in sq_sum.items()},
         record=record,
-        grams=Grams(gram_sums[0], gram_sums[1], counts[0], counts[1]) if grams else None,
+        grams=Grams(*sums.result(), counts[0], counts[1]) if grams else None,
     )
+
+
+def last_logit_only(model: Any) -> dict[str, int]:
+    """Ask the model for the last position's logits only, where it can: calibration reads no logits, and a window's
+    logits over a large vocabulary (512 x 128,256 floats for Llama 3) cost more memory than one layer's activations."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+class GramSums:
+    """Each layer's Gram matrices summed in memory, on the device the activations are on (the default load, or a
+    GPU: there they move to the CPU at the end)."""
+
+    def __init__(self) -> None:
+        self.sums: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] = ({}, {})
+
+    def add(self, held_out: bool, layer: int, h: torch.Tensor) -> None:
+        into = self.sums[held_out]
+        into[layer] = into.get(layer, 0) + h.T @ h
+
+    def result(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        return tuple({layer: gram.cpu() for layer, gram in into.items()} for into in self.sums)  # type: ignore[return-value]
+
+
+class GramFiles:
+    """Each layer's Gram matrices summed in float32 files under `folder`, one per layer and window set, so that
+    they need no memory of their own: 2 x layers x n^2 floats is 15 GB for Llama-3.2-3B, more than its bf16 weights.
+    A file is mapped only while one window adds to it; its pages are then the kernel's to write back and drop. On
+    a GPU the window's product is computed there and added on the CPU."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.widths: dict[tuple[bool, int], int] = {}
+
+    def add(self, held_out: bool, layer: int, h: torch.Tensor) -> None:
+        width = h.shape[1]
+        path = self._path(held_out, layer)
+        if (held_out, layer) not in self.widths:
+            with open(path, "wb") as file:
+                file.truncate(width * width * 4)  # a sparse file of zeros: no disk used until written
+            self.widths[held_out, layer] = width
+        gram = _map(path, width)
+        if h.is_cuda:
+            gram += (h.T @ h).cpu()
+        else:
+            gram.addmm_(h.T, h)
+        del gram  # unmapped: the written pages stay in the page cache until the kernel writes them back
+
+    def result(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Every sum as a tensor mapping its file, whose name is removed at once: the kernel frees the file when the
+        last tensor mapping it is dropped, and the folder can go (see Grams)."""
+        found: tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]] = ({}, {})
+        for (held_out, layer), width in sorted(self.widths.items()):
+            path = self._path(held_out, layer)
+            found[held_out][layer] = _map(path, width)
+            path.unlink()
+        return found
+
+    def _path(self, held_out: bool, layer: int) -> Path:
+        return self.folder / f"{'held-out' if held_out else 'fit'}-{layer}.f32"
+
+
+def _map(path: Path, width: int) -> torch.Tensor:
+    """The width x width float32 matrix in the file `path`, mapped shared: writes go to the file."""
+    return torch.from_file(str(path), shared=True, size=width * width, dtype=torch.float32).view(width, width)
 
 
 def loaded_modules(model: Any, names: dict[int, str]) -> dict[int, torch.nn.Module]:

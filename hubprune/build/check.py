@@ -8,6 +8,7 @@ the removed neurons' down_proj columns zeroed, which computes exactly what the p
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,6 @@ from hubprune.build.calibrate import (
     SHIPPED_CALIBRATION_START,
     SHIPPED_TEXT,
     CalibrationSettings,
-    Grams,
     calibration_text,
     collect_activations,
     first_predicted,
@@ -32,10 +32,21 @@ from hubprune.build.calibrate import (
     windows,
 )
 from hubprune.build.checkpoint import Checkpoint
+from hubprune.build.distill import DistillData, DistillSettings, mlp_parameters, prepare_data, train
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
 from hubprune.build.plan import Target, plan_family
-from hubprune.build.prune import analyse, data_scores, down_modules, model_shape, weight_scores
-from hubprune.build.recovery import apply_update, check_recovery, refit_member, removed_of
+from hubprune.build.prune import (
+    COLUMN_ROLES,
+    FUSED_ROLES,
+    ROW_ROLES,
+    MlpLayout,
+    analyse,
+    data_scores,
+    down_modules,
+    model_shape,
+    weight_scores,
+)
+from hubprune.build.recovery import apply_update, check_recovery, distills, refit_member, refits, removed_of
 from hubprune.errors import CriterionError
 from hubprune.measure.offline_tasks import paragraphs
 from hubprune.progress import Progress, ProgressCallback, report
@@ -51,7 +62,9 @@ class CheckSettings:
     max_tokens: int = 8192  # of the held-out text
     window: int = 512
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    recover: str = "none"  # refit: each criterion but random is measured again with its down_proj refit
+    recover: str = "none"  # each criterion but random is measured again with this recovery (RECOVERY_CHOICES)
+    distill: DistillSettings = field(default_factory=DistillSettings)  # when `recover` distills
+    device: str = "cpu"  # where distillation trains
 
     def __post_init__(self) -> None:
         for name in self.criteria:  # refuse a typo before anything is loaded
@@ -68,7 +81,7 @@ class CheckRow:
     low: float | None = None  # for random: the range over the seeds
     high: float | None = None
     worse_than_random: bool | None = None  # None for random itself, or when random was not measured
-    recovery: str = "none"  # refit: the same pruning with down_proj refit (recovery.py)
+    recovery: str = "none"  # the same pruning, then this recovery (refit, distill, refit+distill)
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,7 @@ def check_criteria(
     names = down_modules(layout)
     downs = loaded_modules(model, names)
     stats = shared = None
-    refit = settings.recover == "refit"
+    refit = refits(settings.recover)
     if refit or any(c in DATA_CRITERIA for c in criteria):
         stats = collect_activations(model, tokenizer, names, settings.calibration, grams=refit)
         held_out = [p for p in text.split("\n\n") if p.strip()]
@@ -149,13 +162,18 @@ def check_criteria(
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
     base = _perplexity(model, ids, settings.window, prefix)
+    data = (
+        prepare_data(model, tokenizer, settings.distill, on_progress=on_progress)
+        if distills(settings.recover)
+        else None
+    )
     rows: list[CheckRow] = []
     for member in plan.members:
         removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
         pct = member.target.value if member.target.kind == "pct" else f"{removed:.3g}"
         width = member.intermediate_size
         measured = {
-            name: _pruned_perplexity(model, downs, s, width, ids, settings.window, prefix, None)
+            name: _pruned_perplexity(model, downs, _kept(s, width), None, ids, settings.window, prefix)
             for name, s in scores.items()
         }
         randoms = [v for name, v in measured.items() if name.startswith("random:")]
@@ -165,18 +183,17 @@ def check_criteria(
                 rows.append(CheckRow("random", pct, width, median, min(randoms), max(randoms)))  # type: ignore[arg-type]
                 continue
             recoveries = {"none": measured[criterion]}
+            kept, updates = _kept(scores[criterion], width), None
             if refit:
                 report(on_progress, Progress("check", f"[check] refitting down_proj for {criterion} at width {width}"))
-                recoveries["refit"] = _pruned_perplexity(
-                    model,
-                    downs,
-                    scores[criterion],
-                    width,
-                    ids,
-                    settings.window,
-                    prefix,
-                    stats.grams,  # type: ignore[union-attr]
-                )
+                weights = {layer: module.weight.data.float() for layer, module in downs.items()}
+                updates = refit_member(weights, stats.grams, kept).updates  # type: ignore[union-attr]
+                recoveries["refit"] = _pruned_perplexity(model, downs, kept, updates, ids, settings.window, prefix)
+            if data is not None:
+                label = f"{criterion} at width {width}"
+                report(on_progress, Progress("check", f"[check] distilling {label} ({settings.recover})"))
+                student = _distilled(model, layout, kept, updates, data, settings, label, on_progress)
+                recoveries[settings.recover] = _perplexity(student, ids, settings.window, prefix)
             for recovery, value in recoveries.items():
                 worse = None if median is None else value > median
                 rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovery))
@@ -199,34 +216,74 @@ def _random(num_layers: int, width: int, seed: int) -> dict[int, torch.Tensor]:
     return {layer: random_scores(width, seed=seed, layer=layer) for layer in range(num_layers)}
 
 
+def _kept(scores: dict[int, torch.Tensor], width: int) -> dict[int, torch.Tensor]:
+    return {layer: keep(rank(layer_scores), width) for layer, layer_scores in scores.items()}
+
+
 def _pruned_perplexity(
     model: Any,
     downs: dict[int, Any],
-    scores: dict[int, torch.Tensor],
-    width: int,
+    kept: dict[int, torch.Tensor],
+    updates: dict[int, torch.Tensor] | None,
     ids: torch.Tensor,
     window: int,
     prefix: tuple[int, ...],
-    grams: Grams | None,
 ) -> float:
-    """Perplexity with every layer keeping its `width` best neurons: the others' down_proj columns zeroed (and
-    with `grams`, the kept columns refit as recovery.refit_member does), then restored."""
-    kept = {layer: keep(rank(scores[layer]), width) for layer in downs}
-    if grams is not None:
-        weights = {layer: module.weight.data.float() for layer, module in downs.items()}
-        updates = refit_member(weights, grams, kept).updates
+    """Perplexity with every layer keeping the `kept` neurons: the others' down_proj columns zeroed (and with
+    `updates`, the kept columns refit as recovery.refit_member computes), then restored."""
     saved = {}
     try:
         for layer, module in downs.items():
             saved[layer] = module.weight.data.clone()
             removed = removed_of(kept[layer], module.weight.shape[1])
-            if grams is not None:
+            if updates is not None:
                 module.weight.data[:, kept[layer]] = apply_update(saved[layer], kept[layer], removed, updates[layer])
             module.weight.data[:, removed] = 0
         return _perplexity(model, ids, window, prefix)
     finally:
         for layer, weight in saved.items():
             downs[layer].weight.data = weight
+
+
+def _distilled(
+    model: Any,
+    layout: MlpLayout,
+    kept: dict[int, torch.Tensor],
+    updates: dict[int, torch.Tensor] | None,
+    data: DistillData,
+    settings: CheckSettings,
+    label: str,
+    on_progress: ProgressCallback | None,
+) -> Any:
+    """A copy of `model` pruned to the `kept` neurons (its MLP tensors sliced as the prune pass slices them, down_proj
+    refit with `updates`), distilled from `model` as a member is; on the CPU."""
+    student = copy.deepcopy(model)
+    prune_in_memory(student, layout, kept, updates)
+    trained = list(mlp_parameters(student, layout.roles).values())
+    train(student, model, data, settings.distill, trained, device=settings.device, item=label, on_progress=on_progress)
+    model.to("cpu")
+    return student.to("cpu").eval()
+
+
+def prune_in_memory(
+    model: Any, layout: MlpLayout, kept: dict[int, torch.Tensor], updates: dict[int, torch.Tensor] | None
+) -> None:
+    """Slice a loaded model's MLP tensors to the `kept` neurons of each layer, as the prune pass writes them: gate
+    and up rows (both halves of a fused gate_up), down_proj columns (refit with `updates` when given)."""
+    width = layout.intermediate_size
+    for name, parameter in mlp_parameters(model, layout.roles).items():
+        layer, role = layout.roles[name]
+        chosen = kept[layer]
+        with torch.no_grad():
+            if role in COLUMN_ROLES:
+                if updates is None:
+                    parameter.data = parameter.data[:, chosen]
+                else:
+                    parameter.data = apply_update(parameter.data, chosen, removed_of(chosen, width), updates[layer])
+            elif role in FUSED_ROLES:
+                parameter.data = parameter.data[torch.cat([chosen, chosen + width])]
+            elif role in ROW_ROLES:
+                parameter.data = parameter.data[chosen]
 
 
 def _perplexity(model: Any, ids: torch.Tensor, window: int, prefix: tuple[int, ...]) -> float:

@@ -12,15 +12,16 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hubprune import __version__, manifest
-from hubprune.build.calibrate import CalibrationSettings, calibrate, calibration_text
+from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrate, calibration_text
 from hubprune.build.checkpoint import Checkpoint
+from hubprune.build.distill import DistillSettings, Teacher, distill_member, load_teacher
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
 from hubprune.build.prune import (
@@ -34,7 +35,7 @@ from hubprune.build.prune import (
     prune_pass,
     weight_layer_scores,
 )
-from hubprune.build.recovery import check_recovery, refit_member
+from hubprune.build.recovery import check_recovery, distills, refit_member, refits
 from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
 from hubprune.errors import OutputError
@@ -44,6 +45,10 @@ from hubprune.progress import Progress, ProgressCallback, report
 PROVENANCE = "hubprune.json"
 KEPT_INDICES = "hubprune-kept-indices.json"
 PARTIAL_PREFIX = ".partial-"
+# A family's distillation work: the generated data every member learns from, and each member's saved state while
+# it trains (a stopped build resumes from it). Removed once every member is in place; never published.
+DISTILL_WORK = ".distill"
+DISTILL_DATA = "data.safetensors"
 TIE_RULE = "descending float32 score; equal scores keep the lower neuron index first; kept indices ascending"
 
 
@@ -54,7 +59,10 @@ class PruneSettings:
     multiple_of: int | None = None
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     calibration: CalibrationSettings | None = None  # the data-aware criteria's and recovery's text (None: default)
-    recover: str = "none"  # none | refit (RECOVERY_CHOICES)
+    recover: str = "none"  # none | refit | distill | refit+distill (RECOVERY_CHOICES)
+    distill: DistillSettings | None = None  # with distill: the budget and data (None: the defaults)
+    device: str = "cpu"  # where calibration and distillation run (the prune pass itself always streams on the CPU)
+    max_memory: int | None = None  # bytes of weights calibration keeps resident (calibrate.LoadSettings); None: all
 
 
 def make_plan(checkpoint: Checkpoint, targets: list[Target], multiple_of: int | None) -> tuple[MlpLayout, FamilyPlan]:
@@ -81,6 +89,10 @@ def build_family(
     todo = [m for m in plan.members if not _already_built(out / m.name, m, settings.criterion)]
     widths = [m.intermediate_size for m in todo]
     prepared = _prepare(checkpoint, layout, settings, widths, on_progress) if todo else None  # may refuse the source
+    distilling = settings.distill is not None and todo
+    teacher = (
+        _teacher(checkpoint, out / DISTILL_WORK, settings, on_progress) if distilling else None
+    )  # may refuse its text
     family = _open_family_folder(out, checkpoint, plan, settings)
     for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by a stopped build
         shutil.rmtree(stale)
@@ -97,12 +109,16 @@ def build_family(
         _write_members(checkpoint, layout, plan, todo, partials, settings, prepared, on_progress)  # type: ignore[arg-type]
         try:
             for member in todo:
+                if teacher is not None:
+                    state = out / DISTILL_WORK / member.name
+                    _distil(partials[member.name], teacher, layout, settings, state, on_progress)
                 (partials[member.name]).rename(out / member.name)
                 family = family.with_member(_record(member).with_stage("prune", status="done"))
                 manifest.save(family, out)
         finally:  # stopped between renames: the members not yet in place are written again by the next run
             for partial in partials.values():
                 shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(out / DISTILL_WORK, ignore_errors=True)  # every member is in place: nothing left to resume
     return family
 
 
@@ -121,6 +137,8 @@ def prune_one(
     if out.exists():
         raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
     prepared = _prepare(checkpoint, layout, settings, [plan.members[0].intermediate_size], on_progress)
+    work = out.with_name(f"{DISTILL_WORK}-{out.name}")  # kept if stopped: the next run resumes from it
+    teacher = _teacher(checkpoint, work, settings, on_progress) if settings.distill is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{PARTIAL_PREFIX}{out.name}")
     if partial.exists():
@@ -128,8 +146,50 @@ def prune_one(
     member = plan.members[0]
     _announce(on_progress, checkpoint, out, settings)
     _write_members(checkpoint, layout, plan, [member], {member.name: partial}, settings, prepared, on_progress)
+    if teacher is not None:
+        try:
+            _distil(partial, teacher, layout, settings, work / "state", on_progress)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
     partial.rename(out)
     return member
+
+
+def _teacher(
+    checkpoint: Checkpoint, work: Path, settings: PruneSettings, on_progress: ProgressCallback | None
+) -> Teacher:
+    message = f"[distill] {checkpoint.source}: loading the base model and its distillation data"
+    return load_teacher(
+        checkpoint.folder,
+        settings.distill,  # type: ignore[arg-type]
+        cache=work / DISTILL_DATA,
+        device=settings.device,
+        announce=lambda: report(on_progress, Progress("distill", message)),
+        on_progress=on_progress,
+    )
+
+
+def _distil(
+    folder: Path,
+    teacher: Teacher,
+    layout: MlpLayout,
+    settings: PruneSettings,
+    state: Path,
+    on_progress: ProgressCallback | None,
+) -> None:
+    """Distil the member written in `folder` from the base, and record how in its hubprune.json."""
+    distill = settings.distill
+    assert distill is not None
+    message = f"[distill] {folder.name.removeprefix(PARTIAL_PREFIX)}: {distill.planned_steps} steps"
+    report(on_progress, Progress("distill", message))
+    record = distill_member(
+        folder, teacher, distill, layout.roles, state=state, device=settings.device, on_progress=on_progress
+    )
+    provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
+    provenance["distillation"] = record
+    (folder / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
 
 
 def _announce(on_progress: ProgressCallback | None, checkpoint: Checkpoint, out: Path, settings: PruneSettings) -> None:
@@ -142,9 +202,10 @@ def _normalized(settings: PruneSettings) -> PruneSettings:
     criterion = check_criterion(settings.criterion)
     seed = (settings.seed or 0) if criterion == "random" else None
     recover = check_recovery(settings.recover)
-    reads_text = criterion in DATA_CRITERIA or recover != "none"
+    reads_text = criterion in DATA_CRITERIA or refits(recover)
     calibration = (settings.calibration or CalibrationSettings()) if reads_text else None
-    return PruneSettings(criterion, seed, settings.multiple_of, settings.max_shard_bytes, calibration, recover)
+    distill = (settings.distill or DistillSettings()) if distills(recover) else None
+    return replace(settings, criterion=criterion, seed=seed, calibration=calibration, recover=recover, distill=distill)
 
 
 @dataclass(frozen=True)
@@ -168,7 +229,7 @@ def _prepare(
     """Score every layer under the criterion, and with recovery refit each width's down_proj; raises
     (CriterionError) for weights or activations that cannot be ranked, such as NaN or inf, before any folder is
     made."""
-    data_aware, refit = settings.criterion in DATA_CRITERIA, settings.recover == "refit"
+    data_aware, refit = settings.criterion in DATA_CRITERIA, refits(settings.recover)
     if not data_aware and not refit:
         return _Prepared(weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0), None)
     wanted = " and ".join(
@@ -182,6 +243,7 @@ def _prepare(
         settings.calibration,  # type: ignore[arg-type]
         grams=refit,
         announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
+        load=LoadSettings(device=settings.device, max_memory=settings.max_memory),
     )
     if data_aware:
         scores = data_scores(checkpoint, layout, stats, settings.criterion)
@@ -194,8 +256,8 @@ def _prepare(
     for width in widths:
         report(on_progress, Progress("prune", f"[refit] down_proj of every layer at width {width}"))
         kept = {layer: keep(rank(scores[layer]), width) for layer in scores}
-        refits = refit_member(downs, stats.grams, kept)  # type: ignore[arg-type]
-        updates[width], records[width] = refits.updates, refits.record
+        member_refit = refit_member(downs, stats.grams, kept)  # type: ignore[arg-type]
+        updates[width], records[width] = member_refit.updates, member_refit.record
     return _Prepared(scores, stats.record, updates, records)
 
 
@@ -274,6 +336,7 @@ def _finish_member(
         "seed": settings.seed,
         "calibration": calibration,  # the text a data-aware criterion or the recovery read, else None
         "recovery": recovery,  # how down_proj was refit (recovery.refit_member), else None: the kept columns as they were
+        "distillation": None,  # how the member was distilled (distill.train), written once it was, else None
         "target": {"kind": member.target.kind, "value": member.target.value},
         "multiple_of": settings.multiple_of,
         "hidden_size": plan.shape.hidden_size,
@@ -344,6 +407,14 @@ def check_family_folder(out: Path, checkpoint: Checkpoint, settings: PruneSettin
                 f"{out} holds a family built with {label} {_shown(built)}; this run asks for {label} {_shown(asked)}: "
                 f"{fix} to resume it, or choose a new folder"
             )
+    built, asked = existing.distill or {}, _distill_identity(settings.distill) or {}
+    if built != asked:
+        differ = sorted(k for k in built.keys() | asked.keys() if built.get(k) != asked.get(k))
+        shown = ", ".join(f"{k} {_shown(built.get(k))} (this run: {_shown(asked.get(k))})" for k in differ)
+        raise OutputError(
+            f"{out} holds a family distilled with {shown}: give the same distillation settings to resume it, or "
+            "choose a new folder"
+        )
     if existing.calibration != _calibration_identity(settings.calibration):
         was = existing.calibration or {}
         raise OutputError(
@@ -379,13 +450,18 @@ def _open_family_folder(out: Path, checkpoint: Checkpoint, plan: FamilyPlan, set
         members=(),
         calibration=_calibration_identity(settings.calibration),
         recovery=settings.recover,
+        distill=_distill_identity(settings.distill),
     )
+
+
+def _distill_identity(distill: DistillSettings | None) -> dict[str, Any] | None:
+    return None if distill is None else distill.identity()
 
 
 def _own_leftover(path: Path) -> bool:
     """What a build killed before its first family.json was in place leaves: a partial member or the manifest's
     temporary file. A folder holding only these is the build's own, not someone else's that needs `force`."""
-    return path.name.startswith(PARTIAL_PREFIX) or path.name == f".{manifest.MANIFEST}.tmp"
+    return path.name in (DISTILL_WORK, f".{manifest.MANIFEST}.tmp") or path.name.startswith(PARTIAL_PREFIX)
 
 
 def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, Any] | None:

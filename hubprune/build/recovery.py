@@ -39,13 +39,22 @@ from hubprune.build.calibrate import Grams
 from hubprune.errors import CriterionError
 
 ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-RECOVERY_CHOICES = ("none", "refit")
+RECOVERY_CHOICES = ("none", "refit", "distill", "refit+distill")  # distill: see distill.py
 
 
 def check_recovery(name: str) -> str:
     if name not in RECOVERY_CHOICES:
         raise CriterionError(f"unknown recovery {name!r}: choose one of {', '.join(RECOVERY_CHOICES)}")
     return name
+
+
+def refits(recover: str) -> bool:
+    """Whether the recovery `recover` refits down_proj (before any distillation)."""
+    return recover in ("refit", "refit+distill")
+
+
+def distills(recover: str) -> bool:
+    return recover in ("distill", "refit+distill")
 
 
 @dataclass(frozen=True)

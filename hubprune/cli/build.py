@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from hubprune.build.calibrate import CalibrationSettings
 from hubprune.build.check import CheckSettings, check_criteria
+from hubprune.build.distill import DistillSettings
 from hubprune.build.family import PruneSettings, make_plan, prune_one
 from hubprune.build.plan import Target
 from hubprune.build.source import open_source
 from hubprune.cli import output
 from hubprune.cli.options import (
+    DEVICE_OPTION,
     HELD_OUT_FILE,
     RECOVER_OPTION,
     SOURCE_HELP,
@@ -21,6 +24,7 @@ from hubprune.cli.options import (
     StagedCommand,
     calibration_options,
     card_options,
+    distill_options,
     family_target_options,
     member_target_options,
     option,
@@ -54,11 +58,15 @@ def plan(source: str | None, targets: list[Target], multiple_of: int | None, rev
 @option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="New folder to write.")
 @member_target_options
 @prune_options
+@DEVICE_OPTION
 @revision_option
-def prune(source: str | None, out: Path, target: Target, prune_settings: PruneSettings, revision: str | None) -> None:
+def prune(
+    source: str | None, out: Path, target: Target, prune_settings: PruneSettings, device: str, revision: str | None
+) -> None:
     """Write one pruned checkpoint."""
     with output.progress_display() as show:
-        member = prune_one(open_source(source, revision=revision), out, target, prune_settings, on_progress=show)
+        settings = replace(prune_settings, device=device)
+        member = prune_one(open_source(source, revision=revision), out, target, settings, on_progress=show)
     click.echo(
         f"wrote {out}: intermediate size {member.intermediate_size} (ratio {member.ratio:.2f}), "
         f"{member.params_total / 1e6:.2f}M parameters, {bytes_text(member.weight_bytes)}"
@@ -106,7 +114,7 @@ def build_family_command(
             source,
             out,
             targets,
-            prune_settings,
+            replace(prune_settings, device=eval_settings.device),  # one device for distillation, eval and profile
             evaluation=None if skip_eval else eval_settings,
             profile=None if skip_profile else profile_settings,
             cards=card_settings,
@@ -146,7 +154,9 @@ def build_family_command(
 @option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds of random pruning.")
 @option("--tokens", type=click.IntRange(min=2), default=8192, show_default=True, help="Held-out tokens read.")
 @RECOVER_OPTION
+@distill_options
 @calibration_options
+@DEVICE_OPTION
 @revision_option
 def check_criteria_command(
     source: str | None,
@@ -156,7 +166,9 @@ def check_criteria_command(
     seeds: int,
     tokens: int,
     recover: str,
+    distill: DistillSettings,
     calibration: CalibrationSettings,
+    device: str,
     revision: str | None,
 ) -> None:
     """Perplexity on held-out text of the model pruned by each criterion, every layer, against random pruning
@@ -170,6 +182,8 @@ def check_criteria_command(
         max_tokens=tokens,
         calibration=calibration,
         recover=recover,
+        distill=distill,
+        device=device,
     )
     with output.progress_display() as show:
         outcome = check_criteria(open_source(source, revision=revision), settings, on_progress=show)

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from hubprune.build.calibrate import CalibrationSettings, calibration_text, read_text
+from hubprune.build.distill import DistillSettings
 from hubprune.build.family import PruneSettings
 from hubprune.build.importance import CRITERIA
 from hubprune.build.plan import PAPER_PCTS, Target, parse_targets
@@ -91,7 +92,12 @@ def _held_out_file(path: Path) -> object:
     return read_text(path, "held-out text")
 
 
+def _distill_file(path: Path) -> object:
+    return DistillSettings(text=path).identity()
+
+
 CALIBRATION_FILE = TextFile(_calibration_file)
+DISTILL_FILE = TextFile(_distill_file)
 HELD_OUT_FILE = TextFile(_held_out_file)
 
 
@@ -423,7 +429,71 @@ RECOVER_OPTION = option(
     default="none",
     show_default=True,
     help="After pruning: refit = training-free least-squares refit of down_proj's kept columns on the calibration "
-    "text (ridge toward the original columns, chosen on held-out windows); none = the kept columns as they are.",
+    "text (ridge toward the original columns, chosen on held-out windows); distill = train the MLP to the base's "
+    "next-token distributions (KL) on text the base generates; refit+distill = both; none = the kept columns as "
+    "they are.",
+)
+
+
+def distill_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--distill-tokens / --distill-steps / --distill-text / --distill-lr, handed to the command as `distill`, a
+    DistillSettings (used only when --recover distills)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["distill"] = DistillSettings(
+            tokens=kwargs.pop("distill_tokens"),
+            steps=kwargs.pop("distill_steps"),
+            text=kwargs.pop("distill_text"),
+            learning_rate=kwargs.pop("distill_lr"),
+        )
+        return func(*args, **kwargs)
+
+    defaults = DistillSettings()
+    return _with_options(
+        wrapper,
+        [
+            option(
+                "--distill-tokens",
+                stage="prune",
+                type=click.IntRange(min=1),
+                default=defaults.tokens,
+                show_default=True,
+                help=f"Distillation budget in training tokens ({defaults.batch} sequences of {defaults.seq_len} "
+                "tokens a step).",
+            ),
+            option(
+                "--distill-steps",
+                stage="prune",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Stop distilling after N steps, if that comes before the token budget.",
+            ),
+            option(
+                "--distill-text",
+                stage="prune",
+                type=DISTILL_FILE,
+                help="Distil on this UTF-8 text (default: text the base model generates itself, disjoint from every "
+                "benchmark).",
+            ),
+            option(
+                "--distill-lr",
+                stage="prune",
+                type=click.FloatRange(min=0, min_open=True),
+                default=defaults.learning_rate,
+                show_default=True,
+                help="Distillation learning rate (AdamW, linear warm-up then decay).",
+            ),
+        ],
+    )
+
+
+DEVICE_OPTION = option(
+    "--device",
+    stage="prune",
+    default="auto",
+    show_default=True,
+    help="Where distillation trains: auto (cuda when torch sees a GPU, else cpu), cpu or cuda.",
 )
 
 
@@ -439,6 +509,8 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
             max_shard_bytes=int(kwargs.pop("max_shard_size")),
             calibration=kwargs.pop("calibration"),
             recover=kwargs.pop("recover"),
+            distill=kwargs.pop("distill"),
+            max_memory=_bytes_or_none(kwargs.pop("max_memory")),
         )
         return func(*args, **kwargs)
 
@@ -454,6 +526,7 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 help=f"Neuron importance: {', '.join(CRITERIA)}.",
             ),
             RECOVER_OPTION,
+            distill_options,
             calibration_options,
             option("--seed", stage="prune", type=int, default=None, help="Seed of the random criterion (default 0)."),
             option(
@@ -472,8 +545,21 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Largest safetensors shard written.",
             ),
+            option(
+                "--max-memory",
+                "max_memory",
+                stage="prune",
+                type=ByteSize(),
+                default=None,
+                help="Calibration (activation, hybrid, refit) keeps at most SIZE of the weights in memory and reads "
+                "the rest from disk as each layer runs, in the source dtype: for models larger than memory.",
+            ),
         ],
     )
+
+
+def _bytes_or_none(size: Any) -> int | None:
+    return None if size is None else int(size)
 
 
 def typed_command() -> str:

@@ -40,6 +40,8 @@ class ProgressDisplay:
     def __call__(self, event: Progress) -> None:
         if event.unit == "B":
             self._bar(event)
+        elif event.unit == "tok":
+            self._token_bar(event)
         elif event.status == "warning":
             click.echo(f"warning: {event.message}", err=True)
         elif event.message:
@@ -54,6 +56,26 @@ class ProgressDisplay:
                 total=event.total, unit="B", unit_scale=True, desc=event.stage, file=sys.stderr, disable=None
             )
         bar.update(event.done - bar.n)
+
+    def _token_bar(self, event: Progress) -> None:
+        """Distillation: a bar per item (the data, each member) in tokens, with the loss and rate beside it."""
+        from tqdm import tqdm
+
+        key = f"{event.stage}:{event.item}"
+        bar = self._bars.get(key)
+        if bar is None:
+            bar = self._bars[key] = tqdm(
+                total=event.total,
+                unit="tok",
+                unit_scale=True,
+                desc=f"{event.stage} {event.item}",
+                file=sys.stderr,
+                disable=None,
+            )
+        bar.set_postfix_str(event.message, refresh=False)
+        bar.update(event.done - bar.n)
+        if event.done >= event.total:
+            self._bars.pop(key).close()
 
     def close(self) -> None:
         for bar in self._bars.values():

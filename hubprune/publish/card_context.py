@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
+from hubprune.build.distill import OBJECTIVE, SELF_GENERATED, TRAINED, WARMUP_FRACTION
 from hubprune.build.family import PROVENANCE
 from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
-from hubprune.build.recovery import ALPHAS, FORMULA
+from hubprune.build.recovery import ALPHAS, FORMULA, refits
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.publish.formatting import (
@@ -85,6 +86,7 @@ def common_context(
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
         "recovery": _recovery(family),
+        "distillation": _distillation(family),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -116,6 +118,7 @@ def member_context(
         "table": _family_table([base, *members], namespace, current=member.name),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
         "member_recovery": _member_recovery(member),
+        "member_distillation": _member_distillation(member),
         "eval_settings": _eval_settings_line(member),
     }
 
@@ -367,7 +370,7 @@ def _criteria_check(found: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _recovery(family: manifest.Family) -> dict[str, Any] | None:
     """What recovery ran after pruning, for the method section; None when the members are the kept columns."""
-    if family.recovery == "none":
+    if not refits(family.recovery):
         return None
     calibration = family.calibration or {}
     return {
@@ -378,12 +381,51 @@ def _recovery(family: manifest.Family) -> dict[str, Any] | None:
     }
 
 
-def _member_recovery(member: ModelResults) -> dict[str, Any] | None:
-    """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
+def _distillation(family: manifest.Family) -> dict[str, Any] | None:
+    """The distillation every member went through, for the method section; None when there was none."""
+    if family.distill is None:
+        return None
+    settings = family.distill
+    text = settings.get("text")
+    return {
+        "objective": OBJECTIVE,
+        "trained": TRAINED,
+        "data": f"{text['source']} (sha256 `{text['sha256'][:12]}`)" if text else SELF_GENERATED,
+        "budget": f"{settings['tokens']:,} tokens"
+        + (f", at most {settings['steps']} steps" if settings.get("steps") else "")
+        + f", batches of {settings['batch']} sequences of {settings['seq_len']} tokens",
+        "optimizer": f"AdamW, learning rate {settings['learning_rate']:g}, weight decay 0, linear warm-up over "
+        f"{WARMUP_FRACTION:.0%} of the steps then linear decay to 0; seed {settings['seed']}",
+    }
+
+
+def _member_distillation(member: ModelResults) -> dict[str, Any] | None:
+    """This member's distillation, as its hubprune.json records it: the KL on held-out sequences before and after."""
+    record = _member_provenance(member).get("distillation")
+    if not record:
+        return None
+    return {
+        "before": f"{record['held_out_kl']['before']:.4g}",
+        "after": f"{record['held_out_kl']['after']:.4g}",
+        "held_out": record["data"]["sequences"]["held_out"],
+        "steps": record["steps"],
+        "tokens": f"{record['tokens']:,}",
+        "seconds": f"{record['seconds']:.0f}",
+        "device": record["device"],
+    }
+
+
+def _member_provenance(member: ModelResults) -> dict[str, Any]:
+    """The member's hubprune.json, or {} for a model without one (the base)."""
     provenance = member.folder / PROVENANCE if member.folder else None
     if provenance is None or not provenance.exists():
-        return None
-    record = json.loads(provenance.read_text(encoding="utf-8")).get("recovery")
+        return {}
+    return json.loads(provenance.read_text(encoding="utf-8"))
+
+
+def _member_recovery(member: ModelResults) -> dict[str, Any] | None:
+    """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
+    record = _member_provenance(member).get("recovery")
     if not record:
         return None
     chosen = sorted(a for a in record["alpha"].values() if a is not None)

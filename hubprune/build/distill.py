@@ -1,0 +1,522 @@
+"""Distillation after pruning: the pruned member learns to predict what the base model predicts.
+
+Objective, per predicted position t of a training sequence: the forward KL divergence from the base's
+next-token distribution to the member's,
+
+    KL(p_base(. | x_<t) || p_member(. | x_<t)) = sum_v p_base(v) (log p_base(v) - log p_member(v)),
+
+averaged over positions (knowledge distillation, Hinton et al. 2015, at temperature 1; the objective NVIDIA's
+Minitron recovers pruned models with). Only the MLP tensors of every layer are trained (gate, up, down): they are
+what pruning changed, and the member stays a plain checkpoint of the same tensors, names and shapes, written
+back in the source dtype.
+
+Data, disjoint from every evaluation text: by default sequences the base model samples itself (temperature 1,
+no top-k or top-p, from the tokenizer's start token; self-data distillation), so no text of any benchmark is
+read; or a UTF-8 text the user gives. Every HELD_OUT_EVERY-th sequence is held out: the KL on it, before and
+after, says whether the member learned the model or the sequences.
+
+The loop runs through accelerate: on the CPU here, and one `accelerate config` moves it to one or many GPUs.
+Its state (weights, optimizer, schedule) is saved every SAVE_EVERY_SECONDS, so a stopped run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubprune.build.calibrate import (
+    first_predicted,
+    loaded_modules,
+    read_text,
+    shared_ngrams,
+    special_prefix,
+    token_ids,
+    windows,
+)
+from hubprune.errors import CriterionError
+from hubprune.files import write_json_atomic
+from hubprune.measure.device import resolve_device
+from hubprune.measure.offline_tasks import paragraphs
+from hubprune.progress import Progress, ProgressCallback, report
+
+DEFAULT_TOKENS = 32_768
+DEFAULT_LEARNING_RATE = 1e-4
+DEFAULT_BATCH = 8
+DEFAULT_SEQ_LEN = 256
+HELD_OUT_EVERY = 8
+WARMUP_FRACTION = 0.05
+SAVE_EVERY_SECONDS = 60.0
+# Logits are the largest tensors of a step (sequences x positions x vocabulary, for the base and the member, and
+# the member's gradient): a step runs in micro-batches of at most this many logits each.
+LOGITS_PER_MICRO_BATCH = 2**27
+OBJECTIVE = "KL(p_base || p_member) of the next-token distributions, mean over predicted positions (temperature 1)"
+TRAINED = "the gate, up and down projections of every layer (the MLP tensors pruning changed); nothing else"
+SELF_GENERATED = (
+    "sequences the base model generated itself (temperature 1, no top-k or top-p, from its start token, end of text "
+    "suppressed)"
+)
+STATE = "accelerate"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    tokens: int = DEFAULT_TOKENS  # training tokens: steps x batch x seq_len
+    steps: int | None = None  # stop after this many optimizer steps, when it comes before `tokens`
+    text: Path | None = None  # None: sequences the base model generates itself
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch: int = DEFAULT_BATCH  # sequences per optimizer step
+    seq_len: int = DEFAULT_SEQ_LEN
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch", "seq_len"):
+            if getattr(self, name) < 1:
+                raise CriterionError(f"distillation {name} must be at least 1, not {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise CriterionError(f"distillation steps must be at least 1, not {self.steps}: leave it out for no cap")
+        if self.seq_len < 2:
+            raise CriterionError("distillation sequences need at least 2 tokens: raise the sequence length")
+        if not self.learning_rate > 0:
+            raise CriterionError(f"the distillation learning rate must be positive, not {self.learning_rate}")
+
+    @property
+    def planned_steps(self) -> int:
+        """Optimizer steps: the token budget in whole batches (at least one), capped by `steps`."""
+        by_tokens = max(1, self.tokens // (self.batch * self.seq_len))
+        return min(by_tokens, self.steps) if self.steps else by_tokens
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a distillation: every setting, the text by name and sha256 (never its location)."""
+        found = asdict(self)
+        if self.text is not None:
+            text = read_text(self.text, "distillation text")
+            found["text"] = {"source": Path(self.text).name, "sha256": _sha256(text.encode("utf-8"))}
+        return found
+
+
+@dataclass(frozen=True)
+class DistillData:
+    """Token sequences of one length: `train` to learn from, `held_out` to measure the KL on."""
+
+    train: torch.Tensor  # sequences x seq_len
+    held_out: torch.Tensor
+    start: int  # the first predicted position (after the start tokens)
+    record: dict[str, Any]
+
+
+def prepare_data(
+    teacher: Any,
+    tokenizer: Any,
+    settings: DistillSettings,
+    *,
+    cache: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> DistillData:
+    """The training and held-out sequences: the text's windows, or sequences the base samples itself (kept in
+    `cache`, a .safetensors file, so that every member of a family and a resumed run learn from the same ones)."""
+    if settings.text is not None:
+        return _text_data(tokenizer, settings)
+    needed = settings.planned_steps * settings.batch
+    held_out = max(1, math.ceil(needed / (HELD_OUT_EVERY - 1)))
+    count = needed + held_out
+    sequences = _cached(cache, settings, count)
+    if sequences is None:
+        sequences = generate(teacher, tokenizer, count, settings.seq_len, settings.seed, on_progress)
+        if cache is not None:
+            _save_cache(cache, settings, sequences)
+    start_tokens = _start_tokens(tokenizer)
+    is_held_out = torch.arange(count) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+    is_held_out[-1] |= not bool(is_held_out.any())
+    texts = tokenizer.batch_decode(sequences[:, len(start_tokens) :])
+    record = {
+        "source": f"{SELF_GENERATED}; start token {tokenizer.convert_ids_to_tokens(list(start_tokens))}",
+        "sequences": {"train": int((~is_held_out).sum()), "held_out": int(is_held_out.sum())},
+        "seq_len": settings.seq_len,
+        "seed": settings.seed,
+        "sha256": _sha256(sequences.numpy().tobytes()),
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams("\n".join(texts), paragraphs()),
+    }
+    return DistillData(sequences[~is_held_out], sequences[is_held_out], first_predicted(start_tokens), record)
+
+
+def _text_data(tokenizer: Any, settings: DistillSettings) -> DistillData:
+    text = read_text(settings.text, "distillation text")  # type: ignore[arg-type]
+    prefix = special_prefix(tokenizer)
+    found = [
+        w for w in windows(token_ids(tokenizer, text, 10**12), settings.seq_len, prefix) if len(w) == settings.seq_len
+    ]
+    if len(found) < 2:
+        raise CriterionError(
+            f"the distillation text {Path(settings.text).name} gives {len(found)} window(s) of {settings.seq_len} "  # type: ignore[arg-type]
+            "tokens; it needs 2 (one to learn from, one held out): give a longer text"
+        )
+    sequences = torch.stack(found)
+    is_held_out = torch.arange(len(found)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+    is_held_out[-1] |= not bool(is_held_out.any())
+    record = {
+        "source": Path(settings.text).name,  # type: ignore[arg-type]  # the name only: it is published
+        "sha256": _sha256(text.encode("utf-8")),
+        "sequences": {"train": int((~is_held_out).sum()), "held_out": int(is_held_out.sum())},
+        "seq_len": settings.seq_len,
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, paragraphs()),
+    }
+    return DistillData(sequences[~is_held_out], sequences[is_held_out], first_predicted(prefix), record)
+
+
+def _start_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """What a generated sequence starts from: the tokens the tokenizer puts before every text (BOS), else its BOS
+    or end-of-text token (SmolLM2 adds none, and a sequence needs one to start from)."""
+    prefix = special_prefix(tokenizer)
+    if prefix:
+        return prefix
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return (int(token),)
+    raise CriterionError("the tokenizer has no BOS or end-of-text token to generate from: give --distill-text")
+
+
+def generate(
+    model: Any, tokenizer: Any, count: int, seq_len: int, seed: int, on_progress: ProgressCallback | None = None
+) -> torch.Tensor:
+    """`count` sequences of `seq_len` tokens sampled from `model` (temperature 1, the whole distribution), each
+    from the start tokens; end of text is suppressed so every sequence has its full length. Batch b is sampled
+    with seed `seed` + b, so the sequences depend on the seed alone."""
+    start = torch.tensor(_start_tokens(tokenizer))
+    device = next(model.parameters()).device
+    batch = 16
+    found = []
+    began = time.perf_counter()
+    for b, first in enumerate(range(0, count, batch)):
+        rows = min(batch, count - first)
+        inputs = start.repeat(rows, 1).to(device)
+        torch.manual_seed(seed + b)
+        new = seq_len - len(start)
+        with torch.no_grad():
+            out = model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        found.append(out.cpu())
+        done = first + rows
+        rate = done * seq_len / (time.perf_counter() - began)
+        report(
+            on_progress,
+            Progress("distill", f"generating, {rate:.0f} tok/s", "data", done * seq_len, count * seq_len, "tok"),
+        )
+    return torch.cat(found)
+
+
+def _cache_identity(settings: DistillSettings, count: int) -> dict[str, str]:
+    return {"seed": str(settings.seed), "seq_len": str(settings.seq_len), "count": str(count)}
+
+
+def _cached(cache: Path | None, settings: DistillSettings, count: int) -> torch.Tensor | None:
+    from safetensors import safe_open
+
+    if cache is None or not cache.exists():
+        return None
+    with safe_open(cache, framework="pt") as f:
+        if f.metadata() != {"format": "pt", **_cache_identity(settings, count)}:
+            return None
+        return f.get_tensor("input_ids")
+
+
+def _save_cache(cache: Path, settings: DistillSettings, sequences: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_name(f".{cache.name}.tmp")
+    metadata = {"format": "pt", **_cache_identity(settings, len(sequences))}
+    save_file({"input_ids": sequences.contiguous()}, str(temporary), metadata=metadata)
+    temporary.replace(cache)
+
+
+# --- the objective ---------------------------------------------------------------------------------------------
+
+
+def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of KL(p_teacher || p_student), from logits of the same shape (..., vocabulary)."""
+    log_student = student_logits.float().log_softmax(-1)
+    log_teacher = teacher_logits.float().log_softmax(-1)
+    return torch.nn.functional.kl_div(log_student, log_teacher, log_target=True, reduction="sum")
+
+
+def held_out_kl(student: Any, teacher: Any, data: DistillData, micro_batch: int) -> float:
+    """The mean per-position KL of the held-out sequences."""
+    device = next(student.parameters()).device
+    total, positions = 0.0, 0
+    with torch.no_grad():
+        for chunk in data.held_out.split(micro_batch):
+            chunk = chunk.to(device)
+            total += token_kl(_predicting(student, chunk, data.start), _predicting(teacher, chunk, data.start)).item()
+            positions += chunk.shape[0] * (chunk.shape[1] - data.start)
+    return total / positions
+
+
+def _predicting(model: Any, chunk: torch.Tensor, start: int) -> torch.Tensor:
+    """The logits that predict positions start..end of `chunk`."""
+    return model(chunk).logits[:, start - 1 : -1]
+
+
+def micro_batch_size(settings: DistillSettings, vocabulary: int) -> int:
+    return max(1, min(settings.batch, LOGITS_PER_MICRO_BATCH // (settings.seq_len * vocabulary)))
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+def mlp_parameters(model: Any, roles: dict[str, tuple[int, str]]) -> dict[str, torch.nn.Parameter]:
+    """The loaded model's parameter for each MLP tensor of the checkpoint (`roles`: tensor name -> (layer, role),
+    as prune.MlpLayout keeps them; module names are matched as calibrate.loaded_modules does)."""
+    found = {}
+    for name, (layer, _) in roles.items():
+        module_name, attribute = name.rsplit(".", 1)
+        found[name] = getattr(loaded_modules(model, {layer: module_name})[layer], attribute)
+    return found
+
+
+def train(
+    student: Any,
+    teacher: Any,
+    data: DistillData,
+    settings: DistillSettings,
+    trained: list[torch.nn.Parameter],
+    *,
+    state: Path | None = None,
+    device: str = "cpu",
+    item: str = "",
+    on_progress: ProgressCallback | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train the `trained` parameters of `student` (the rest frozen) to the KL objective on `data`, for
+    settings.planned_steps steps; return the record hubprune.json keeps. With `state`, a folder, the run saves its
+    state there every SAVE_EVERY_SECONDS and resumes from it (when it was saved by the same settings and data).
+    `on_step(step, tokens)` is called after each step (bench/ uses it for its curve)."""
+    from accelerate import Accelerator
+
+    began = time.perf_counter()
+    accelerator = Accelerator(cpu=resolve_device(device, CriterionError) == "cpu")
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    teacher.to(accelerator.device).eval()
+    steps = settings.planned_steps
+    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(steps))
+    student, optimizer, schedule = accelerator.prepare(student, optimizer, schedule)
+    micro = micro_batch_size(settings, student.config.get_text_config().vocab_size)
+    kl_before = held_out_kl(student, teacher, data, micro)
+    identity = {"settings": settings.identity(), "data": data.record["sha256"]}
+    first = _resume(accelerator, state, identity)
+    student.train()
+    per_step = settings.batch * settings.seq_len
+    saved_at = time.perf_counter()
+    losses: list[float] = []
+    for step in range(first, steps):
+        batch = _batch(data.train, step, settings, accelerator.process_index, accelerator.num_processes)
+        predicted = batch.shape[0] * (batch.shape[1] - data.start)
+        loss_sum = 0.0
+        for chunk in batch.split(micro):
+            chunk = chunk.to(accelerator.device)
+            with torch.no_grad():
+                target = _predicting(teacher, chunk, data.start)
+            loss = token_kl(_predicting(student, chunk, data.start), target) / predicted
+            accelerator.backward(loss)
+            loss_sum += loss.item()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss_sum)
+        done = (step + 1) * per_step
+        rate = (step + 1 - first) * per_step / (time.perf_counter() - began)
+        message = f"KL {loss_sum:.4f}, {rate:.0f} tok/s"
+        report(on_progress, Progress("distill", message, item, done, steps * per_step, "tok"))
+        if on_step is not None:
+            on_step(step + 1, done)
+        if state is not None and step + 1 < steps and time.perf_counter() - saved_at > SAVE_EVERY_SECONDS:
+            _save(accelerator, state, identity, step + 1)
+            saved_at = time.perf_counter()
+    student.eval()
+    kl_after = held_out_kl(student, teacher, data, micro)
+    return {
+        "method": "distill",
+        "objective": OBJECTIVE,
+        "trained": TRAINED,
+        "data": data.record,
+        "optimizer": f"AdamW, learning rate {settings.learning_rate:g}, weight decay 0, linear warm-up over "
+        f"{WARMUP_FRACTION:.0%} of the steps then linear decay to 0",
+        "steps": steps,
+        "tokens": steps * per_step,
+        "batch": settings.batch,
+        "seq_len": settings.seq_len,
+        "held_out_kl": {"before": kl_before, "after": kl_after},
+        "last_step_kl": losses[-1] if losses else None,
+        "resumed_at_step": first or None,
+        "device": str(accelerator.device),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+
+
+def _warmup_then_decay(steps: int) -> Callable[[int], float]:
+    warmup = max(1, round(steps * WARMUP_FRACTION))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return factor
+
+
+def _batch(train: torch.Tensor, step: int, settings: DistillSettings, process: int, processes: int) -> torch.Tensor:
+    """The sequences of one step: the training set in a fixed shuffled order (seeded), one pass after another,
+    each process taking its own share. A function of the step alone, so a resumed run sees what it would have."""
+    order = _order(len(train), settings.seed)
+    share = max(1, settings.batch // processes)
+    first = (step * settings.batch + process * share) % len(train)
+    picks = [order[(first + i) % len(train)] for i in range(share)]
+    return train[picks]
+
+
+def _order(count: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def _save(accelerator: Any, state: Path, identity: dict[str, Any], step: int) -> None:
+    """Save the state beside the last one, then swap: a stop while saving keeps the previous state whole."""
+    accelerator.wait_for_everyone()
+    fresh = state / f"{STATE}.new"
+    shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.save_state(str(fresh))
+    if accelerator.is_main_process:
+        shutil.rmtree(state / STATE, ignore_errors=True)
+        fresh.rename(state / STATE)
+        write_json_atomic(state / PROGRESS_FILE, {"identity": identity, "step": step})
+
+
+def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> int:
+    """The step to start from: the saved one when `state` holds a run of the same identity, else 0."""
+    if state is None or not (state / PROGRESS_FILE).exists() or not (state / STATE).exists():
+        return 0
+    saved = json.loads((state / PROGRESS_FILE).read_text(encoding="utf-8"))
+    if saved.get("identity") != identity:
+        return 0
+    accelerator.load_state(str(state / STATE))
+    return int(saved["step"])
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- a member on disk --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The base model, loaded once, and the data every member of a family learns from."""
+
+    model: Any
+    data: DistillData
+
+
+def load_teacher(
+    folder: Path,
+    settings: DistillSettings,
+    *,
+    cache: Path | None = None,
+    device: str = "cpu",
+    announce: Callable[[], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Teacher:
+    """The base model in `folder` (float32) on `device`, and the data (see prepare_data). A text too short to
+    distil on is refused with the tokenizer alone; `announce` is called once it passes, before the model loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    device = resolve_device(device, CriterionError)
+    if settings.text is not None:
+        _text_data(tokenizer, settings)
+    if announce is not None:
+        announce()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    return Teacher(model, prepare_data(model, tokenizer, settings, cache=cache, on_progress=on_progress))
+
+
+def distill_member(
+    folder: Path,
+    teacher: Teacher,
+    settings: DistillSettings,
+    roles: dict[str, tuple[int, str]],
+    *,
+    state: Path | None = None,
+    device: str = "cpu",
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Distil the member checkpoint in `folder` from the teacher, write its MLP tensors back in place (same
+    names, shapes and dtypes), and return the record for its hubprune.json."""
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    trained = mlp_parameters(student, roles)
+    record = train(
+        student,
+        teacher.model,
+        teacher.data,
+        settings,
+        list(trained.values()),
+        state=state,
+        device=device,
+        item=folder.name,
+        on_progress=on_progress,
+    )
+    write_back(folder, {name: parameter.detach() for name, parameter in trained.items()})
+    return record
+
+
+def write_back(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace `tensors` in the checkpoint in `folder`, each in the dtype the file holds it in; one shard at a time,
+    each written beside the old one and renamed over it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    index = folder / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    left = set(tensors)
+    for file in files:
+        with safe_open(folder / file, framework="pt") as f:
+            names, metadata = set(f.keys()), f.metadata()
+        if not names & left:
+            continue
+        loaded = load_file(folder / file)
+        for name in names & left:
+            loaded[name] = tensors[name].to(device="cpu", dtype=loaded[name].dtype).contiguous()
+        temporary = folder / f".{file}.tmp"
+        save_file(loaded, str(temporary), metadata=metadata)
+        temporary.replace(folder / file)
+        left -= names
+    if left:
+        raise CriterionError(
+            f"the member in {folder.name} lacks the tensors {sorted(left)[:3]}: it is not this family's"
+        )
