@@ -75,11 +75,15 @@ def main() -> None:
 
     settings = DistillSettings(tokens=args.tokens, learning_rate=args.lr)
     started = time.perf_counter()
-    data = prepare_data(model, tokenizer, settings)
+    data = prepare_data(
+        model, tokenizer, settings, on_progress=lambda e: print(f"[data] {e.done:,} tokens, {e.message}")
+    )
     generation = time.perf_counter() - started
     label = f"{args.criterion}{' + refit' if args.refit else ''}, {args.pct} % removed"
-    print(f"{checkpoint.source}: {label}; lr {args.lr:g}; data generated in {generation:.0f} s "
-          f"({data.train.numel() + data.held_out.numel()} tokens)")
+    print(
+        f"{checkpoint.source}: {label}; lr {args.lr:g}; data generated in {generation:.0f} s "
+        f"({data.train.numel() + data.held_out.numel()} tokens)"
+    )
     print(f"base: shipped {base['shipped']:.4g}, news {base['news']:.4g} ({EVAL_TOKENS} tokens each)")
     print("| distillation tokens | training s | shipped held-out | news |")
     print("|---|---|---|---|")

@@ -181,4 +181,5 @@ def test_build_family_distils_and_the_card_says_how(tiny_dir, tmp_path):
     assert "After the refit, the model was trained" in card and "learning rate 0.001" in card
     assert f"{record['held_out_kl']['before']:.4g} before, {record['held_out_kl']['after']:.4g} after" in card
     assert "sequences the base model generated itself" in card
+    assert "Only the MLP width was reduced, then refit and distilled from the base" in card  # the limitations
     assert not (family / DISTILL_WORK).exists()

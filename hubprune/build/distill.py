@@ -15,8 +15,10 @@ no top-k or top-p, from the tokenizer's start token; self-data distillation), so
 read; or a UTF-8 text the user gives. Every HELD_OUT_EVERY-th sequence is held out: the KL on it, before and
 after, says whether the member learned the model or the sequences.
 
-The loop runs through accelerate: on the CPU here, and one `accelerate config` moves it to one or many GPUs.
-Its state (weights, optimizer, schedule) is saved every SAVE_EVERY_SECONDS, so a stopped run resumes.
+The loop runs through accelerate, in one process: on the CPU, or on one GPU (`--device cuda`), with what
+`accelerate config` sets (mixed precision). Several processes (DDP, DeepSpeed, FSDP) are refused: the prune pass
+and the write-back are not written for them yet. The state (weights, optimizer, schedule) is saved with
+accelerate every SAVE_EVERY_SECONDS, so a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ DEFAULT_BATCH = 8
 DEFAULT_SEQ_LEN = 256
 HELD_OUT_EVERY = 8
 WARMUP_FRACTION = 0.05
-SAVE_EVERY_SECONDS = 60.0
+GENERATION_BATCH = 64  # sequences sampled together: a decoding step costs little more for 64 than for 1
+SAVE_EVERY_SECONDS = 300.0  # a saved state holds the whole model and the optimizer's moments: not too often
 # Logits are the largest tensors of a step (sequences x positions x vocabulary, for the base and the member, and
 # the member's gradient): a step runs in micro-batches of at most this many logits each.
 LOGITS_PER_MICRO_BATCH = 2**27
@@ -65,7 +68,7 @@ SELF_GENERATED = (
     "suppressed)"
 )
 STATE = "accelerate"
-PROGRESS_FILE = "progress.json"
+PROGRESS_FILE = "hubprune-progress.json"
 
 
 @dataclass(frozen=True)
@@ -120,36 +123,54 @@ def prepare_data(
     settings: DistillSettings,
     *,
     cache: Path | None = None,
+    source: str = "",
     on_progress: ProgressCallback | None = None,
 ) -> DistillData:
     """The training and held-out sequences: the text's windows, or sequences the base samples itself (kept in
-    `cache`, a .safetensors file, so that every member of a family and a resumed run learn from the same ones)."""
+    `cache`, a .safetensors file, so that every member of a family and a resumed run learn from the same ones; a
+    cache made from another `source` (an identity of the base) or other settings is made again)."""
     if settings.text is not None:
         return _text_data(tokenizer, settings)
     needed = settings.planned_steps * settings.batch
-    held_out = max(1, math.ceil(needed / (HELD_OUT_EVERY - 1)))
-    count = needed + held_out
-    sequences = _cached(cache, settings, count)
-    if sequences is None:
-        sequences = generate(teacher, tokenizer, count, settings.seq_len, settings.seed, on_progress)
-        if cache is not None:
-            _save_cache(cache, settings, sequences)
+    held_out = max(1, math.ceil(needed / (HELD_OUT_EVERY - 1)))  # one sequence in HELD_OUT_EVERY
     start_tokens = _start_tokens(tokenizer)
-    is_held_out = torch.arange(count) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-    is_held_out[-1] |= not bool(is_held_out.any())
+    identity = {
+        "source": source,
+        "start": " ".join(map(str, start_tokens)),
+        "seed": str(settings.seed),
+        "seq_len": str(settings.seq_len),
+        "count": str(needed + held_out),
+    }
+    sequences = _cached(cache, identity)
+    if sequences is None:
+        sequences = generate(teacher, tokenizer, needed + held_out, settings.seq_len, settings.seed, on_progress)
+        if cache is not None:
+            _save_cache(cache, identity, sequences)
     texts = tokenizer.batch_decode(sequences[:, len(start_tokens) :])
     record = {
         "source": f"{SELF_GENERATED}; start token {tokenizer.convert_ids_to_tokens(list(start_tokens))}",
-        "sequences": {"train": int((~is_held_out).sum()), "held_out": int(is_held_out.sum())},
+        "sequences": {"train": needed, "held_out": held_out},
         "seq_len": settings.seq_len,
         "seed": settings.seed,
         "sha256": _sha256(sequences.numpy().tobytes()),
         "offline_suite_paragraphs_sharing_13_words": shared_ngrams("\n".join(texts), paragraphs()),
     }
-    return DistillData(sequences[~is_held_out], sequences[is_held_out], first_predicted(start_tokens), record)
+    # the samples are independent draws: the last ones are as good a held-out set as any
+    return DistillData(sequences[:needed], sequences[needed:], first_predicted(start_tokens), record)
+
+
+def check_text(folder: Path, settings: DistillSettings) -> None:
+    """Refuse, with the tokenizer alone and before anything is loaded or written, a distillation text too short to
+    give one sequence to learn from and one to hold out."""
+    if settings.text is not None:
+        from transformers import AutoTokenizer
+
+        _text_data(AutoTokenizer.from_pretrained(folder), settings)
 
 
 def _text_data(tokenizer: Any, settings: DistillSettings) -> DistillData:
+    """The text's windows of seq_len tokens (each starting with the tokenizer's special prefix); every
+    HELD_OUT_EVERY-th held out, spread over the text."""
     text = read_text(settings.text, "distillation text")  # type: ignore[arg-type]
     prefix = special_prefix(tokenizer)
     found = [
@@ -191,28 +212,32 @@ def generate(
     """`count` sequences of `seq_len` tokens sampled from `model` (temperature 1, the whole distribution), each
     from the start tokens; end of text is suppressed so every sequence has its full length. Batch b is sampled
     with seed `seed` + b, so the sequences depend on the seed alone."""
+    from transformers import GenerationConfig
+
     start = torch.tensor(_start_tokens(tokenizer))
     device = next(model.parameters()).device
-    batch = 16
+    new = seq_len - len(start)
+    # built from nothing, not from the model's generation_config.json, whose penalties and filters would bend the
+    # distribution away from the model's own
+    sampling = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    batch = GENERATION_BATCH
     found = []
     began = time.perf_counter()
     for b, first in enumerate(range(0, count, batch)):
         rows = min(batch, count - first)
         inputs = start.repeat(rows, 1).to(device)
         torch.manual_seed(seed + b)
-        new = seq_len - len(start)
         with torch.no_grad():
-            out = model.generate(
-                inputs,
-                attention_mask=torch.ones_like(inputs),
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=tokenizer.eos_token_id,
-            )
+            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=sampling)
         found.append(out.cpu())
         done = first + rows
         rate = done * seq_len / (time.perf_counter() - began)
@@ -223,27 +248,23 @@ def generate(
     return torch.cat(found)
 
 
-def _cache_identity(settings: DistillSettings, count: int) -> dict[str, str]:
-    return {"seed": str(settings.seed), "seq_len": str(settings.seq_len), "count": str(count)}
-
-
-def _cached(cache: Path | None, settings: DistillSettings, count: int) -> torch.Tensor | None:
+def _cached(cache: Path | None, identity: dict[str, str]) -> torch.Tensor | None:
     from safetensors import safe_open
 
     if cache is None or not cache.exists():
         return None
     with safe_open(cache, framework="pt") as f:
-        if f.metadata() != {"format": "pt", **_cache_identity(settings, count)}:
+        if f.metadata() != {"format": "pt", **identity}:
             return None
         return f.get_tensor("input_ids")
 
 
-def _save_cache(cache: Path, settings: DistillSettings, sequences: torch.Tensor) -> None:
+def _save_cache(cache: Path, identity: dict[str, str], sequences: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     temporary = cache.with_name(f".{cache.name}.tmp")
-    metadata = {"format": "pt", **_cache_identity(settings, len(sequences))}
+    metadata = {"format": "pt", **identity}
     save_file({"input_ids": sequences.contiguous()}, str(temporary), metadata=metadata)
     temporary.replace(cache)
 
@@ -300,6 +321,7 @@ def train(
     trained: list[torch.nn.Parameter],
     *,
     state: Path | None = None,
+    member: str = "",
     device: str = "cpu",
     item: str = "",
     on_progress: ProgressCallback | None = None,
@@ -307,12 +329,12 @@ def train(
 ) -> dict[str, Any]:
     """Train the `trained` parameters of `student` (the rest frozen) to the KL objective on `data`, for
     settings.planned_steps steps; return the record hubprune.json keeps. With `state`, a folder, the run saves its
-    state there every SAVE_EVERY_SECONDS and resumes from it (when it was saved by the same settings and data).
-    `on_step(step, tokens)` is called after each step (bench/ uses it for its curve)."""
-    from accelerate import Accelerator
-
+    state there every SAVE_EVERY_SECONDS and resumes from it when it was saved by the same settings, data and
+    `member` (an identity of the pruned model the run started from). `on_step(step, tokens)` is called after each
+    step (bench/ uses it for its curve). One process, on one device: accelerate places the models and applies its
+    config (mixed precision); several processes are refused."""
     began = time.perf_counter()
-    accelerator = Accelerator(cpu=resolve_device(device, CriterionError) == "cpu")
+    accelerator = _accelerator(device)
     for parameter in student.parameters():
         parameter.requires_grad_(False)
     for parameter in trained:
@@ -322,23 +344,24 @@ def train(
     optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(steps))
     student, optimizer, schedule = accelerator.prepare(student, optimizer, schedule)
+    # eval mode throughout: no dropout, so a resumed run computes what an uninterrupted one does
+    student.eval()
     micro = micro_batch_size(settings, student.config.get_text_config().vocab_size)
     kl_before = held_out_kl(student, teacher, data, micro)
-    identity = {"settings": settings.identity(), "data": data.record["sha256"]}
-    first = _resume(accelerator, state, identity)
-    student.train()
+    identity = {"settings": settings.identity(), "data": data.record["sha256"], "member": member}
+    first, earlier_seconds = _resume(accelerator, state, identity)
     per_step = settings.batch * settings.seq_len
     saved_at = time.perf_counter()
     losses: list[float] = []
     for step in range(first, steps):
-        batch = _batch(data.train, step, settings, accelerator.process_index, accelerator.num_processes)
+        batch = _batch(data.train, step, settings)
         predicted = batch.shape[0] * (batch.shape[1] - data.start)
         loss_sum = 0.0
         for chunk in batch.split(micro):
             chunk = chunk.to(accelerator.device)
             with torch.no_grad():
                 target = _predicting(teacher, chunk, data.start)
-            loss = token_kl(_predicting(student, chunk, data.start), target) / predicted
+            loss = token_kl(_predicting(student, chunk, data.start), target) / predicted  # the step's mean
             accelerator.backward(loss)
             loss_sum += loss.item()
         optimizer.step()
@@ -347,22 +370,27 @@ def train(
         losses.append(loss_sum)
         done = (step + 1) * per_step
         rate = (step + 1 - first) * per_step / (time.perf_counter() - began)
-        message = f"KL {loss_sum:.4f}, {rate:.0f} tok/s"
-        report(on_progress, Progress("distill", message, item, done, steps * per_step, "tok"))
+        report(
+            on_progress,
+            Progress("distill", f"KL {loss_sum:.4f}, {rate:.0f} tok/s", item, done, steps * per_step, "tok"),
+        )
         if on_step is not None:
             on_step(step + 1, done)
         if state is not None and step + 1 < steps and time.perf_counter() - saved_at > SAVE_EVERY_SECONDS:
-            _save(accelerator, state, identity, step + 1)
+            _save(accelerator, state, identity, step + 1, earlier_seconds + time.perf_counter() - began)
             saved_at = time.perf_counter()
-    student.eval()
     kl_after = held_out_kl(student, teacher, data, micro)
+    if not all(bool(torch.isfinite(p).all()) for p in trained) or not math.isfinite(kl_after):
+        raise CriterionError(
+            f"distillation diverged (KL {kl_after:.4g} on held-out sequences; weights not finite): lower "
+            f"`distill_lr` (now {settings.learning_rate:g})"
+        )
     return {
         "method": "distill",
         "objective": OBJECTIVE,
         "trained": TRAINED,
         "data": data.record,
-        "optimizer": f"AdamW, learning rate {settings.learning_rate:g}, weight decay 0, linear warm-up over "
-        f"{WARMUP_FRACTION:.0%} of the steps then linear decay to 0",
+        "optimizer": optimizer_text(settings),
         "steps": steps,
         "tokens": steps * per_step,
         "batch": settings.batch,
@@ -370,30 +398,60 @@ def train(
         "held_out_kl": {"before": kl_before, "after": kl_after},
         "last_step_kl": losses[-1] if losses else None,
         "resumed_at_step": first or None,
-        "device": str(accelerator.device),
-        "seconds": round(time.perf_counter() - began, 1),
+        "device": accelerator.device.type,
+        "seconds": round(earlier_seconds + time.perf_counter() - began, 1),  # every session of a resumed run
     }
 
 
+def optimizer_text(settings: DistillSettings) -> str:
+    return (
+        f"AdamW, learning rate {settings.learning_rate:g}, weight decay 0, linear warm-up over "
+        f"{WARMUP_FRACTION:.0%} of the steps, then linear decay toward 0; seed {settings.seed}"
+    )
+
+
+def _accelerator(device: str) -> Any:
+    """accelerate's Accelerator for one process on `device` (see resolve_device), or CriterionError."""
+    from accelerate import Accelerator
+
+    resolved = resolve_device(device, CriterionError)
+    if resolved.startswith("cuda:"):
+        raise CriterionError(
+            f"distillation takes cpu or cuda, not {resolved}: choose the GPU with CUDA_VISIBLE_DEVICES"
+        )
+    try:
+        accelerator = Accelerator(cpu=resolved == "cpu")
+    except ValueError as exc:  # accelerate keeps one state per process: a device already chosen there stays
+        raise CriterionError(
+            f"accelerate cannot run distillation on {resolved} in this process ({exc}): run it in a new process"
+        ) from None
+    if accelerator.num_processes > 1:
+        raise CriterionError(
+            f"distillation runs in one process, and accelerate started {accelerator.num_processes}: run hubprune "
+            "without `accelerate launch`"
+        )
+    return accelerator
+
+
 def _warmup_then_decay(steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at each step: rising linearly over the first WARMUP_FRACTION of the steps to 1
+    (reached at the last warm-up step), then falling linearly, to 1 / (decay steps) at the last step."""
     warmup = max(1, round(steps * WARMUP_FRACTION))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (steps - step) / max(1, steps - warmup))
+        return (steps - step) / (steps - warmup + 1)
 
     return factor
 
 
-def _batch(train: torch.Tensor, step: int, settings: DistillSettings, process: int, processes: int) -> torch.Tensor:
-    """The sequences of one step: the training set in a fixed shuffled order (seeded), one pass after another,
-    each process taking its own share. A function of the step alone, so a resumed run sees what it would have."""
+def _batch(train: torch.Tensor, step: int, settings: DistillSettings) -> torch.Tensor:
+    """The sequences of one step: the training set in a fixed shuffled order (seeded), one pass after another. A
+    function of the step alone, so a resumed run sees what it would have."""
     order = _order(len(train), settings.seed)
-    share = max(1, settings.batch // processes)
-    first = (step * settings.batch + process * share) % len(train)
-    picks = [order[(first + i) % len(train)] for i in range(share)]
-    return train[picks]
+    first = step * settings.batch
+    return train[[order[(first + i) % len(train)] for i in range(settings.batch)]]
 
 
 def _order(count: int, seed: int) -> list[int]:
@@ -401,27 +459,34 @@ def _order(count: int, seed: int) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
-def _save(accelerator: Any, state: Path, identity: dict[str, Any], step: int) -> None:
-    """Save the state beside the last one, then swap: a stop while saving keeps the previous state whole."""
-    accelerator.wait_for_everyone()
-    fresh = state / f"{STATE}.new"
+def _save(accelerator: Any, state: Path, identity: dict[str, Any], step: int, seconds: float) -> None:
+    """Save the state and its step as one folder, written beside the last one and then swapped in: a stop at any
+    moment leaves one whole state to resume from (the new one, else the previous one)."""
+    fresh, current, previous = state / f"{STATE}.new", state / STATE, state / f"{STATE}.old"
     shutil.rmtree(fresh, ignore_errors=True)
     accelerator.save_state(str(fresh))
-    if accelerator.is_main_process:
-        shutil.rmtree(state / STATE, ignore_errors=True)
-        fresh.rename(state / STATE)
-        write_json_atomic(state / PROGRESS_FILE, {"identity": identity, "step": step})
+    write_json_atomic(fresh / PROGRESS_FILE, {"identity": identity, "step": step, "seconds": seconds})
+    shutil.rmtree(previous, ignore_errors=True)
+    if current.exists():
+        current.rename(previous)
+    fresh.rename(current)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
-def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> int:
-    """The step to start from: the saved one when `state` holds a run of the same identity, else 0."""
-    if state is None or not (state / PROGRESS_FILE).exists() or not (state / STATE).exists():
-        return 0
-    saved = json.loads((state / PROGRESS_FILE).read_text(encoding="utf-8"))
-    if saved.get("identity") != identity:
-        return 0
-    accelerator.load_state(str(state / STATE))
-    return int(saved["step"])
+def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> tuple[int, float]:
+    """The step to start from and the seconds spent before: those of the saved state when `state` holds a whole
+    one of the same identity, else (0, 0)."""
+    if state is None:
+        return 0, 0.0
+    for folder in (state / STATE, state / f"{STATE}.old"):
+        progress = folder / PROGRESS_FILE
+        if progress.exists():
+            saved = json.loads(progress.read_text(encoding="utf-8"))
+            if saved.get("identity") != identity:
+                return 0, 0.0
+            accelerator.load_state(str(folder))
+            return int(saved["step"]), float(saved.get("seconds", 0.0))
+    return 0, 0.0
 
 
 def _sha256(data: bytes) -> str:
@@ -444,6 +509,7 @@ def load_teacher(
     settings: DistillSettings,
     *,
     cache: Path | None = None,
+    source: str = "",
     device: str = "cpu",
     announce: Callable[[], None] | None = None,
     on_progress: ProgressCallback | None = None,
@@ -459,7 +525,7 @@ def load_teacher(
     if announce is not None:
         announce()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    return Teacher(model, prepare_data(model, tokenizer, settings, cache=cache, on_progress=on_progress))
+    return Teacher(model, prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress))
 
 
 def distill_member(
@@ -469,11 +535,12 @@ def distill_member(
     roles: dict[str, tuple[int, str]],
     *,
     state: Path | None = None,
+    member: str = "",
     device: str = "cpu",
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Distil the member checkpoint in `folder` from the teacher, write its MLP tensors back in place (same
-    names, shapes and dtypes), and return the record for its hubprune.json."""
+    names, shapes and dtypes), and return the record for its hubprune.json. `state` and `member`: see train."""
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -485,6 +552,7 @@ def distill_member(
         settings,
         list(trained.values()),
         state=state,
+        member=member,
         device=device,
         item=folder.name,
         on_progress=on_progress,

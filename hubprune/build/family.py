@@ -21,7 +21,7 @@ import torch
 from hubprune import __version__, manifest
 from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrate, calibration_text
 from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.distill import DistillSettings, Teacher, distill_member, load_teacher
+from hubprune.build.distill import DistillSettings, Teacher, check_text, distill_member, load_teacher
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
 from hubprune.build.prune import (
@@ -39,6 +39,7 @@ from hubprune.build.recovery import check_recovery, distills, refit_member, refi
 from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
 from hubprune.errors import OutputError
+from hubprune.files import write_json_atomic
 from hubprune.manifest import Family, MemberRecord, SourceRecord
 from hubprune.progress import Progress, ProgressCallback, report
 
@@ -88,11 +89,11 @@ def build_family(
     _refuse_foreign_folder(out, force)
     todo = [m for m in plan.members if not _already_built(out / m.name, m, settings.criterion)]
     widths = [m.intermediate_size for m in todo]
+    if settings.distill is not None:
+        check_text(checkpoint.folder, settings.distill)  # a text too short is refused before calibration runs
     prepared = _prepare(checkpoint, layout, settings, widths, on_progress) if todo else None  # may refuse the source
     distilling = settings.distill is not None and todo
-    teacher = (
-        _teacher(checkpoint, out / DISTILL_WORK, settings, on_progress) if distilling else None
-    )  # may refuse its text
+    teacher = _teacher(checkpoint, out / DISTILL_WORK, settings, on_progress) if distilling else None
     family = _open_family_folder(out, checkpoint, plan, settings)
     for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by a stopped build
         shutil.rmtree(stale)
@@ -109,12 +110,13 @@ def build_family(
         _write_members(checkpoint, layout, plan, todo, partials, settings, prepared, on_progress)  # type: ignore[arg-type]
         try:
             for member in todo:
+                state = out / DISTILL_WORK / member.name
                 if teacher is not None:
-                    state = out / DISTILL_WORK / member.name
                     _distil(partials[member.name], teacher, layout, settings, state, on_progress)
                 (partials[member.name]).rename(out / member.name)
                 family = family.with_member(_record(member).with_stage("prune", status="done"))
                 manifest.save(family, out)
+                shutil.rmtree(state, ignore_errors=True)  # in place: nothing of this member's left to resume
         finally:  # stopped between renames: the members not yet in place are written again by the next run
             for partial in partials.values():
                 shutil.rmtree(partial, ignore_errors=True)
@@ -136,6 +138,8 @@ def prune_one(
     out = Path(out)
     if out.exists():
         raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
+    if settings.distill is not None:
+        check_text(checkpoint.folder, settings.distill)  # a text too short is refused before calibration runs
     prepared = _prepare(checkpoint, layout, settings, [plan.members[0].intermediate_size], on_progress)
     work = out.with_name(f"{DISTILL_WORK}-{out.name}")  # kept if stopped: the next run resumes from it
     teacher = _teacher(checkpoint, work, settings, on_progress) if settings.distill is not None else None
@@ -152,8 +156,8 @@ def prune_one(
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        shutil.rmtree(work, ignore_errors=True)
     partial.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
     return member
 
 
@@ -165,6 +169,7 @@ def _teacher(
         checkpoint.folder,
         settings.distill,  # type: ignore[arg-type]
         cache=work / DISTILL_DATA,
+        source=json.dumps(source_identity(checkpoint), sort_keys=True),  # a cache of another base is made again
         device=settings.device,
         announce=lambda: report(on_progress, Progress("distill", message)),
         on_progress=on_progress,
@@ -179,17 +184,28 @@ def _distil(
     state: Path,
     on_progress: ProgressCallback | None,
 ) -> None:
-    """Distil the member written in `folder` from the base, and record how in its hubprune.json."""
+    """Distil the member written in `folder` from the base, and record how in its hubprune.json. A state saved in
+    `state` by a stopped run resumes only for the same member: same source, kept neurons and refit."""
     distill = settings.distill
     assert distill is not None
     message = f"[distill] {folder.name.removeprefix(PARTIAL_PREFIX)}: {distill.planned_steps} steps"
     report(on_progress, Progress("distill", message))
-    record = distill_member(
-        folder, teacher, distill, layout.roles, state=state, device=settings.device, on_progress=on_progress
-    )
     provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
-    provenance["distillation"] = record
-    (folder / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    refit = provenance["recovery"] or {}
+    member = json.dumps(
+        [provenance["source"], provenance["kept_indices"]["sha256"], refit.get("alpha")], sort_keys=True
+    )
+    record = distill_member(
+        folder,
+        teacher,
+        distill,
+        layout.roles,
+        state=state,
+        member=member,
+        device=settings.device,
+        on_progress=on_progress,
+    )
+    write_json_atomic(folder / PROVENANCE, {**provenance, "distillation": record})
 
 
 def _announce(on_progress: ProgressCallback | None, checkpoint: Checkpoint, out: Path, settings: PruneSettings) -> None:
@@ -243,7 +259,7 @@ def _prepare(
         settings.calibration,  # type: ignore[arg-type]
         grams=refit,
         announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
-        load=LoadSettings(device=settings.device, max_memory=settings.max_memory),
+        load=_calibration_load(settings),
     )
     if data_aware:
         scores = data_scores(checkpoint, layout, stats, settings.criterion)
@@ -462,6 +478,14 @@ def _own_leftover(path: Path) -> bool:
     """What a build killed before its first family.json was in place leaves: a partial member or the manifest's
     temporary file. A folder holding only these is the build's own, not someone else's that needs `force`."""
     return path.name in (DISTILL_WORK, f".{manifest.MANIFEST}.tmp") or path.name.startswith(PARTIAL_PREFIX)
+
+
+def _calibration_load(settings: PruneSettings) -> LoadSettings:
+    """How calibration loads the model: whole, float32, on the CPU (the same statistics on every machine), unless a
+    memory cap asks for accelerate's big-model loading, which runs on `device` in the source dtype."""
+    if settings.max_memory is None:
+        return LoadSettings()
+    return LoadSettings(device=settings.device, max_memory=settings.max_memory)
 
 
 def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, Any] | None:

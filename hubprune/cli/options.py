@@ -493,7 +493,8 @@ DEVICE_OPTION = option(
     stage="prune",
     default="auto",
     show_default=True,
-    help="Where distillation trains: auto (cuda when torch sees a GPU, else cpu), cpu or cuda.",
+    help="Where distillation trains, and calibration runs with --max-memory: auto (cuda when torch sees a GPU, "
+    "else cpu), cpu or cuda.",
 )
 
 
@@ -597,7 +598,7 @@ OPTION_OF_SETTING = {
     **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
     **{
         name: "--" + name.replace("_", "-")
-        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover")
+        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover", "distill_lr")
     },
     **{name: "--" + name for name in ("members", "collection")},
     "max_shard_bytes": "--max-shard-size",

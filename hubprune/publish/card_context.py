@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.build.distill import OBJECTIVE, SELF_GENERATED, TRAINED, WARMUP_FRACTION
+from hubprune.build.distill import OBJECTIVE, SELF_GENERATED, TRAINED, DistillSettings, optimizer_text
 from hubprune.build.family import PROVENANCE
 from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
 from hubprune.build.recovery import ALPHAS, FORMULA, refits
@@ -394,8 +394,7 @@ def _distillation(family: manifest.Family) -> dict[str, Any] | None:
         "budget": f"{settings['tokens']:,} tokens"
         + (f", at most {settings['steps']} steps" if settings.get("steps") else "")
         + f", batches of {settings['batch']} sequences of {settings['seq_len']} tokens",
-        "optimizer": f"AdamW, learning rate {settings['learning_rate']:g}, weight decay 0, linear warm-up over "
-        f"{WARMUP_FRACTION:.0%} of the steps then linear decay to 0; seed {settings['seed']}",
+        "optimizer": optimizer_text(DistillSettings(learning_rate=settings["learning_rate"], seed=settings["seed"])),
     }
 
 
@@ -483,11 +482,17 @@ def _source_label(family: manifest.Family, base_id: str | None) -> str:
 
 
 def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[str]:
+    afterwards = {
+        "none": "with no retraining or distillation afterwards",
+        "refit": "with down_proj refit afterwards (no training)",
+        "distill": "then distilled from the base (see Method)",
+        "refit+distill": "then refit and distilled from the base (see Method)",
+    }[family.recovery]
     lines = [
-        "Only the MLP width was reduced, with no retraining or distillation afterwards. The paper (Martra 2025) found "
-        "that knowledge-heavy benchmarks (MMLU, GSM8K) degrade with pruning, while instruction following (IFEval) "
-        "improved for base models only: on Llama-3.2-1B-Instruct IFEval fell. Rely on this family's own "
-        "measurements above, not on the paper's.",
+        f"Only the MLP width was reduced, {afterwards}. The paper (Martra 2025) found "
+        "that knowledge-heavy benchmarks (MMLU, GSM8K) degrade with pruning, while instruction "
+        "following (IFEval) improved for base models only: on Llama-3.2-1B-Instruct IFEval fell. Rely on this "
+        "family's own measurements above, not on the paper's.",
     ]
     check = family.analysis.get("criteria_check") or {}
     if any(r.get("worse_than_random") for r in check.get("rows", [])):
