@@ -183,3 +183,22 @@ def test_build_family_distils_and_the_card_says_how(tiny_dir, tmp_path):
     assert "sequences the base model generated itself" in card
     assert "Only the MLP width was reduced, then refit and distilled from the base" in card  # the limitations
     assert not (family / DISTILL_WORK).exists()
+
+
+def test_the_budget_is_tokens_capped_by_steps_and_the_schedule_warms_up_then_decays():
+    assert DistillSettings(tokens=4096, batch=4, seq_len=32).planned_steps == 32
+    assert DistillSettings(tokens=4096, batch=4, seq_len=32, steps=3).planned_steps == 3
+    assert DistillSettings(tokens=10, batch=4, seq_len=32).planned_steps == 1  # at least one step
+    factors = [distill_module._warmup_then_decay(40)(step) for step in range(40)]
+    assert factors[:2] == [0.5, 1.0]  # two warm-up steps (5 % of 40), the peak reached once
+    assert all(a > b > 0 for a, b in zip(factors[1:], factors[2:]))  # then down every step, never to 0 early
+
+
+def test_a_diverged_distillation_is_refused_and_nothing_is_written(tiny_dir, tmp_path):
+    checkpoint = open_source(str(tiny_dir("llama")))
+    wild = DistillSettings(
+        tokens=256, batch=4, seq_len=32, learning_rate=1e30
+    )  # the weights overflow float32 within a step
+    with pytest.raises(Exception, match="distillation diverged .* lower `distill_lr`"):
+        prune_one(checkpoint, tmp_path / "m", Target("pct", "50"), PruneSettings(recover="distill", distill=wild))
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".partial-*"))

@@ -475,8 +475,9 @@ def _distill_identity(distill: DistillSettings | None) -> dict[str, Any] | None:
 
 
 def _own_leftover(path: Path) -> bool:
-    """What a build killed before its first family.json was in place leaves: a partial member or the manifest's
-    temporary file. A folder holding only these is the build's own, not someone else's that needs `force`."""
+    """What a build killed before its first family.json was in place leaves: a partial member, the manifest's
+    temporary file, or the distillation's work folder (its generated data is made before the manifest). A folder
+    holding only these is the build's own, not someone else's that needs `force`."""
     return path.name in (DISTILL_WORK, f".{manifest.MANIFEST}.tmp") or path.name.startswith(PARTIAL_PREFIX)
 
 
