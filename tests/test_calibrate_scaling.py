@@ -172,3 +172,16 @@ def test_the_command_line_cap_reaches_calibration(tiny, settings, loaded, tmp_pa
     assert "disk" in loaded[0].hf_device_map.values()  # calibration's load: the model dispatched under the cap
     calibration = json.loads((out / "hubprune.json").read_text())["calibration"]
     assert (calibration["dtype"], calibration["device"]) == ("float32", "cpu")
+
+
+def test_a_family_is_calibrated_one_way(tiny, settings, tmp_path):
+    from test_cli import assert_clean_error, invoke
+
+    source, family = tiny("llama", num_hidden_layers=2), tmp_path / "fam"
+    base = ("build-family", source, "-o", family, "--sizes", 40, "--criterion", "activation", "--skip-eval")
+    text = ("--skip-profile", "--calibration", settings.text, "--calibration-tokens", TOKENS)
+    assert invoke(*base, *text, "--max-memory", "1KB").exit_code == 0
+    before = (family / "family.json").read_bytes()
+    result = invoke(*base, *text)  # without the cap: the statistics would come from float32, not the source dtype
+    assert_clean_error(result, "calibrated with --max-memory", "give --max-memory to resume it")
+    assert (family / "family.json").read_bytes() == before

@@ -431,8 +431,15 @@ def check_family_folder(out: Path, checkpoint: Checkpoint, settings: PruneSettin
             f"{out} holds a family distilled with {shown}: give the same distillation settings to resume it, or "
             "choose a new folder"
         )
-    if existing.calibration != _calibration_identity(settings.calibration):
+    wanted_calibration = _calibration_identity(settings.calibration, settings.max_memory)
+    if existing.calibration != wanted_calibration:
         was = existing.calibration or {}
+        if {**was, "load": None} == {**(wanted_calibration or {}), "load": None}:
+            raise OutputError(
+                f"{out} holds a family calibrated {'with' if was.get('load') else 'without'} `max_memory` (in the "
+                f"{'source dtype' if was.get('load') else 'float32'}); this run asks otherwise: "
+                f"{'give' if was.get('load') else 'leave out'} `max_memory` to resume it, or choose a new folder"
+            )
         raise OutputError(
             f"{out} holds a family calibrated on {was.get('source', 'an unrecorded text')} "
             f"({was.get('max_tokens', '?')} tokens, sha256 {str(was.get('sha256'))[:12]}); this calibration "
@@ -464,7 +471,7 @@ def _open_family_folder(out: Path, checkpoint: Checkpoint, plan: FamilyPlan, set
         seed=settings.seed,
         multiple_of=settings.multiple_of,
         members=(),
-        calibration=_calibration_identity(settings.calibration),
+        calibration=_calibration_identity(settings.calibration, settings.max_memory),
         recovery=settings.recover,
         distill=_distill_identity(settings.distill),
     )
@@ -489,18 +496,20 @@ def _calibration_load(settings: PruneSettings) -> LoadSettings:
     return LoadSettings(device=settings.device, max_memory=settings.max_memory)
 
 
-def _calibration_identity(calibration: CalibrationSettings | None) -> dict[str, Any] | None:
-    """What makes a data-aware family's calibration: the text (by name and sha256) and how much of it was read.
-    None for the weight criteria, which read no text."""
+def _calibration_identity(calibration: CalibrationSettings | None, max_memory: int | None) -> dict[str, Any] | None:
+    """What makes a data-aware family's calibration: the text (by name and sha256), how much of it was read, and
+    with a memory cap how the model was loaded (in the source dtype, not float32: the statistics differ slightly,
+    so one family is calibrated one way). None for the weight criteria, which read no text."""
     if calibration is None:
         return None
     text, source = calibration_text(calibration)
-    return {
+    identity = {
         "source": source,
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "max_tokens": calibration.max_tokens,
         "window": calibration.window,
     }
+    return identity if max_memory is None else {**identity, "load": "source dtype, big-model loading"}
 
 
 def _already_built(folder: Path, member: MemberPlan, criterion: str) -> bool:

@@ -598,7 +598,7 @@ OPTION_OF_SETTING = {
     **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
     **{
         name: "--" + name.replace("_", "-")
-        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover", "distill_lr")
+        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover", "distill_lr", "max_memory")
     },
     **{name: "--" + name for name in ("members", "collection")},
     "max_shard_bytes": "--max-shard-size",
