@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.build.calibrate import CalibrationSettings, collect_activations, special_prefix, token_ids
 from hubprune.build.check import CheckSettings, _perplexity, _scores, held_out_text, prune_in_memory
-from hubprune.build.distill import DistillSettings, mlp_parameters, prepare_data, train
+from hubprune.build.distill import DistillSettings, mlp_parameters, train
+from hubprune.build.distill_data import prepare_data
 from hubprune.build.importance import keep, rank
 from hubprune.build.plan import Target, plan_family
 from hubprune.build.prune import analyse, down_modules, model_shape

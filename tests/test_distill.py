@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hubprune.build import distill as distill_module
 from hubprune.build.calibrate import CalibrationSettings
 from hubprune.build.check import CheckSettings, check_criteria, prune_in_memory
-from hubprune.build.distill import DistillSettings, generate, token_kl
+from hubprune.build.distill import DistillSettings, token_kl
+from hubprune.build.distill_data import generate
 from hubprune.build.family import DISTILL_WORK, PruneSettings, build_family, prune_one
 from hubprune.build.importance import keep, rank
 from hubprune.build.plan import Target

@@ -32,7 +32,8 @@ from hubprune.build.calibrate import (
     windows,
 )
 from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.distill import DistillData, DistillSettings, mlp_parameters, prepare_data, train
+from hubprune.build.distill import DistillSettings, mlp_parameters, train
+from hubprune.build.distill_data import DistillData, prepare_data
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
 from hubprune.build.plan import Target, plan_family
 from hubprune.build.prune import (

@@ -21,7 +21,8 @@ import torch
 from hubprune import __version__, manifest
 from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrate, calibration_text
 from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.distill import DistillSettings, Teacher, check_text, distill_member, load_teacher
+from hubprune.build.distill import DistillSettings, Teacher, distill_member, load_teacher
+from hubprune.build.distill_data import check_text
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
 from hubprune.build.prune import (

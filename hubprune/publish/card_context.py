@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.build.distill import OBJECTIVE, SELF_GENERATED, TRAINED, DistillSettings, optimizer_text
+from hubprune.build.distill import OBJECTIVE, TRAINED, DistillSettings, optimizer_text
+from hubprune.build.distill_data import SELF_GENERATED
 from hubprune.build.family import PROVENANCE
 from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
 from hubprune.build.recovery import ALPHAS, FORMULA, refits
