@@ -342,12 +342,12 @@ def load_teacher(
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     device = resolve_device(device, CriterionError)
-    if settings.text is not None:
-        text_data(tokenizer, settings)
+    checked = text_data(tokenizer, settings) if settings.text is not None else None  # refused here if too short
     if announce is not None:
         announce()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    return Teacher(model, prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress))
+    data = checked or prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress)
+    return Teacher(model, data)
 
 
 def distill_member(
