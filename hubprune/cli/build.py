@@ -16,24 +16,26 @@ from hubprune.build.plan import Target
 from hubprune.build.source import open_source
 from hubprune.cli import output
 from hubprune.cli.options import (
-    DEVICE_OPTION,
     HELD_OUT_FILE,
-    RECOVER_OPTION,
-    SOURCE_HELP,
     CommaList,
     StagedCommand,
-    calibration_options,
     card_options,
+    option,
+    settings_options,
+    shared_runtime_options,
+    typed_command,
+)
+from hubprune.cli.prune_options import (
+    DEVICE_OPTION,
+    RECOVER_OPTION,
+    SOURCE_HELP,
+    calibration_options,
     distill_options,
     family_target_options,
     member_target_options,
-    option,
     prune_options,
     revision_option,
-    settings_options,
-    shared_runtime_options,
     source_argument,
-    typed_command,
 )
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
