@@ -108,8 +108,7 @@ def main() -> None:
         if step % every_steps == 0 or step == settings.planned_steps:
             row(tokens)
 
-    trained = list(mlp_parameters(student, layout.roles).values())
-    record = train(student, model, data, settings, trained, on_step=on_step)
+    record = train(student, model, data, settings, mlp_parameters(student, layout.roles), on_step=on_step).record
     kl = record["held_out_kl"]
     print(f"held-out KL {kl['before']:.4f} -> {kl['after']:.4f}; {record['seconds']:.0f} s in train() with the pauses")
 

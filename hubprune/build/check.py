@@ -260,7 +260,7 @@ def _distilled(
     refit with `updates`), distilled from `model` as a member is; on the CPU."""
     student = copy.deepcopy(model)
     prune_in_memory(student, layout, kept, updates)
-    trained = list(mlp_parameters(student, layout.roles).values())
+    trained = mlp_parameters(student, layout.roles)
     train(student, model, data, settings.distill, trained, device=settings.device, item=label, on_progress=on_progress)
     model.to("cpu")
     return student.to("cpu").eval()

@@ -15,10 +15,11 @@ no top-k or top-p, from the tokenizer's start token; self-data distillation), so
 read; or a UTF-8 text the user gives (distill_data.py). One sequence in 8 is held out: the KL on it, before and
 after, says whether the member learned the model or the sequences.
 
-The loop runs through accelerate, in one process: on the CPU, or on one GPU (`--device cuda`), with what
-`accelerate config` sets (mixed precision). Several processes (DDP, DeepSpeed, FSDP) are refused: the prune pass
-and the write-back are not written for them yet. The state (weights, optimizer, schedule) is saved with
-accelerate every SAVE_EVERY_SECONDS, so a stopped run resumes.
+The loop is written to accelerate's API (prepare, accumulate, backward, get_state_dict, save_state), so one loop
+runs in hubprune's own process (on the CPU, or one GPU with `--device cuda`) and in the processes a launcher
+starts (distill_launch.py: `accelerate launch` with its config, or torchrun), where each process takes its share
+of every step's sequences and the gradients are averaged across them: the same global batch, the same steps. The
+state (weights, optimizer, schedule) is saved with accelerate every SAVE_EVERY_SECONDS, so a stopped run resumes.
 """
 
 from __future__ import annotations
@@ -122,8 +123,11 @@ def _predicting(model: Any, chunk: torch.Tensor, start: int) -> torch.Tensor:
     return model(chunk).logits[:, start - 1 : -1]
 
 
-def micro_batch_size(settings: DistillSettings, vocabulary: int) -> int:
-    return max(1, min(settings.batch, LOGITS_PER_MICRO_BATCH // (settings.seq_len * vocabulary)))
+def micro_batch_size(sequences: int, seq_len: int, vocabulary: int) -> int:
+    """The largest divisor of `sequences` (a process's share of a step) whose logits stay within
+    LOGITS_PER_MICRO_BATCH: equal micro-batches, so that the mean of their means is the step's mean."""
+    limit = max(1, LOGITS_PER_MICRO_BATCH // (seq_len * vocabulary))
+    return max(size for size in range(1, min(sequences, limit) + 1) if sequences % size == 0)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -139,79 +143,104 @@ def mlp_parameters(model: Any, roles: dict[str, tuple[int, str]]) -> dict[str, t
     return found
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What a distillation returns: the record hubprune.json keeps, and the trained tensors by checkpoint name
+    (gathered whole, on the CPU; only in the main process when several ran)."""
+
+    record: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
 def train(
     student: Any,
     teacher: Any,
     data: DistillData,
     settings: DistillSettings,
-    trained: list[torch.nn.Parameter],
+    trained: dict[str, torch.nn.Parameter],
     *,
     state: Path | None = None,
     member: str = "",
     device: str = "cpu",
+    launched: bool = False,
     item: str = "",
     on_progress: ProgressCallback | None = None,
     on_step: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Train the `trained` parameters of `student` (the rest frozen) to the KL objective on `data`, for
-    settings.planned_steps steps; return the record hubprune.json keeps. With `state`, a folder, the run saves its
-    state there every SAVE_EVERY_SECONDS and resumes from it when it was saved by the same settings, data and
+) -> Trained:
+    """Train the `trained` parameters of `student` (checkpoint name -> parameter; the rest frozen) to the KL
+    objective on `data`, for settings.planned_steps steps. With `state`, a folder, the run saves its state there
+    every SAVE_EVERY_SECONDS and resumes from it when it was saved by the same settings, data, processes and
     `member` (an identity of the pruned model the run started from). `on_step(step, tokens)` is called after each
-    step (bench/ uses it for its curve). One process, on one device: accelerate places the models and applies its
-    config (mixed precision); several processes are refused."""
+    step (bench/ uses it for its curve). `launched`: this process is one of those a launcher started
+    (distill_launch.py), so several are expected; otherwise several are refused."""
     began = time.perf_counter()
-    accelerator = _accelerator(device)
+    accelerator = _accelerator(device, launched)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch % processes:
+        raise CriterionError(
+            f"a distillation step's {settings.batch} sequences do not split evenly over {processes} processes: "
+            f"launch a number of processes that divides {settings.batch}"
+        )
+    share = settings.batch // processes
+    micro = micro_batch_size(share, settings.seq_len, student.config.get_text_config().vocab_size)
+    accelerator.gradient_accumulation_steps = share // micro  # one optimizer step per step's share
+    names = {id(parameter): name for name, parameter in student.named_parameters()}
+    qualified = {checkpoint_name: names[id(parameter)] for checkpoint_name, parameter in trained.items()}
     for parameter in student.parameters():
         parameter.requires_grad_(False)
-    for parameter in trained:
+    for parameter in trained.values():
         parameter.requires_grad_(True)
     teacher.to(accelerator.device).eval()
     steps = settings.planned_steps
-    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trained.values(), lr=settings.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(steps))
     student, optimizer, schedule = accelerator.prepare(student, optimizer, schedule)
     # eval mode throughout: no dropout, so a resumed run computes what an uninterrupted one does
     student.eval()
-    micro = micro_batch_size(settings, student.config.get_text_config().vocab_size)
     kl_before = held_out_kl(student, teacher, data, micro)
-    identity = {"settings": settings.identity(), "data": data.record["sha256"], "member": member}
+    engine = _engine(accelerator)
+    identity = {"settings": settings.identity(), "data": data.record["sha256"], "member": member, "engine": engine}
     first, earlier_seconds = _resume(accelerator, state, identity)
     per_step = settings.batch * settings.seq_len
     saved_at = time.perf_counter()
-    losses: list[float] = []
+    step_kl = float("nan")
     for step in range(first, steps):
-        batch = _batch(data.train, step, settings)
-        predicted = batch.shape[0] * (batch.shape[1] - data.start)
-        loss_sum = 0.0
-        for chunk in batch.split(micro):
+        share_of_step = _batch(data.train, step, settings)[rank::processes]
+        positions = micro * (share_of_step.shape[1] - data.start)
+        kl_sum = torch.zeros((), device=accelerator.device)
+        for chunk in share_of_step.split(micro):
             chunk = chunk.to(accelerator.device)
-            with torch.no_grad():
-                target = _predicting(teacher, chunk, data.start)
-            loss = token_kl(_predicting(student, chunk, data.start), target) / predicted  # the step's mean
-            accelerator.backward(loss)
-            loss_sum += loss.item()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss_sum)
+            with accelerator.accumulate(student):  # gradients are averaged across processes at the last chunk
+                with torch.no_grad():
+                    target = _predicting(teacher, chunk, data.start)
+                loss = token_kl(_predicting(student, chunk, data.start), target) / positions  # the chunk's mean
+                accelerator.backward(loss)  # accelerate divides by the chunks of a step: the step's mean
+                optimizer.step()  # these three act once the step's last chunk is in
+                schedule.step()
+                optimizer.zero_grad()
+            kl_sum += loss.detach()
+        step_kl = accelerator.reduce(kl_sum / (share // micro), "mean").item()
         done = (step + 1) * per_step
         rate = (step + 1 - first) * per_step / (time.perf_counter() - began)
-        report(
-            on_progress,
-            Progress("distill", f"KL {loss_sum:.4f}, {rate:.0f} tok/s", item, done, steps * per_step, "tok"),
-        )
-        if on_step is not None:
-            on_step(step + 1, done)
-        if state is not None and step + 1 < steps and time.perf_counter() - saved_at > SAVE_EVERY_SECONDS:
+        if accelerator.is_main_process:
+            report(
+                on_progress,
+                Progress("distill", f"KL {step_kl:.4f}, {rate:.0f} tok/s", item, done, steps * per_step, "tok"),
+            )
+            if on_step is not None:
+                on_step(step + 1, done)
+        if state is not None and step + 1 < steps and _agreed(accelerator, time.perf_counter() - saved_at):
             _save(accelerator, state, identity, step + 1, earlier_seconds + time.perf_counter() - began)
             saved_at = time.perf_counter()
     kl_after = held_out_kl(student, teacher, data, micro)
-    if not all(bool(torch.isfinite(p).all()) for p in trained) or not math.isfinite(kl_after):
+    whole = accelerator.get_state_dict(student)  # gathered from every process where the engine shards weights
+    tensors = {name: whole[qualified[name]].detach().to("cpu") for name in trained} if whole else {}
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()) or not math.isfinite(kl_after):
         raise CriterionError(
             f"distillation diverged (KL {kl_after:.4g} on held-out sequences; weights not finite): lower "
             f"`distill_lr` (now {settings.learning_rate:g})"
         )
-    return {
+    record = {
         "method": "distill",
         "objective": OBJECTIVE,
         "trained": TRAINED,
@@ -222,11 +251,13 @@ def train(
         "batch": settings.batch,
         "seq_len": settings.seq_len,
         "held_out_kl": {"before": kl_before, "after": kl_after},
-        "last_step_kl": losses[-1] if losses else None,
+        "last_step_kl": step_kl if first < steps else None,
         "resumed_at_step": first or None,
         "device": accelerator.device.type,
+        "engine": engine,
         "seconds": round(earlier_seconds + time.perf_counter() - began, 1),  # every session of a resumed run
     }
+    return Trained(record, tensors)
 
 
 def optimizer_text(settings: DistillSettings) -> str:
@@ -236,9 +267,11 @@ def optimizer_text(settings: DistillSettings) -> str:
     )
 
 
-def _accelerator(device: str) -> Any:
-    """accelerate's Accelerator for one process on `device` (see resolve_device), or CriterionError."""
+def _accelerator(device: str, launched: bool) -> Any:
+    """accelerate's Accelerator on `device` (see resolve_device), or CriterionError. Its scheduler steps once per
+    optimizer step whatever the processes (split_batches: the step's batch is split among them, not multiplied)."""
     from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     resolved = resolve_device(device, CriterionError)
     if resolved.startswith("cuda:"):
@@ -246,17 +279,35 @@ def _accelerator(device: str) -> Any:
             f"distillation takes cpu or cuda, not {resolved}: choose the GPU with CUDA_VISIBLE_DEVICES"
         )
     try:
-        accelerator = Accelerator(cpu=resolved == "cpu")
+        accelerator = Accelerator(cpu=resolved == "cpu", dataloader_config=DataLoaderConfiguration(split_batches=True))
     except ValueError as exc:  # accelerate keeps one state per process: a device already chosen there stays
         raise CriterionError(
             f"accelerate cannot run distillation on {resolved} in this process ({exc}): run it in a new process"
         ) from None
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1 and not launched:
         raise CriterionError(
-            f"distillation runs in one process, and accelerate started {accelerator.num_processes}: run hubprune "
-            "without `accelerate launch`"
+            f"hubprune runs in one process, and a launcher started {accelerator.num_processes}: run hubprune without "
+            "one, and give the launcher to `distill_launcher` to distil in several processes"
         )
     return accelerator
+
+
+def _engine(accelerator: Any) -> dict[str, Any]:
+    """How the loop ran, for the record and the resume identity (a state saved by other processes or another
+    engine is not loaded)."""
+    return {
+        "distributed_type": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+
+
+def _agreed(accelerator: Any, since_saved: float) -> bool:
+    """Whether to save now: the main process's clock decides for every process, since all must save together."""
+    from accelerate.utils import broadcast
+
+    due = torch.tensor([float(since_saved > SAVE_EVERY_SECONDS)], device=accelerator.device)
+    return bool(broadcast(due).item())
 
 
 def _warmup_then_decay(steps: int) -> Callable[[int], float]:
@@ -289,14 +340,19 @@ def _save(accelerator: Any, state: Path, identity: dict[str, Any], step: int, se
     """Save the state and its step as one folder, written beside the last one and then swapped in: a stop at any
     moment leaves one whole state to resume from (the new one, else the previous one)."""
     fresh, current, previous = state / f"{STATE}.new", state / STATE, state / f"{STATE}.old"
-    shutil.rmtree(fresh, ignore_errors=True)
-    accelerator.save_state(str(fresh))
-    write_json_atomic(fresh / PROGRESS_FILE, {"identity": identity, "step": step, "seconds": seconds})
-    shutil.rmtree(previous, ignore_errors=True)
-    if current.exists():
-        current.rename(previous)
-    fresh.rename(current)
-    shutil.rmtree(previous, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(fresh, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh))  # every process: engines that shard the state write a part each
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(fresh / PROGRESS_FILE, {"identity": identity, "step": step, "seconds": seconds})
+        shutil.rmtree(previous, ignore_errors=True)
+        if current.exists():
+            current.rename(previous)
+        fresh.rename(current)
+        shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> tuple[int, float]:
@@ -320,10 +376,12 @@ def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> t
 
 @dataclass(frozen=True)
 class Teacher:
-    """The base model, loaded once, and the data every member of a family learns from."""
+    """The base model, loaded once (None where launched processes load their own), the data every member of a
+    family learns from, and the folder the base is in."""
 
     model: Any
     data: DistillData
+    folder: Path
 
 
 def load_teacher(
@@ -333,11 +391,13 @@ def load_teacher(
     cache: Path | None = None,
     source: str = "",
     device: str = "cpu",
+    keep_model: bool = True,
     announce: Callable[[], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Teacher:
-    """The base model in `folder` (float32) on `device`, and the data (see prepare_data). A text too short to
-    distil on is refused with the tokenizer alone; `announce` is called once it passes, before the model loads."""
+    """The base model in `folder` (float32) on `device`, and the data (see prepare_data); without `keep_model`, the
+    model only makes the data and is let go. A text too short to distil on is refused with the tokenizer alone;
+    `announce` is called once it passes, before the model loads."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -345,9 +405,11 @@ def load_teacher(
     checked = text_data(tokenizer, settings) if settings.text is not None else None  # refused here if too short
     if announce is not None:
         announce()
+    if checked is not None and not keep_model:
+        return Teacher(None, checked, folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
     data = checked or prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress)
-    return Teacher(model, data)
+    return Teacher(model if keep_model else None, data, folder)
 
 
 def distill_member(
@@ -359,28 +421,29 @@ def distill_member(
     state: Path | None = None,
     member: str = "",
     device: str = "cpu",
+    item: str = "",
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Distil the member checkpoint in `folder` from the teacher, write its MLP tensors back in place (same
-    names, shapes and dtypes), and return the record for its hubprune.json. `state` and `member`: see train."""
+    names, shapes and dtypes), and return the record for its hubprune.json. `state` and `member`: see train;
+    `item`: the member's name in progress."""
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    trained = mlp_parameters(student, roles)
-    record = train(
+    done = train(
         student,
         teacher.model,
         teacher.data,
         settings,
-        list(trained.values()),
+        mlp_parameters(student, roles),
         state=state,
         member=member,
         device=device,
-        item=folder.name,
+        item=item,
         on_progress=on_progress,
     )
-    write_back(folder, {name: parameter.detach() for name, parameter in trained.items()})
-    return record
+    write_back(folder, done.tensors)
+    return done.record
 
 
 def write_back(folder: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -4,6 +4,7 @@ with one in HELD_OUT_EVERY held out to measure the KL on (see distill.py for how
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -192,3 +193,20 @@ def _save_cache(cache: Path, identity: dict[str, str], sequences: torch.Tensor) 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def save_data(data: DistillData, path: Path) -> None:
+    """Write `data` whole to `path` (.safetensors), for processes that distil from it (distill_launch.py)."""
+    from safetensors.torch import save_file
+
+    metadata = {"start": str(data.start), "record": json.dumps(data.record)}
+    save_file({"train": data.train.contiguous(), "held_out": data.held_out.contiguous()}, str(path), metadata)
+
+
+def load_data(path: Path) -> DistillData:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+        train, held_out = f.get_tensor("train"), f.get_tensor("held_out")
+    return DistillData(train, held_out, int(metadata["start"]), json.loads(metadata["record"]))

@@ -23,6 +23,7 @@ from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrat
 from hubprune.build.checkpoint import Checkpoint
 from hubprune.build.distill import DistillSettings, Teacher, distill_member, load_teacher
 from hubprune.build.distill_data import check_text
+from hubprune.build.distill_launch import distill_launched, parse_launcher
 from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
 from hubprune.build.prune import (
@@ -39,7 +40,7 @@ from hubprune.build.prune import (
 from hubprune.build.recovery import check_recovery, distills, refit_member, refits
 from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
-from hubprune.errors import OutputError
+from hubprune.errors import CriterionError, OutputError
 from hubprune.files import write_json_atomic
 from hubprune.manifest import Family, MemberRecord, SourceRecord
 from hubprune.progress import Progress, ProgressCallback, report
@@ -65,6 +66,7 @@ class PruneSettings:
     distill: DistillSettings | None = None  # with distill: the budget and data (None: the defaults)
     device: str = "cpu"  # where calibration and distillation run (the prune pass itself always streams on the CPU)
     max_memory: int | None = None  # bytes of weights calibration keeps resident (calibrate.LoadSettings); None: all
+    distill_launcher: str | None = None  # distil in the processes this command starts (distill_launch.py); None: here
 
 
 def make_plan(checkpoint: Checkpoint, targets: list[Target], multiple_of: int | None) -> tuple[MlpLayout, FamilyPlan]:
@@ -172,6 +174,7 @@ def _teacher(
         cache=work / DISTILL_DATA,
         source=json.dumps(source_identity(checkpoint), sort_keys=True),  # a cache of another base is made again
         device=settings.device,
+        keep_model=settings.distill_launcher is None,  # launched processes load their own
         announce=lambda: report(on_progress, Progress("distill", message)),
         on_progress=on_progress,
     )
@@ -189,23 +192,19 @@ def _distil(
     `state` by a stopped run resumes only for the same member: same source, kept neurons and refit."""
     distill = settings.distill
     assert distill is not None
-    message = f"[distill] {folder.name.removeprefix(PARTIAL_PREFIX)}: {distill.planned_steps} steps"
-    report(on_progress, Progress("distill", message))
+    name = folder.name.removeprefix(PARTIAL_PREFIX)
+    report(on_progress, Progress("distill", f"[distill] {name}: {distill.planned_steps} steps"))
     provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
     refit = provenance["recovery"] or {}
     member = json.dumps(
         [provenance["source"], provenance["kept_indices"]["sha256"], refit.get("alpha")], sort_keys=True
     )
-    record = distill_member(
-        folder,
-        teacher,
-        distill,
-        layout.roles,
-        state=state,
-        member=member,
-        device=settings.device,
-        on_progress=on_progress,
-    )
+    where = {"state": state, "member": member, "device": settings.device, "item": name, "on_progress": on_progress}
+    if settings.distill_launcher is None:
+        record = distill_member(folder, teacher, distill, layout.roles, **where)
+    else:
+        launcher = parse_launcher(settings.distill_launcher)
+        record = distill_launched(folder, teacher, distill, layout.roles, launcher=launcher, **where)
     write_json_atomic(folder / PROVENANCE, {**provenance, "distillation": record})
 
 
@@ -222,6 +221,13 @@ def _normalized(settings: PruneSettings) -> PruneSettings:
     reads_text = criterion in DATA_CRITERIA or refits(recover)
     calibration = (settings.calibration or CalibrationSettings()) if reads_text else None
     distill = (settings.distill or DistillSettings()) if distills(recover) else None
+    if settings.distill_launcher is not None:
+        if distill is None:
+            raise CriterionError(
+                f"`distill_launcher` is given, but `recover` {recover} does not distil: recover with distill or "
+                "refit+distill, or leave the launcher out"
+            )
+        parse_launcher(settings.distill_launcher)  # refused before anything is read or written
     return replace(settings, criterion=criterion, seed=seed, calibration=calibration, recover=recover, distill=distill)
 
 

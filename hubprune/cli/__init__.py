@@ -57,7 +57,7 @@ def _return_large_buffers_to_the_system() -> None:
     libc.mallopt(m_mmap_threshold, 1024 * 1024)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the terminal for hubprune's own progress: lm-eval and transformers log every task default they
     apply and draw a bar for every weight load. Warnings and errors still show."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
@@ -73,7 +73,7 @@ def _quiet_libraries() -> None:
 def main() -> None:
     """Build a family of width-pruned GLU checkpoints that load with plain from_pretrained."""
     _return_large_buffers_to_the_system()
-    _quiet_libraries()
+    quiet_libraries()
 
 
 for command in (

@@ -331,7 +331,16 @@ OPTION_OF_SETTING = {
     **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
     **{
         name: "--" + name.replace("_", "-")
-        for name in ("criterion", "seed", "calibration", "calibration_tokens", "recover", "distill_lr", "max_memory")
+        for name in (
+            "criterion",
+            "seed",
+            "calibration",
+            "calibration_tokens",
+            "recover",
+            "distill_lr",
+            "max_memory",
+            "distill_launcher",
+        )
     },
     **{name: "--" + name for name in ("members", "collection")},
     "max_shard_bytes": "--max-shard-size",

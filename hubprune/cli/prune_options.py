@@ -230,6 +230,7 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
             recover=kwargs.pop("recover"),
             distill=kwargs.pop("distill"),
             max_memory=_bytes_or_none(kwargs.pop("max_memory")),
+            distill_launcher=kwargs.pop("distill_launcher"),
         )
         return func(*args, **kwargs)
 
@@ -246,6 +247,17 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
             ),
             RECOVER_OPTION,
             distill_options,
+            option(
+                "--distill-launcher",
+                "distill_launcher",
+                stage="prune",
+                default=None,
+                metavar="COMMAND",
+                help='Distil in the processes COMMAND starts, e.g. "accelerate launch --config_file fsdp.yaml" '
+                '(its config sets processes, GPUs, DeepSpeed or FSDP, mixed precision) or "torchrun --standalone '
+                '--nproc_per_node 4"; hubprune adds `-m hubprune.cli.distill_worker JOB`. Default: in this '
+                "process, on --device.",
+            ),
             calibration_options,
             option("--seed", stage="prune", type=int, default=None, help="Seed of the random criterion (default 0)."),
             option(
