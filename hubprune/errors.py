@@ -26,6 +26,10 @@ class CriterionError(HubpruneError, ValueError):
     """An unknown importance criterion, or weights it cannot score."""
 
 
+class LaunchError(HubpruneError, RuntimeError):
+    """hubprune was started by a launcher, or the distillation launcher it was given cannot run or failed."""
+
+
 class OutputError(HubpruneError, OSError):
     """The output folder exists, is not a hubprune family, or cannot be written."""
 

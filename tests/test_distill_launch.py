@@ -16,7 +16,7 @@ from test_distill import SMALL, tensors
 from hubprune.build.family import DISTILL_WORK, PruneSettings, build_family, prune_one
 from hubprune.build.plan import Target
 from hubprune.build.source import open_source
-from hubprune.errors import CriterionError
+from hubprune.errors import LaunchError
 
 
 def torchrun(processes: int) -> str:
@@ -52,7 +52,7 @@ def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
 def test_processes_that_do_not_divide_the_batch_are_refused(tiny_dir, tmp_path, capfd):
     checkpoint = open_source(str(tiny_dir("llama")))
     settings = PruneSettings(recover="distill", distill=SMALL, distill_launcher=torchrun(3))  # 4 sequences a step
-    with pytest.raises(CriterionError, match="failed \\(exit status 1\\): their output above says why"):
+    with pytest.raises(LaunchError, match="failed \\(exit status 1\\): their output above says why"):
         prune_one(checkpoint, tmp_path / "out", Target("pct", "50"), settings)
     assert "4 sequences do not split evenly over 3 processes" in capfd.readouterr().err
     assert not (tmp_path / "out").exists() and not any(tmp_path.glob(".partial*"))
@@ -82,4 +82,11 @@ def test_a_failed_launch_leaves_no_member(tiny_dir, tmp_path):
 def test_a_launcher_that_cannot_run_is_refused_before_anything_is_written(tiny_dir, tmp_path, extra, fragments):
     result = invoke("prune", tiny_dir("llama"), "-o", tmp_path / "out", "--pct", 50, *extra)
     assert_clean_error(result, *fragments)
+    assert not any(tmp_path.iterdir())
+
+
+def test_hubprune_itself_under_a_launcher_is_refused_before_anything_runs(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun and accelerate launch set it in each process they start
+    result = invoke("prune", tiny_dir("llama"), "-o", tmp_path / "out", "--pct", 50)
+    assert_clean_error(result, "a launcher started 2 (WORLD_SIZE=2)", "give the launcher to --distill-launcher")
     assert not any(tmp_path.iterdir())

@@ -12,6 +12,7 @@ in one process, so nothing else has to know how many processes trained.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import torch
 
 from hubprune.build.distill import DistillSettings, Teacher, mlp_parameters, train, write_back
 from hubprune.build.distill_data import load_data, save_data
-from hubprune.errors import CriterionError
+from hubprune.errors import LaunchError
 from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
 
@@ -33,18 +34,31 @@ JOB_DATA = "job-data.safetensors"
 RESULT = "result.safetensors"
 
 
+# where launchers say how many processes they started: torchrun and accelerate launch, then the MPI runtimes
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes() -> tuple[str, int] | None:
+    """The variable and count, when a launcher started this process as one of several; else None."""
+    for variable in WORLD_SIZE_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 1:
+            return variable, int(value)
+    return None
+
+
 def parse_launcher(text: str) -> list[str]:
-    """The words of a launcher command, or CriterionError when it cannot be run."""
+    """The words of a launcher command, or LaunchError when it cannot be run."""
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        raise CriterionError(
+        raise LaunchError(
             f"`distill_launcher` cannot be read as a command ({exc}): quote it as a shell would"
         ) from None
     if not words:
-        raise CriterionError('`distill_launcher` is empty: give a command such as "accelerate launch", or leave it out')
+        raise LaunchError('`distill_launcher` is empty: give a command such as "accelerate launch", or leave it out')
     if shutil.which(words[0]) is None:
-        raise CriterionError(
+        raise LaunchError(
             f"`distill_launcher` starts with {words[0]}, which is not found: install it (accelerate, torchrun) or "
             "give its full path"
         )
@@ -88,7 +102,7 @@ def distill_launched(
     report(on_progress, Progress("distill", f"[distill] {item}: in the processes `{shlex.join(launcher)}` starts"))
     completed = subprocess.run([*launcher, "-m", WORKER, str((state / JOB).resolve())], check=False)
     if completed.returncode != 0 or not result.exists():
-        raise CriterionError(
+        raise LaunchError(
             f"distilling {item} in the launched processes failed (exit status {completed.returncode}): their "
             "output above says why"
         )

@@ -40,7 +40,7 @@ from hubprune.build.prune import (
 from hubprune.build.recovery import check_recovery, distills, refit_member, refits
 from hubprune.build.source import source_identity
 from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
-from hubprune.errors import CriterionError, OutputError
+from hubprune.errors import LaunchError, OutputError
 from hubprune.files import write_json_atomic
 from hubprune.manifest import Family, MemberRecord, SourceRecord
 from hubprune.progress import Progress, ProgressCallback, report
@@ -223,7 +223,7 @@ def _normalized(settings: PruneSettings) -> PruneSettings:
     distill = (settings.distill or DistillSettings()) if distills(recover) else None
     if settings.distill_launcher is not None:
         if distill is None:
-            raise CriterionError(
+            raise LaunchError(
                 f"`distill_launcher` is given, but `recover` {recover} does not distil: recover with distill or "
                 "refit+distill, or leave the launcher out"
             )

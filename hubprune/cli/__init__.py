@@ -12,11 +12,12 @@ from typing import Any
 import click
 
 from hubprune import __version__
+from hubprune.build.distill_launch import launched_processes
 from hubprune.cli.build import build_family_command, check_criteria_command, plan, prune
 from hubprune.cli.measure import eval_command, profile_command
 from hubprune.cli.options import as_command_line
 from hubprune.cli.publish import card_command, push_command
-from hubprune.errors import HubpruneError
+from hubprune.errors import HubpruneError, LaunchError
 
 
 class HubpruneGroup(click.Group):
@@ -72,6 +73,13 @@ def quiet_libraries() -> None:
 @click.version_option(__version__, prog_name="hubprune")
 def main() -> None:
     """Build a family of width-pruned GLU checkpoints that load with plain from_pretrained."""
+    launched = launched_processes()
+    if launched is not None:  # every process would prune into the same folder
+        variable, count = launched
+        raise LaunchError(
+            f"hubprune runs in one process, and a launcher started {count} ({variable}={count}): run hubprune "
+            "without it, and give the launcher to --distill-launcher to distil in several processes"
+        )
     _return_large_buffers_to_the_system()
     quiet_libraries()
 
