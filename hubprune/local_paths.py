@@ -51,11 +51,15 @@ def scrub(value: Any, table: dict[str, str]) -> Any:
 
 def command_without_local_paths(command: str) -> str:
     """A command line as typed, with every absolute path in it (an argument, or an option's value) written as its
-    last component: `--suite /home/me/suite.yaml` becomes `--suite suite.yaml`."""
+    last component: `--suite /home/me/suite.yaml` becomes `--suite suite.yaml`. A value that is itself a command
+    (`--distill-launcher "accelerate launch --config_file /home/me/ds.yaml"`) has its words written so too."""
 
     def name_only(word: str) -> str:
         flag, equals, value = word.partition("=") if word.startswith("--") else ("", "", word)
-        if os.path.isabs(os.path.expanduser(value)):
+        path = os.path.expanduser(value)
+        if len(value.split()) > 1 and not os.path.exists(path):  # a command, not a path with spaces in it
+            value = command_without_local_paths(value)
+        elif os.path.isabs(path):
             value = Path(value).name
         return f"{flag}{equals}{value}"
 

@@ -6,6 +6,7 @@ in one line and leaves no member behind."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import pytest
@@ -17,6 +18,7 @@ from hubprune.build.family import DISTILL_WORK, PruneSettings, build_family, pru
 from hubprune.build.plan import Target
 from hubprune.build.source import open_source
 from hubprune.errors import LaunchError
+from hubprune.local_paths import command_without_local_paths
 
 
 def torchrun(processes: int) -> str:
@@ -90,3 +92,13 @@ def test_hubprune_itself_under_a_launcher_is_refused_before_anything_runs(tiny_d
     result = invoke("prune", tiny_dir("llama"), "-o", tmp_path / "out", "--pct", 50)
     assert_clean_error(result, "a launcher started 2 (WORLD_SIZE=2)", "give the launcher to --distill-launcher")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_cards_name_a_launchers_local_files_by_name_only():
+    typed = shlex.join(
+        ["hubprune", "build-family", "/home/me/model", "--distill-launcher", "/home/me/venv/bin/accelerate launch "
+         "--config_file /home/me/ds.yaml", "--pcts", "20"]
+    )  # fmt: skip
+    assert shlex.split(command_without_local_paths(typed)) == [
+        "hubprune", "build-family", "model", "--distill-launcher", "accelerate launch --config_file ds.yaml", "--pcts", "20"
+    ]  # fmt: skip

@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,14 @@ def parse_launcher(text: str) -> list[str]:
         ) from None
     if not words:
         raise LaunchError('`distill_launcher` is empty: give a command such as "accelerate launch", or leave it out')
-    if shutil.which(words[0]) is None:
+    # on PATH, else beside this Python: `accelerate` and `torchrun` of hubprune's own environment, not activated
+    found = shutil.which(words[0]) or shutil.which(words[0], path=str(Path(sys.executable).parent))
+    if found is None:
         raise LaunchError(
             f"`distill_launcher` starts with {words[0]}, which is not found: install it (accelerate, torchrun) or "
             "give its full path"
         )
-    return words
+    return [found, *words[1:]]
 
 
 def distill_launched(
