@@ -184,6 +184,7 @@ def train(
     share = settings.batch // processes
     micro = micro_batch_size(share, settings.seq_len, student.config.get_text_config().vocab_size)
     accelerator.gradient_accumulation_steps = share // micro  # one optimizer step per step's share
+    _fit_deepspeed(accelerator, micro)
     names = {id(parameter): name for name, parameter in student.named_parameters()}
     qualified = {checkpoint_name: names[id(parameter)] for checkpoint_name, parameter in trained.items()}
     for parameter in student.parameters():
@@ -290,6 +291,21 @@ def _accelerator(device: str, launched: bool) -> Any:
             "one, and give the launcher to `distill_launcher` to distil in several processes"
         )
     return accelerator
+
+
+def _fit_deepspeed(accelerator: Any, micro: int) -> None:
+    """Under DeepSpeed, which takes its batch sizes from its own config, the step hubprune defines: `micro`
+    sequences a pass, the step's share in as many passes, and no gradient clipping (the other engines clip none).
+    Written to accelerate's documented config keys; not run here (DeepSpeed starts on GPUs only)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config.update(
+            {
+                "train_micro_batch_size_per_gpu": micro,
+                "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+                "gradient_clipping": 0.0,
+            }
+        )
 
 
 def _engine(accelerator: Any) -> dict[str, Any]:
