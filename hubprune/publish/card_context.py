@@ -411,8 +411,19 @@ def _member_distillation(member: ModelResults) -> dict[str, Any] | None:
         "steps": record["steps"],
         "tokens": f"{record['tokens']:,}",
         "seconds": f"{record['seconds']:.0f}",
-        "device": record["device"],
+        "device": _distilled_on(record),
     }
+
+
+def _distilled_on(record: dict[str, Any]) -> str:
+    """Where a member was distilled: `cpu`, or `2 cpu processes (MULTI_CPU)`, with any mixed precision."""
+    engine = record.get("engine") or {}  # members distilled before hubprune recorded it ran in one process
+    where = record["device"]
+    if engine.get("processes", 1) > 1:
+        where = f"{engine['processes']} {where} processes ({engine['distributed_type']})"
+    if engine.get("mixed_precision", "no") != "no":
+        where += f", mixed precision {engine['mixed_precision']}"
+    return where
 
 
 def _member_provenance(member: ModelResults) -> dict[str, Any]:
