@@ -40,7 +40,7 @@ from hubprune.build.calibrate import (
     read_text,
 )
 from hubprune.build.distill_data import DistillData, prepare_data, sha256_hex, text_data
-from hubprune.errors import CriterionError
+from hubprune.errors import CriterionError, LaunchError
 from hubprune.files import write_json_atomic
 from hubprune.measure.device import resolve_device
 from hubprune.progress import Progress, ProgressCallback, report
@@ -269,8 +269,9 @@ def optimizer_text(settings: DistillSettings) -> str:
 
 
 def _accelerator(device: str, launched: bool) -> Any:
-    """accelerate's Accelerator on `device` (see resolve_device), or CriterionError. Its scheduler steps once per
-    optimizer step whatever the processes (split_batches: the step's batch is split among them, not multiplied)."""
+    """accelerate's Accelerator on `device` (see resolve_device), or CriterionError (LaunchError for processes
+    hubprune did not launch itself). Its scheduler steps once per optimizer step whatever the processes
+    (split_batches: the step's batch is split among them, not multiplied)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
@@ -286,7 +287,7 @@ def _accelerator(device: str, launched: bool) -> Any:
             f"accelerate cannot run distillation on {resolved} in this process ({exc}): run it in a new process"
         ) from None
     if accelerator.num_processes > 1 and not launched:
-        raise CriterionError(
+        raise LaunchError(
             f"hubprune runs in one process, and a launcher started {accelerator.num_processes}: run hubprune without "
             "one, and give the launcher to `distill_launcher` to distil in several processes"
         )
