@@ -322,3 +322,14 @@ def test_bad_profile_input_gives_one_line_and_writes_nothing(tmp_path, tiny_dir,
         fragment,
     )
     assert not family.exists()
+
+
+def test_progress_hides_the_weight_loading_bars_and_keeps_the_download_bars():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    from hubprune.cli.output import ProgressDisplay
+
+    ProgressDisplay()
+    assert not transformers_logging.is_progress_bar_enabled()
+    assert not are_progress_bars_disabled()

@@ -21,9 +21,6 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: give one job file (hubprune's --distill-launcher starts this, not a person)", err=True)
         return 2
     quiet_libraries()
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # a weight-loading bar per model and process says nothing here
     try:
         run_job(Path(args[0]), ProgressDisplay())  # distill.train reports from the main process only
     except HubpruneError as exc:

@@ -36,6 +36,7 @@ class ProgressDisplay:
 
     def __init__(self) -> None:
         self._bars: dict[str, Any] = {}
+        _without_weight_loading_bars()
 
     def __call__(self, event: Progress) -> None:
         if event.unit == "B":
@@ -81,6 +82,18 @@ class ProgressDisplay:
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+
+
+def _without_weight_loading_bars() -> None:
+    """transformers draws a bar for every model it loads (several a member, one per process when distillation is
+    launched); hubprune's own lines say what is loading. The download bars of huggingface_hub stay."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # which turns huggingface_hub's off too
+    if downloads_shown:
+        enable_progress_bars()
 
 
 @contextlib.contextmanager
