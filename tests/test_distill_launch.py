@@ -48,7 +48,7 @@ def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
     assert second["engine"] == {"distributed_type": "MULTI_CPU", "processes": 2, "mixed_precision": "no"}
     assert second["held_out_kl"]["after"] == pytest.approx(first["held_out_kl"]["after"], rel=1e-5)
     assert second["held_out_kl"]["after"] < second["held_out_kl"]["before"]
-    assert not (tmp_path / "two" / DISTILL_WORK).exists()  # job, data and result went with the work folder
+    assert not (tmp_path / "two" / DISTILL_WORK).exists()  # job, data and record went with the work folder
     assert invoke("card", tmp_path / "two").exit_code == 0
     assert "s on 2 cpu processes (MULTI_CPU)." in (tmp_path / "two" / name / "README.md").read_text()
 

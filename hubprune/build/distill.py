@@ -235,7 +235,8 @@ def train(
             saved_at = time.perf_counter()
     kl_after = held_out_kl(student, teacher, data, micro)
     whole = accelerator.get_state_dict(student)  # gathered from every process where the engine shards weights
-    tensors = {name: whole[qualified[name]].detach().to("cpu") for name in trained} if whole else {}
+    keeps = whole and accelerator.is_main_process  # the one process that writes the member back
+    tensors = {name: whole[qualified[name]].detach().to("cpu") for name in trained} if keeps else {}
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()) or not math.isfinite(kl_after):
         raise CriterionError(
             f"distillation diverged (KL {kl_after:.4g} on held-out sequences; weights not finite): lower "
@@ -438,12 +439,13 @@ def distill_member(
     state: Path | None = None,
     member: str = "",
     device: str = "cpu",
+    launched: bool = False,
     item: str = "",
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Distil the member checkpoint in `folder` from the teacher, write its MLP tensors back in place (same
-    names, shapes and dtypes), and return the record for its hubprune.json. `state` and `member`: see train;
-    `item`: the member's name in progress."""
+    names, shapes and dtypes; from the main process alone when several ran), and return the record for its
+    hubprune.json. `state`, `member` and `launched`: see train; `item`: the member's name in progress."""
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -456,10 +458,12 @@ def distill_member(
         state=state,
         member=member,
         device=device,
+        launched=launched,
         item=item,
         on_progress=on_progress,
     )
-    write_back(folder, done.tensors)
+    if done.tensors:
+        write_back(folder, done.tensors)
     return done.record
 
 
