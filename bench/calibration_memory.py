@@ -146,9 +146,9 @@ def write_checkpoint(folder: Path) -> Path:
 def child(args: argparse.Namespace) -> None:
     """Calibrate once and write the figures to args.child (runs in the measured process): the peaks during
     calibration, then the peak once every Gram matrix has been read, as recovery reads them."""
-    from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrate
-    from hubprune.build.prune import analyse, down_modules
-    from hubprune.build.source import open_source
+    from hubprune.pruning.calibrate import CalibrationSettings, LoadSettings, calibrate
+    from hubprune.pruning.prune import analyse, down_modules
+    from hubprune.pruning.source import open_source
 
     source = open_source(str(args.folder))
     settings = CalibrationSettings(max_tokens=args.tokens, window=args.window)

@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import parse_targets
-from hubprune.build.source import open_source
 from hubprune.measure.evaluate import EvalSettings, evaluate
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import parse_targets
+from hubprune.pruning.source import open_source
 
 CRITERIA = ("maw", "vow", "pon", "l2")
 RANDOM_SEEDS = (0, 1, 2)

@@ -22,15 +22,15 @@ import torch
 from recovery import news_text
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hubprune.build.calibrate import CalibrationSettings, collect_activations, special_prefix, token_ids
-from hubprune.build.check import CheckSettings, _perplexity, _scores, held_out_text, prune_in_memory
-from hubprune.build.distill import DistillSettings, mlp_parameters, train
-from hubprune.build.distill_data import prepare_data
-from hubprune.build.importance import keep, rank
-from hubprune.build.plan import Target, plan_family
-from hubprune.build.prune import analyse, down_modules, model_shape
-from hubprune.build.recovery import refit_member
-from hubprune.build.source import open_source
+from hubprune.pruning.calibrate import CalibrationSettings, collect_activations, special_prefix, token_ids
+from hubprune.pruning.check import CheckSettings, _perplexity, _scores, held_out_text, prune_in_memory
+from hubprune.pruning.importance import keep, rank
+from hubprune.pruning.plan import Target, plan_family
+from hubprune.pruning.prune import analyse, down_modules, model_shape
+from hubprune.pruning.source import open_source
+from hubprune.recover.distill import DistillSettings, mlp_parameters, train
+from hubprune.recover.distill_data import prepare_data
+from hubprune.recover.refit import refit_member
 
 EVAL_TOKENS = 4096
 WINDOW = 512

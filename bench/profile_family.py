@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import parse_targets
-from hubprune.build.source import open_source
 from hubprune.measure.efficiency import ProfileSettings, parse_batch_sizes
 from hubprune.measure.profile import profile_path
 from hubprune.progress import Progress
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import parse_targets
+from hubprune.pruning.source import open_source
 from hubprune.publish.results import BatchFigures, ProfileView
 
 METRICS = ("ttft_s", "decode_tokens_per_s", "e2e_s", "peak_memory_bytes")

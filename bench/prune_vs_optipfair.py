@@ -187,9 +187,9 @@ def kept_rows(source_rows: dict[bytes, int], member: Path, layer: int) -> list[i
 def compare(source: Path, hub_family: Path, peer_outputs: dict[int, Path], layers: int) -> tuple[int, int]:
     """Check that both tools keep the same neurons wherever the MAW score does not tie at the cut.
     Returns (layer-members compared, neurons whose choice was decided by a tie)."""
-    from hubprune.build.checkpoint import read_tensor
-    from hubprune.build.importance import maw
-    from hubprune.build.source import open_source
+    from hubprune.pruning.checkpoint import read_tensor
+    from hubprune.pruning.importance import maw
+    from hubprune.pruning.source import open_source
 
     checkpoint = open_source(str(source))
     members = {

@@ -22,8 +22,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from hubprune.build.check import CheckSettings, check_criteria
-from hubprune.build.source import open_source
+from hubprune.pruning.check import CheckSettings, check_criteria
+from hubprune.pruning.source import open_source
 
 NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
 

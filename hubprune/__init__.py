@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hubprune._version import __version__
 
 # public name -> the module that owns it
 _API = {
@@ -20,17 +20,17 @@ _API = {
     "run_family": "hubprune.pipeline",
     "FamilyOutcome": "hubprune.pipeline",
     # build: sources, widths, pruning
-    "open_source": "hubprune.build.source",
-    "parse_targets": "hubprune.build.plan",
-    "Target": "hubprune.build.plan",
-    "PruneSettings": "hubprune.build.family",
-    "CalibrationSettings": "hubprune.build.calibrate",
-    "DistillSettings": "hubprune.build.distill",
-    "make_plan": "hubprune.build.family",
-    "build_family": "hubprune.build.family",
-    "prune_one": "hubprune.build.family",
-    "CheckSettings": "hubprune.build.check",
-    "check_criteria": "hubprune.build.check",
+    "open_source": "hubprune.pruning.source",
+    "parse_targets": "hubprune.pruning.plan",
+    "Target": "hubprune.pruning.plan",
+    "PruneSettings": "hubprune.pruning.family",
+    "CalibrationSettings": "hubprune.pruning.calibrate",
+    "DistillSettings": "hubprune.recover.distill",
+    "make_plan": "hubprune.pruning.family",
+    "build_family": "hubprune.pruning.family",
+    "prune_one": "hubprune.pruning.family",
+    "CheckSettings": "hubprune.pruning.check",
+    "check_criteria": "hubprune.pruning.check",
     # measure: benchmarks and efficiency
     "EvalSettings": "hubprune.measure.evaluate",
     "evaluate": "hubprune.measure.evaluate",
@@ -90,12 +90,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
-    from hubprune.build.calibrate import CalibrationSettings
-    from hubprune.build.check import CheckSettings, check_criteria
-    from hubprune.build.distill import DistillSettings
-    from hubprune.build.family import PruneSettings, build_family, make_plan, prune_one
-    from hubprune.build.plan import Target, parse_targets
-    from hubprune.build.source import open_source
     from hubprune.errors import HubpruneError
     from hubprune.manifest import load as load_family
     from hubprune.measure.efficiency import ProfileSettings
@@ -103,5 +97,11 @@ if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from hubprune.measure.profile import profile_path
     from hubprune.pipeline import FamilyOutcome, run_family
     from hubprune.progress import Progress
+    from hubprune.pruning.calibrate import CalibrationSettings
+    from hubprune.pruning.check import CheckSettings, check_criteria
+    from hubprune.pruning.family import PruneSettings, build_family, make_plan, prune_one
+    from hubprune.pruning.plan import Target, parse_targets
+    from hubprune.pruning.source import open_source
     from hubprune.publish.cards import CardSettings, render_cards
     from hubprune.publish.push import PushSettings, push_family
+    from hubprune.recover.distill import DistillSettings

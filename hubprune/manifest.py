@@ -17,7 +17,7 @@ from hubprune.errors import HubpruneError, OutputError
 from hubprune.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from hubprune.build.plan import ModelShape
+    from hubprune.pruning.plan import ModelShape
 
 MANIFEST = "family.json"
 FORMAT_VERSION = 1

@@ -13,15 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hubprune import manifest
-from hubprune.build.calibrate import CalibrationSettings, calibration_text, shared_ngrams
-from hubprune.build.check import CheckOutcome, CheckSettings, check_criteria
-from hubprune.build.distill import DistillSettings
-from hubprune.build.family import PruneSettings, build_family, check_family_folder, make_plan
-from hubprune.build.gguf import is_embedded_default
-from hubprune.build.importance import DATA_CRITERIA, check_criterion
-from hubprune.build.plan import FamilyPlan, Target
-from hubprune.build.recovery import refits
-from hubprune.build.source import open_source
 from hubprune.errors import CriterionError
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.efficiency import check_settings as check_profile_settings
@@ -30,7 +21,17 @@ from hubprune.measure.evaluate import check_settings as check_eval_settings
 from hubprune.measure.offline_tasks import evaluated_documents
 from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
+from hubprune.pruning.check import CheckOutcome, CheckSettings, check_criteria
+from hubprune.pruning.family import PruneSettings, build_family, check_family_folder, make_plan
+from hubprune.pruning.gguf import is_embedded_default
+from hubprune.pruning.importance import DATA_CRITERIA, check_criterion
+from hubprune.pruning.plan import FamilyPlan, Target
+from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardOutcome, CardSettings, render_cards
+from hubprune.recover.distill import DistillSettings
+from hubprune.recover.refit import refits
+from hubprune.texts import shared_ngrams
 
 DEFAULT_PRUNE, DEFAULT_EVAL, DEFAULT_PROFILE, DEFAULT_CARDS = (
     PruneSettings(),

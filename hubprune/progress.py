@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,3 +31,15 @@ ProgressCallback = Callable[[Progress], None]
 def report(on_progress: ProgressCallback | None, event: Progress) -> None:
     if on_progress is not None:
         on_progress(event)
+
+
+def quiet_libraries() -> None:
+    """For the processes hubprune starts (the command line, launched workers), never for the library: keep the
+    terminal for hubprune's own progress: lm-eval and transformers log every task default they
+    apply and draw a bar for every weight load. Warnings and errors still show."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

@@ -14,11 +14,11 @@ from support.tiny_models import build_tiny
 from test_data_criteria import words
 from transformers import AutoModelForCausalLM
 
-from hubprune.build.calibrate import ActivationStats, CalibrationSettings, LoadSettings, calibrate
-from hubprune.build.prune import analyse, down_modules
-from hubprune.build.recovery import refit_layer
-from hubprune.build.source import open_source
 from hubprune.errors import CriterionError
+from hubprune.pruning.calibrate import ActivationStats, CalibrationSettings, LoadSettings, calibrate
+from hubprune.pruning.prune import analyse, down_modules
+from hubprune.pruning.source import open_source
+from hubprune.recover.refit import refit_layer
 
 TOKENS, WINDOW = 300, 50  # six windows: four fit, two held out
 CAP = 1_000  # bytes: far below any tiny model's weights, so every module stays on disk

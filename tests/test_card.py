@@ -12,14 +12,14 @@ from huggingface_hub import ModelCard
 from support.tiny_models import build_tiny
 from support.tiny_tasks import ALL_THREE, suite_file
 
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import CardError
 from hubprune.measure.efficiency import ProfileSettings, measure
 from hubprune.measure.evaluate import EvalSettings, evaluate
 from hubprune.measure.profile import merge_rounds, round_share
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardSettings, render_cards
 
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]

@@ -14,8 +14,8 @@ from support.oracle import load_tensors
 from support.tiny_models import build_tiny
 from transformers import AutoModelForCausalLM
 
-from hubprune.build import family as build_module
 from hubprune.cli import main
+from hubprune.pruning import family as build_module
 
 
 def invoke(*args):

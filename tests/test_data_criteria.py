@@ -15,12 +15,13 @@ from support.oracle import load_tensors, mlp_modules, oracle_logits, top_k_tie_l
 from support.tiny_models import FAMILIES, VOCAB, build_tiny
 from transformers import AutoModelForCausalLM
 
-from hubprune.build.calibrate import CalibrationSettings, shared_ngrams
-from hubprune.build.check import CheckSettings, check_criteria
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
 from hubprune.cli import main
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.check import CheckSettings, check_criteria
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
+from hubprune.texts import shared_ngrams
 
 
 def words(seed: int, count: int) -> str:
@@ -226,7 +227,7 @@ def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_
 
 
 def test_calibrating_on_benchmark_text_is_warned_about(tmp_path, tiny_dir):
-    from hubprune.measure.offline_tasks import paragraphs
+    from hubprune.texts import paragraphs
 
     calibration = tmp_path / "overlap.txt"
     calibration.write_text("\n\n".join(paragraphs()[:3]))  # what the offline tasks score first (both of them)

@@ -15,16 +15,16 @@ from test_data_criteria import words
 from test_recovery import calibration  # noqa: F401 - a fixture
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hubprune.build import distill as distill_module
-from hubprune.build.calibrate import CalibrationSettings
-from hubprune.build.check import CheckSettings, check_criteria, prune_in_memory
-from hubprune.build.distill import DistillSettings, token_kl
-from hubprune.build.distill_data import generate
-from hubprune.build.family import DISTILL_WORK, PruneSettings, build_family, prune_one
-from hubprune.build.importance import keep, rank
-from hubprune.build.plan import Target
-from hubprune.build.prune import analyse, weight_layer_scores
-from hubprune.build.source import open_source
+from hubprune.recover import distill as distill_module
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.check import CheckSettings, check_criteria, prune_in_memory
+from hubprune.pruning.family import DISTILL_WORK, PruneSettings, build_family, prune_one
+from hubprune.pruning.importance import keep, rank
+from hubprune.pruning.plan import Target
+from hubprune.pruning.prune import analyse, weight_layer_scores
+from hubprune.pruning.source import open_source
+from hubprune.recover.distill import DistillSettings, token_kl
+from hubprune.recover.distill_data import generate
 
 # Small enough for seconds on the CPU: 8 steps of 4 sequences of 32 tokens; a high learning rate, since a tiny
 # random model learns little in 8 steps at the default.

@@ -12,13 +12,13 @@ import torch
 from click.testing import CliRunner
 from support.tiny_tasks import ALL_THREE, TASKS, suite_file
 
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
 from hubprune.errors import EvaluationError
 from hubprune.measure import evaluate as evaluate_module
 from hubprune.measure.evaluate import EvalSettings, correlations, evaluate, vllm_model_args
 from hubprune.measure.suites import SuiteTask, load_suite
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 
 
 def direct_lm_eval(model_dir: Path, task: str, shots: int, task_dir: Path) -> dict:

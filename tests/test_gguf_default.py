@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from support.oracle import logits, oracle_logits
 
-from hubprune.build.gguf import DEFAULT_INSTALL, base_name, embedded_default
 from hubprune.cli import main
 from hubprune.errors import SourceError
+from hubprune.pruning.gguf import DEFAULT_INSTALL, base_name, embedded_default
 
 try:
     DEFAULT_GGUF = embedded_default()

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import SourceError
+from hubprune.pruning.source import open_source
 
 EXCLUDED = {
     "README.md": b"---\nlicense: mit\n---\n# tiny\n",

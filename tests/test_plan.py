@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hubprune.build.plan import PAPER_PCTS, ModelShape, Target, parse_targets, plan_family, width_for
 from hubprune.errors import TargetError
+from hubprune.pruning.plan import PAPER_PCTS, ModelShape, Target, parse_targets, plan_family, width_for
 
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192)
 PAPER_WIDTHS = [7373, 6554, 5735, 4916, 4096, 3277]  # arXiv 2512.22671, 10..60 %

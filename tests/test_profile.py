@@ -19,14 +19,14 @@ from safetensors import safe_open
 from support.tiny_models import HIDDEN, LAYERS, VOCAB, WIDTH
 
 from hubprune import manifest
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
 from hubprune.errors import EnergyError, HubpruneError, ProfileError, ProfileSettingsError
 from hubprune.measure import energy as energy_module
 from hubprune.measure.base_model import BASE_RESULTS
 from hubprune.measure.efficiency import ProfileSettings, check_settings, measure, parse_batch_sizes, percentile
 from hubprune.measure.energy import EnergySource, open_energy
 from hubprune.measure.profile import PROFILE_FILE, merge_rounds, profile_model, profile_path, round_share
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
 from hubprune.publish.results import ProfileView
 
 FAST = dict(prompt_tokens=6, new_tokens=4, min_seconds=0.0, min_runs=3, warmup_runs=1, rounds=1)
@@ -225,7 +225,7 @@ def family_dir(tiny_dir, tmp_path_factory):
 
 
 def _open(folder: Path):
-    from hubprune.build.source import open_source
+    from hubprune.pruning.source import open_source
 
     return open_source(str(folder))
 

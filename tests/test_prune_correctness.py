@@ -13,10 +13,10 @@ from support.oracle import load_tensors, logits, oracle_logits, scores_float64, 
 from support.tiny_models import FAMILIES, LAYERS, VOCAB, WIDTH
 from transformers import AutoConfig
 
-from hubprune.build import prune as prune_module
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
+from hubprune.pruning import prune as prune_module
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 
 TARGETS = [Target("ratio", "1.5"), Target("pct", "40"), Target("size", "17")]
 EXPECTED_WIDTHS = {"1.5": 48, "40": 39, "17": 17}  # ceil(1.5*32); 64 - floor(0.4*64); as given

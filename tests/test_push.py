@@ -16,11 +16,11 @@ from support.tiny_models import build_tiny
 from support.tiny_tasks import ALL_THREE, suite_file
 from transformers import AutoModelForCausalLM
 
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
 from hubprune.cli import main
 from hubprune.errors import PushError
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 from hubprune.publish import push as hub_module
 from hubprune.publish.licence import front_matter
 from hubprune.publish.push import PushSettings, push_family

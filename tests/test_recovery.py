@@ -14,11 +14,11 @@ from test_cli import assert_clean_error, invoke
 from test_data_criteria import words
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hubprune.build.calibrate import CalibrationSettings
-from hubprune.build.check import CheckSettings, check_criteria
-from hubprune.build.family import PruneSettings, build_family
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.check import CheckSettings, check_criteria
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 
 TOKENS, WINDOW, WIDTH_KEPT = 300, 50, 40  # six windows: four fit the refit, two (every third) choose alpha
 

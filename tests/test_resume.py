@@ -17,12 +17,12 @@ from support.tiny_tasks import suite_file
 from test_cli import assert_clean_error, invoke
 
 from hubprune import files as files_module
-from hubprune.build import family as build_module
-from hubprune.build import gguf as gguf_module
-from hubprune.build.gguf import DEFAULT_INSTALL, embedded_default
 from hubprune.errors import SourceError
 from hubprune.measure import evaluate as evaluate_module
 from hubprune.measure import profile as profile_module
+from hubprune.pruning import family as build_module
+from hubprune.pruning import gguf as gguf_module
+from hubprune.pruning.gguf import DEFAULT_INSTALL, embedded_default
 
 FAST_PROFILE = ("--batch-sizes", "1", "--prompt-tokens", "6", "--new-tokens", "3", "--min-seconds", "0")
 FAST_PROFILE += ("--rounds", "1", "--energy", "off")
@@ -97,7 +97,7 @@ def clean(tiny_dir, tmp_path_factory) -> Path:
 
 KILLED_MID_WRITE = """
 import os, signal, sys
-from hubprune.build import family
+from hubprune.pruning import family
 
 real_pass = family.prune_pass
 

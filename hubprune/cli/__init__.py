@@ -4,20 +4,19 @@ library's settings, makes one library call and prints the outcome (cli/output.py
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 import sys
 from typing import Any
 
 import click
 
-from hubprune import __version__
-from hubprune.build.distill_launch import launched_processes
+from hubprune._version import __version__
 from hubprune.cli.build import build_family_command, check_criteria_command, plan, prune
 from hubprune.cli.measure import eval_command, profile_command
 from hubprune.cli.options import as_command_line
 from hubprune.cli.publish import card_command, push_command
 from hubprune.errors import HubpruneError, LaunchError
+from hubprune.progress import quiet_libraries
+from hubprune.recover.launch import launched_processes
 
 
 class HubpruneGroup(click.Group):
@@ -56,17 +55,6 @@ def _return_large_buffers_to_the_system() -> None:
         return
     m_mmap_threshold = -3  # from <malloc.h>
     libc.mallopt(m_mmap_threshold, 1024 * 1024)
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for hubprune's own progress: lm-eval and transformers log every task default they
-    apply and draw a bar for every weight load. Warnings and errors still show."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    for name in ("lm_eval", "lm-eval", "transformers", "datasets", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 @click.group(cls=HubpruneGroup)

@@ -8,12 +8,6 @@ from pathlib import Path
 
 import click
 
-from hubprune.build.calibrate import CalibrationSettings
-from hubprune.build.check import CheckSettings, check_criteria
-from hubprune.build.distill import DistillSettings
-from hubprune.build.family import PruneSettings, make_plan, prune_one
-from hubprune.build.plan import Target
-from hubprune.build.source import open_source
 from hubprune.cli import output
 from hubprune.cli.options import (
     HELD_OUT_FILE,
@@ -40,8 +34,14 @@ from hubprune.cli.prune_options import (
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
 from hubprune.pipeline import run_family
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.check import CheckSettings, check_criteria
+from hubprune.pruning.family import PruneSettings, make_plan, prune_one
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardSettings
 from hubprune.publish.formatting import bytes_text
+from hubprune.recover.distill import DistillSettings
 
 
 @click.command(cls=StagedCommand, epilog=SOURCE_HELP)

@@ -20,12 +20,13 @@ from typing import Any
 
 import click
 
-from hubprune.build.calibrate import CalibrationSettings, calibration_text, read_text
-from hubprune.build.distill import DistillSettings
 from hubprune.errors import HubpruneError
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
+from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
 from hubprune.publish.cards import CardSettings
+from hubprune.recover.distill import DistillSettings
+from hubprune.texts import read_text
 
 # --- parameter types --------------------------------------------------------------------------------------------
 

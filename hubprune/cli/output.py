@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from hubprune.build.check import CheckOutcome
-from hubprune.build.plan import FamilyPlan
 from hubprune.measure.evaluate import EvalOutcome
 from hubprune.measure.profile import ModelProfile
 from hubprune.progress import Progress
+from hubprune.pruning.check import CheckOutcome
+from hubprune.pruning.plan import FamilyPlan
 from hubprune.publish.cards import CardOutcome
 from hubprune.publish.formatting import (
     bytes_text,

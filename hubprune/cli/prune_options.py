@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from hubprune.build.calibrate import CalibrationSettings
-from hubprune.build.distill import DistillSettings
-from hubprune.build.family import PruneSettings
-from hubprune.build.importance import CRITERIA
-from hubprune.build.plan import PAPER_PCTS, Target, parse_targets
-from hubprune.build.recovery import RECOVERY_CHOICES
 from hubprune.cli.options import CALIBRATION_FILE, DISTILL_FILE, ByteSize, option
 from hubprune.errors import TargetError
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.family import PruneSettings
+from hubprune.pruning.importance import CRITERIA
+from hubprune.pruning.plan import PAPER_PCTS, Target, parse_targets
+from hubprune.recover.distill import DistillSettings
+from hubprune.recover.refit import RECOVERY_CHOICES
 
 # --- sources and widths ----------------------------------------------------------------------------------
 
@@ -255,7 +255,7 @@ def prune_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 metavar="COMMAND",
                 help='Distil in the processes COMMAND starts, e.g. "accelerate launch --config_file fsdp.yaml" '
                 '(its config sets processes, GPUs, DeepSpeed or FSDP, mixed precision) or "torchrun --standalone '
-                '--nproc_per_node 4"; hubprune adds `-m hubprune.cli.distill_worker JOB`. Default: in this '
+                '--nproc_per_node 4"; hubprune adds `-m hubprune.recover.worker JOB`. Default: in this '
                 "process, on --device.",
             ),
             calibration_options,

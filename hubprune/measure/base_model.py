@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubprune import manifest
-from hubprune.build.checkpoint import is_hub_id, open_checkpoint
-from hubprune.build.gguf import GGUF_PROVENANCE, base_name, cache_root, open_gguf
-from hubprune.build.source import HUB_PATTERNS
 from hubprune.errors import HubpruneError
+from hubprune.pruning.checkpoint import is_hub_id, open_checkpoint
+from hubprune.pruning.gguf import GGUF_PROVENANCE, base_name, cache_root, open_gguf
+from hubprune.pruning.source import HUB_PATTERNS
 
 BASE_RESULTS = "base-results"  # a family's folder for its base model's results (eval.json, profile.json)
 

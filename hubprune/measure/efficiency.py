@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from hubprune import __version__
+from hubprune._version import __version__
+from hubprune.device import cpu_model, resolve_device
 from hubprune.errors import HubpruneError, ProfileError, ProfileSettingsError
-from hubprune.measure.device import cpu_model, resolve_device
 from hubprune.measure.energy import EnergySource, check_energy, open_energy
 from hubprune.measure.process_stats import MemoryWatch, cpu_times, figure, meminfo_total, other_cpu_load
 
@@ -382,8 +382,8 @@ def distribution(samples: list[float], unit: str, how: str) -> dict[str, Any]:
 
 def _count_params(folder: Path) -> dict[str, Any]:
     """Parameter counts from the safetensors headers, as family.json counts them (tied weights stored once)."""
-    from hubprune.build.checkpoint import open_checkpoint
-    from hubprune.build.prune import analyse, model_shape
+    from hubprune.pruning.checkpoint import open_checkpoint
+    from hubprune.pruning.prune import analyse, model_shape
 
     checkpoint = open_checkpoint(folder)
     total = sum(t.numel for t in checkpoint.tensors.values())

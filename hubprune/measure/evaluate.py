@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.build.gguf import cache_root, is_embedded_default
+from hubprune.device import hardware, resolve_device
 from hubprune.errors import EvaluationError
 from hubprune.files import write_json_atomic
 from hubprune.local_paths import replacements, scrub
 from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
-from hubprune.measure.device import hardware, resolve_device
 from hubprune.measure.lm_eval_output import save_raw, task_result
 from hubprune.measure.offline_tasks import task_folder
 from hubprune.measure.suites import (
@@ -40,6 +39,7 @@ from hubprune.measure.suites import (
     load_suite,
 )
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.gguf import cache_root, is_embedded_default
 
 BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "bfloat16", "float32")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from importlib import resources
 from pathlib import Path
 
-TEXT_FILE = "jargon-file-4.4.7-ch1-8.txt"
+from hubprune.texts import paragraphs
+
 TASK_VERSION = 2
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 FINAL_WORD = re.compile(r"^(?P<context>.*\S)\s+(?P<word>[A-Za-z]{3,})[.!?]$")
@@ -56,11 +56,6 @@ metadata:
   version: {version}
   description: Greedy prediction of each sentence's last word, given that sentence and the one before it (LAMBADA-style), Jargon File 4.4.7 chapters 1-8
 """
-
-
-def paragraphs() -> list[str]:
-    text = (resources.files("hubprune") / "data" / "texts" / TEXT_FILE).read_text(encoding="utf-8")
-    return [p for p in text.split("\n\n") if p.strip()]
 
 
 def last_word_items() -> list[dict[str, str]]:

@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.build.distill import OBJECTIVE, TRAINED, DistillSettings, optimizer_text
-from hubprune.build.distill_data import SELF_GENERATED
-from hubprune.build.family import PROVENANCE
-from hubprune.build.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
-from hubprune.build.recovery import ALPHAS, FORMULA, refits
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
+from hubprune.pruning.family import PROVENANCE
+from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
 from hubprune.publish.formatting import (
     bytes_text,
     change_text,
@@ -34,6 +31,9 @@ from hubprune.publish.formatting import (
 )
 from hubprune.publish.licence import EMBEDDED_DEFAULT_BASE, EMBEDDED_DEFAULT_ORIGINAL, Licence, licence_text
 from hubprune.publish.results import BatchFigures, ModelResults, TaskScore, benchmarks
+from hubprune.recover.distill import OBJECTIVE, TRAINED, DistillSettings, optimizer_text
+from hubprune.recover.distill_data import SELF_GENERATED
+from hubprune.recover.refit import ALPHAS, FORMULA, refits
 
 HUB = "https://huggingface.co"
 CRITERIA = {
@@ -66,7 +66,7 @@ def common_context(
 ) -> dict[str, Any]:
     """What every card shows: the family card's whole context, and the part of each member's it shares."""
     label = base_label(family)
-    name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/build/importance.py"))
+    name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/pruning/importance.py"))
     note = None
     if family.criterion == "random":
         note = f"Random scores, seed {family.seed}: this family is a baseline, not the paper's method."

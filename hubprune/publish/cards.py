@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from hubprune import manifest
-from hubprune.build.checkpoint import is_hub_id
 from hubprune.errors import CardError
 from hubprune.files import write_bytes_atomic
+from hubprune.pruning.checkpoint import is_hub_id
 from hubprune.publish.card_context import common_context, member_context
 from hubprune.publish.licence import CARD_FILE, base_hub_id, member_metadata, resolve_license, validate_metadata
 from hubprune.publish.plots import PLOT_FILES, PLOTS_DIR, plot_panels, plot_refs, render_plots

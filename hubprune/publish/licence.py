@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from hubprune import manifest
-from hubprune.build.checkpoint import is_hub_id
-from hubprune.build.gguf import is_embedded_default
 from hubprune.errors import CardError
+from hubprune.pruning.checkpoint import is_hub_id
+from hubprune.pruning.gguf import is_embedded_default
 from hubprune.publish.results import ModelResults, TaskScore
 
 CARD_FILE = "README.md"  # where the Hub reads a repo's card and its metadata from

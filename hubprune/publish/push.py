@@ -17,13 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hubprune import __version__, manifest
-from hubprune.build.checkpoint import open_checkpoint
-from hubprune.build.gguf import cache_root
+from hubprune import manifest
+from hubprune._version import __version__
 from hubprune.errors import HubpruneError, PushError
 from hubprune.local_paths import machine_names_in_folder, machine_needles
 from hubprune.measure.base_model import base_label
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.checkpoint import open_checkpoint
+from hubprune.pruning.gguf import cache_root
 from hubprune.publish.cards import STAGE as CARD_STAGE
 from hubprune.publish.cards import CardOutcome, CardSettings, render_cards
 from hubprune.publish.formatting import change_text, fraction_tasks, params_text, score_text

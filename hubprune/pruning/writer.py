@@ -15,8 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubprune.build.checkpoint import DTYPES, INDEX_FILE, SINGLE_FILE, read_header
 from hubprune.errors import OutputError
+from hubprune.pruning.checkpoint import DTYPES, INDEX_FILE, SINGLE_FILE, read_header
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 COPY_CHUNK = 64 * 1024**2

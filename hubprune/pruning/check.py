@@ -17,26 +17,22 @@ from typing import Any
 
 import torch
 
-from hubprune.build.calibrate import (
-    SHIPPED_CALIBRATION_START,
-    SHIPPED_TEXT,
+from hubprune.errors import CriterionError
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.calibrate import (
     CalibrationSettings,
     calibration_text,
     collect_activations,
     first_predicted,
     loaded_modules,
-    read_text,
-    shared_ngrams,
     special_prefix,
     token_ids,
     windows,
 )
-from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.distill import DistillSettings, mlp_parameters, train
-from hubprune.build.distill_data import DistillData, prepare_data
-from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
-from hubprune.build.plan import Target, plan_family
-from hubprune.build.prune import (
+from hubprune.pruning.checkpoint import Checkpoint
+from hubprune.pruning.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
+from hubprune.pruning.plan import Target, plan_family
+from hubprune.pruning.prune import (
     COLUMN_ROLES,
     FUSED_ROLES,
     ROW_ROLES,
@@ -47,10 +43,10 @@ from hubprune.build.prune import (
     model_shape,
     weight_scores,
 )
-from hubprune.build.recovery import apply_update, check_recovery, distills, refit_member, refits, removed_of
-from hubprune.errors import CriterionError
-from hubprune.measure.offline_tasks import paragraphs
-from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.recover.distill import DistillSettings, mlp_parameters, train
+from hubprune.recover.distill_data import DistillData, prepare_data
+from hubprune.recover.refit import apply_update, check_recovery, distills, refit_member, refits, removed_of
+from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from hubprune.build.arch import ArchSpec, resolve
-from hubprune.build.calibrate import ActivationStats
-from hubprune.build.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
-from hubprune.build.importance import (
+from hubprune.errors import CheckpointError, CriterionError, TargetError
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.arch import ArchSpec, resolve
+from hubprune.pruning.calibrate import ActivationStats
+from hubprune.pruning.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
+from hubprune.pruning.importance import (
     activation,
     hybrid,
     keep,
@@ -32,11 +34,9 @@ from hubprune.build.importance import (
     rank,
     score_rows,
 )
-from hubprune.build.plan import ModelShape
-from hubprune.build.recovery import apply_update, removed_of
-from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
-from hubprune.errors import CheckpointError, CriterionError, TargetError
-from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.plan import ModelShape
+from hubprune.pruning.writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
+from hubprune.recover.refit import apply_update, removed_of
 
 # Roles of MLP tensors, and which dimension of each is indexed by neuron.
 ROW_ROLES = ("gate.weight", "gate.bias", "up.weight", "up.bias")

@@ -18,15 +18,17 @@ from typing import Any
 
 import torch
 
-from hubprune import __version__, manifest
-from hubprune.build.calibrate import CalibrationSettings, LoadSettings, calibrate, calibration_text
-from hubprune.build.checkpoint import Checkpoint
-from hubprune.build.distill import DistillSettings, Teacher, distill_member, load_teacher
-from hubprune.build.distill_data import check_text
-from hubprune.build.distill_launch import distill_launched, parse_launcher
-from hubprune.build.importance import DATA_CRITERIA, check_criterion, keep, rank
-from hubprune.build.plan import FamilyPlan, MemberPlan, Target, plan_family
-from hubprune.build.prune import (
+from hubprune import manifest
+from hubprune._version import __version__
+from hubprune.errors import LaunchError, OutputError
+from hubprune.files import write_json_atomic
+from hubprune.manifest import Family, MemberRecord, SourceRecord
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.calibrate import CalibrationSettings, LoadSettings, calibrate, calibration_text
+from hubprune.pruning.checkpoint import Checkpoint
+from hubprune.pruning.importance import DATA_CRITERIA, check_criterion, keep, rank
+from hubprune.pruning.plan import FamilyPlan, MemberPlan, Target, plan_family
+from hubprune.pruning.prune import (
     MemberOutput,
     MlpLayout,
     analyse,
@@ -37,13 +39,12 @@ from hubprune.build.prune import (
     prune_pass,
     weight_layer_scores,
 )
-from hubprune.build.recovery import check_recovery, distills, refit_member, refits
-from hubprune.build.source import source_identity
-from hubprune.build.writer import DEFAULT_MAX_SHARD_BYTES
-from hubprune.errors import LaunchError, OutputError
-from hubprune.files import write_json_atomic
-from hubprune.manifest import Family, MemberRecord, SourceRecord
-from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.source import source_identity
+from hubprune.pruning.writer import DEFAULT_MAX_SHARD_BYTES
+from hubprune.recover.distill import DistillSettings, Teacher, distill_member, load_teacher
+from hubprune.recover.distill_data import check_text
+from hubprune.recover.launch import distill_launched, parse_launcher
+from hubprune.recover.refit import check_recovery, distills, refit_member, refits
 
 PROVENANCE = "hubprune.json"
 KEPT_INDICES = "hubprune-kept-indices.json"

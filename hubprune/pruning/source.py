@@ -10,15 +10,15 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from hubprune.build.checkpoint import COPIED_FILE_PATTERNS, INDEX_FILE, Checkpoint, is_hub_id, open_checkpoint
-from hubprune.build.gguf import (
+from hubprune.errors import SourceError
+from hubprune.pruning.checkpoint import COPIED_FILE_PATTERNS, INDEX_FILE, Checkpoint, is_hub_id, open_checkpoint
+from hubprune.pruning.gguf import (
     DEFAULT_PACKAGE,
     DEFAULT_PACKAGE_VERSION,
     embedded_default,
     is_embedded_default,
     open_gguf,
 )
-from hubprune.errors import SourceError
 
 # README.md is fetched for the base's licence (the card stage reads it there) and never copied into a member.
 HUB_PATTERNS = ("config.json", "*.safetensors", INDEX_FILE, "README.md", *COPIED_FILE_PATTERNS)

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hubprune.build.calibrate import first_predicted, read_text, shared_ngrams, special_prefix, token_ids, windows
 from hubprune.errors import CriterionError
-from hubprune.measure.offline_tasks import paragraphs
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.calibrate import first_predicted, special_prefix, token_ids, windows
+from hubprune.texts import paragraphs, read_text, shared_ngrams
 
 if TYPE_CHECKING:
-    from hubprune.build.distill import DistillSettings
+    from hubprune.recover.distill import DistillSettings
 
 HELD_OUT_EVERY = 8
 GENERATION_BATCH = 64  # sequences sampled together: a decoding step costs little more for 64 than for 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,17 +27,12 @@ from typing import Any
 
 import torch
 
+from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
-from hubprune.measure.device import resolve_device
-from hubprune.measure.offline_tasks import TEXT_FILE, paragraphs
+from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text
 
 DEFAULT_TOKENS = 4096
 DEFAULT_WINDOW = 512
-SHIPPED_TEXT = f"hubprune/data/texts/{TEXT_FILE}"
-# The offline suite scores the first paragraphs of the shipped text; by default calibration reads the
-# paragraphs from this one on, which the disjointness check confirms share no 13-word sequence with them.
-SHIPPED_CALIBRATION_START = 65
-NGRAM = 13  # the span GPT-3's contamination check used; long enough that a shared one is no coincidence
 # A calibration file of fewer words is refused as soon as it is read, before any model is loaded or anything is
 # written: a text that short calibrates nothing. The 2 tokens calibration needs at the least (one read, one
 # predicted) are checked again once the tokenizer has read the text (collect_activations), since a tokenizer may
@@ -115,24 +109,6 @@ def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
             f"least {MIN_WORDS}; a few thousand tokens are usual): give a longer text"
         )
     return text, Path(settings.text).name  # the name only: it is published
-
-
-def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of the file `path`, or CriterionError naming the problem (`what`: which text it is)."""
-    path = Path(path)
-    fix = "give a UTF-8 text file"
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CriterionError(f"the {what} {path} does not exist: {fix}") from None
-    except IsADirectoryError:
-        raise CriterionError(f"the {what} {path} is a folder, not a file: {fix}") from None
-    except UnicodeDecodeError as exc:
-        raise CriterionError(
-            f"the {what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): {fix}"
-        ) from None
-    except OSError as exc:
-        raise CriterionError(f"cannot read the {what} {path} ({exc.strerror or exc}): {fix}") from None
 
 
 def calibrate(
@@ -403,15 +379,3 @@ def first_predicted(prefix: tuple[int, ...]) -> int:
     """Where a window's scored tokens start: the first text token after a prefix (it is predicted from BOS), else
     the second (the first has no context)."""
     return max(len(prefix), 1)
-
-
-def shared_ngrams(calibration: str, documents: list[str], n: int = NGRAM) -> int:
-    """How many of `documents` share at least one n-word sequence with the calibration text (words compared
-    lower-cased, punctuation dropped): 0 means the texts are disjoint for this purpose."""
-    seen = _ngrams(calibration, n)
-    return sum(1 for doc in documents if _ngrams(doc, n) & seen)
-
-
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}

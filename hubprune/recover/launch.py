@@ -2,7 +2,7 @@
 DeepSpeed, FSDP, mixed precision) or torchrun.
 
 hubprune's own process prunes, then writes a job into the member's work folder (where the member, the base and
-the data are, and the settings) and runs `LAUNCHER -m hubprune.cli.distill_worker JOB`. Every process loads the
+the data are, and the settings) and runs `LAUNCHER -m hubprune.recover.worker JOB`. Every process loads the
 base and the member and trains its share of each step (distill.distill_member, as in one process), the gradients
 averaged across them; the main process writes the trained tensors into the member and the record beside the job.
 The prune pass, the benchmarks and the cards stay in hubprune's process, so nothing else has to know how many
@@ -17,22 +17,27 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hubprune.build.distill import DistillSettings, Teacher, distill_member
-from hubprune.build.distill_data import load_data, save_data
+from hubprune import errors
 from hubprune.errors import LaunchError
 from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.recover.distill import DistillSettings, Teacher, distill_member
+from hubprune.recover.distill_data import load_data, save_data
 
-WORKER = "hubprune.cli.distill_worker"  # the module each launched process runs
+WORKER = "hubprune.recover.worker"  # the module each launched process runs
 JOB = "job.json"
 JOB_DATA = "job-data.safetensors"
 RECORD = "record.json"  # written by the main process once the member holds the trained tensors
+EVENTS_FILE = "progress.jsonl"  # the workers' progress reports, one JSON line each, shown by hubprune's process
+ERROR_FILE = "error.json"  # an expected error of a worker, raised again by hubprune's process
+POLL_SECONDS = 0.5
 
 
 # where launchers say how many processes they started: torchrun and accelerate launch, then the MPI runtimes
@@ -88,7 +93,8 @@ def distill_launched(
     state.mkdir(parents=True, exist_ok=True)
     save_data(teacher.data, state / JOB_DATA)
     record = state / RECORD
-    record.unlink(missing_ok=True)
+    for stale in (RECORD, EVENTS_FILE, ERROR_FILE):
+        (state / stale).unlink(missing_ok=True)
     job = {
         "student": str(folder.resolve()),
         "teacher": str(teacher.folder.resolve()),
@@ -103,16 +109,51 @@ def distill_launched(
     }
     write_json_atomic(state / JOB, job)
     report(on_progress, Progress("distill", f"[distill] {item}: in the processes `{shlex.join(launcher)}` starts"))
-    completed = subprocess.run([*launcher, "-m", WORKER, str((state / JOB).resolve())], check=False)
-    if completed.returncode != 0 or not record.exists():
+    process = subprocess.Popen([*launcher, "-m", WORKER, str((state / JOB).resolve())])
+    returncode = follow_events(process, state / EVENTS_FILE, on_progress)
+    _raise_worker_error(state / ERROR_FILE)
+    if returncode != 0 or not record.exists():
         raise LaunchError(
-            f"distilling {item} in the launched processes failed (exit status {completed.returncode}): their "
-            "output above says why"
+            f"distilling {item} in the launched processes failed (exit status {returncode}): their output above "
+            "says why"
         )
     found = json.loads(record.read_text(encoding="utf-8"))
-    for done in (JOB, JOB_DATA, RECORD):
+    for done in (JOB, JOB_DATA, RECORD, EVENTS_FILE):
         (state / done).unlink(missing_ok=True)
     return found
+
+
+def follow_events(process: subprocess.Popen[bytes], events: Path, on_progress: ProgressCallback | None) -> int:
+    """Report the workers' progress (the JSON lines they append to `events`) as it comes, until `process` ends;
+    its exit status. A stop here stops the launched processes too."""
+    shown = 0
+    try:
+        while True:
+            returncode = process.poll()
+            lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+            complete = lines if returncode is not None else lines[:-1]  # the last line may be half-written
+            for line in complete[shown:]:
+                report(on_progress, Progress(**json.loads(line)))
+            shown = max(shown, len(complete))
+            if returncode is not None:
+                return returncode
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+
+
+def _raise_worker_error(path: Path) -> None:
+    """Raise again, in hubprune's process, the expected error a worker wrote (see worker.py)."""
+    if not path.exists():
+        return
+    found = json.loads(path.read_text(encoding="utf-8"))
+    path.unlink()
+    error = getattr(errors, found["class"], None)
+    if not (isinstance(error, type) and issubclass(error, errors.HubpruneError)):
+        error = errors.LaunchError
+    raise error(found["message"])
 
 
 def run_job(job_file: Path, on_progress: ProgressCallback | None = None) -> None:
