@@ -22,7 +22,8 @@ import torch
 from recovery import news_text
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hubprune.pruning.calibrate import CalibrationSettings, collect_activations, special_prefix, token_ids
+from hubprune.model_inputs import special_prefix, token_ids
+from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
 from hubprune.pruning.check import CheckSettings, _perplexity, _scores, held_out_text, prune_in_memory
 from hubprune.pruning.importance import keep, rank
 from hubprune.pruning.plan import Target, plan_family

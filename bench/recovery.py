@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hubprune.pruning.check import CheckSettings, check_criteria
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
 
@@ -54,7 +55,7 @@ def news_text(folder: Path) -> Path:
 def run(source: str | None, text: Path | None, pcts: tuple[str, ...], criteria: tuple[str, ...]) -> None:
     label = "shipped text, held-out paragraphs" if text is None else text.name
     started = time.perf_counter()
-    settings = CheckSettings(text=text, pcts=pcts, criteria=(*criteria, "random"), recover="refit")
+    settings = CheckSettings(text=text, pcts=pcts, criteria=(*criteria, "random"), recovery=RecoverySettings("refit"))
     outcome = check_criteria(open_source(source), settings)
     seconds = time.perf_counter() - started
     base = outcome.base_perplexity

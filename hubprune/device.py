@@ -1,15 +1,43 @@
-"""Which torch device a stage runs on, and what hardware that is: one rule shared by evaluation and profiling."""
+"""Where and how the stages that run the model run (calibration, distillation, eval, profile): one RuntimeSettings
+for all of them, which torch device that is, and what hardware."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hubprune.errors import HubpruneError
+from hubprune.fields import setting
+
+DEVICE_HELP = "auto (cuda when torch sees a GPU, else cpu), cpu or cuda"
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """One runtime for every stage that runs the model. The prune pass itself always streams on the CPU."""
+
+    device: str = setting(
+        "auto", f"Where calibration (with --max-memory), distillation, eval and profile run: {DEVICE_HELP}."
+    )
+    dtype: str = setting(
+        "auto",
+        "auto, bfloat16 or float32. auto: eval in bfloat16 on GPU and float32 on CPU; profile in the dtype the "
+        "checkpoint stores.",
+    )
+    max_memory: int | None = setting(
+        None,
+        "Calibration (activation, hybrid, refit) keeps at most SIZE of the weights in memory and reads the rest from "
+        "disk as each layer runs, in the source dtype: for models larger than memory.",
+        parse="size",
+    )
+
+
+DEFAULT_RUNTIME = RuntimeSettings()
 
 
 def resolve_device(device: str, error: type[HubpruneError]) -> str:

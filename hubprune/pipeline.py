@@ -13,24 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hubprune import manifest
+from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
 from hubprune.errors import CriterionError
-from hubprune.measure.efficiency import ProfileSettings
+from hubprune.measure.efficiency import ProfileSettings, with_runtime
 from hubprune.measure.efficiency import check_settings as check_profile_settings
 from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
-from hubprune.measure.evaluate import check_settings as check_eval_settings
 from hubprune.measure.offline_tasks import evaluated_documents
 from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
 from hubprune.pruning.check import CheckOutcome, CheckSettings, check_criteria
-from hubprune.pruning.family import PruneSettings, build_family, check_family_folder, make_plan
+from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.gguf import is_embedded_default
-from hubprune.pruning.importance import DATA_CRITERIA, check_criterion
 from hubprune.pruning.plan import FamilyPlan, Target
 from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardOutcome, CardSettings, render_cards
-from hubprune.recover.distill import DistillSettings
-from hubprune.recover.refit import refits
 from hubprune.texts import shared_ngrams
 
 DEFAULT_PRUNE, DEFAULT_EVAL, DEFAULT_PROFILE, DEFAULT_CARDS = (
@@ -60,6 +57,7 @@ def run_family(
     targets: Sequence[Target],
     prune: PruneSettings = DEFAULT_PRUNE,
     *,
+    runtime: RuntimeSettings = DEFAULT_RUNTIME,
     evaluation: EvalSettings | None = DEFAULT_EVAL,
     profile: ProfileSettings | None = DEFAULT_PROFILE,
     cards: CardSettings = DEFAULT_CARDS,
@@ -71,55 +69,64 @@ def run_family(
 ) -> FamilyOutcome:
     """Build the family of `source` (a checkpoint folder, a .gguf file, a Hub repo id, or None for the embedded
     default) at every target width into `output`, then benchmark (unless `evaluation` is None), profile (unless
-    `profile` is None) and render the cards.
+    `profile` is None) and render the cards; calibration, distillation, eval and profile run on `runtime`.
 
-    `check_first` compares the criterion with random pruning at every width before anything is written, and
-    the table goes into the cards. `command` is the command line recorded in family.json for the cards'
-    reproducibility section. A stopped run, run again, finishes what is missing only.
+    `check_first` compares the criterion with random pruning at every width once the build's own checks have
+    passed and before anything is written, and the table goes into the cards. `command` is the command line
+    recorded in family.json for the cards' reproducibility section. A stopped run, run again, finishes what is
+    missing only. Each stage checks its own settings; only the measuring stages' are looked at here first, since
+    they run after the build has written the members.
     """
     output = Path(output)
-    targets = list(targets)
-    if evaluation is not None:  # bad stage settings stop the job before anything is written
-        check_eval_settings(evaluation)
-    if profile is not None:
-        check_profile_settings(profile)
-    criterion = check_criterion(prune.criterion)
-    if check_first and criterion == "random":
+    if check_first and prune.criterion == "random":
         raise CriterionError("`check_first` compares the criterion with random pruning: choose another `criterion`")
+    if profile is not None:  # bad stage settings stop the job before anything is written
+        check_profile_settings(with_runtime(profile, runtime))
     checkpoint = open_source(source, revision=revision)
-    check_family_folder(output, checkpoint, prune)  # a family of other settings stops the job before any stage
-    calibration = prune.calibration or CalibrationSettings()
     if evaluation is not None:  # unknown tasks or missing task data stop the job before anything is written
         planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
         if planned.choice is not None:  # `auto` is decided once, here, and said in one line
             report(on_progress, Progress("eval", planned.announcement()))
             evaluation = replace(evaluation, suite=planned.choice.name)
-        tasks = planned.tasks
-        if criterion in DATA_CRITERIA or refits(prune.recover):  # both are fitted to the calibration text
-            _warn_if_calibration_is_evaluated(calibration, [(t.task, t.limit) for t in tasks], on_progress)
-    check = None
-    if check_first:
+        if prune.reads_text:  # the data-aware criteria and the refit are fitted to the calibration text
+            tasks = [(t.task, t.limit) for t in planned.tasks]
+            _warn_if_calibration_is_evaluated(prune.calibration, tasks, on_progress)
+    check: list[CheckOutcome] = []
+    plans: list[FamilyPlan] = []
+
+    def before_writing(plan: FamilyPlan) -> None:  # build_family calls it once its checks have passed
+        plans.append(plan)
+        if not check_first:
+            return
         comparison = CheckSettings(
             targets=tuple(targets),
-            criteria=(criterion, "random"),
-            calibration=calibration,
-            recover=prune.recover,
-            distill=prune.distill or DistillSettings(),
-            device=prune.device,
+            criteria=(prune.criterion, "random"),
+            calibration=prune.calibration,
+            recovery=prune.recovery,
         )
-        check = check_criteria(checkpoint, comparison, on_progress=on_progress)
-        for warning in check.warnings():
+        check.append(check_criteria(checkpoint, comparison, runtime, on_progress=on_progress))
+        for warning in check[0].warnings():
             report(on_progress, Progress("check", warning, status="warning"))
-    build_family(checkpoint, output, targets, prune, force=force, on_progress=on_progress)
-    if check is not None:
-        manifest.record_analysis(output, criteria_check=check.to_dict())
+
+    build_family(
+        checkpoint,
+        output,
+        list(targets),
+        prune,
+        runtime,
+        force=force,
+        before_writing=before_writing,
+        on_progress=on_progress,
+    )
+    if check:
+        manifest.record_analysis(output, criteria_check=check[0].to_dict())
     if command is not None:
         manifest.record_command(output, "build-family", command)
-    evaluated = evaluate(output, evaluation, on_progress=on_progress) if evaluation is not None else None
-    profiles = profile_path(output, profile, on_progress=on_progress) if profile is not None else None
-    _, plan = make_plan(checkpoint, targets, prune.multiple_of)
+    evaluated = evaluate(output, evaluation, runtime, on_progress=on_progress) if evaluation is not None else None
+    profiles = profile_path(output, profile, runtime, on_progress=on_progress) if profile is not None else None
     rendered = render_cards(output, cards)
-    return FamilyOutcome(output, plan, manifest.load(output), check, evaluated, profiles, rendered)
+    outcome = check[0] if check else None
+    return FamilyOutcome(output, plans[0], manifest.load(output), outcome, evaluated, profiles, rendered)
 
 
 def _warn_if_calibration_is_evaluated(

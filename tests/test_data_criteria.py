@@ -252,10 +252,10 @@ def test_check_criteria_starts_every_window_with_the_tokenizers_bos(tmp_path):
     """A tokenizer that puts BOS before every text (Llama 3, Gemma): each held-out window is BOS and then the next
     window-1 text tokens, and every text token is scored, as the model reads text in use."""
     source = build_tiny(tmp_path / "src", "llama", bos=True)
-    ids = [4 + (i * 7) % (VOCAB - 4) for i in range(50)]
+    ids = [4 + (i * 7) % (VOCAB - 4) for i in range(64)]
     text = tmp_path / "held-out.txt"
     text.write_text(" ".join(f"w{i}" for i in ids))
-    settings = CheckSettings(text=text, pcts=("10",), criteria=("maw",), max_tokens=50, window=16)
+    settings = CheckSettings(text=text, pcts=("10",), criteria=("maw",), max_tokens=64, window=16)
     outcome = check_criteria(open_source(str(source)), settings)
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float64)
@@ -266,7 +266,7 @@ def test_check_criteria_starts_every_window_with_the_tokenizers_bos(tmp_path):
             logp = model(torch.tensor([window])).logits[0].log_softmax(-1)
             nll -= sum(logp[pos - 1, window[pos]].item() for pos in range(1, len(window)))
             scored += len(window) - 1
-    assert scored == 50
+    assert scored == 64
     assert outcome.base_perplexity == pytest.approx(math.exp(nll / scored), rel=1e-5)
     assert outcome.text["special_prefix"] == ["<s>"]
 

@@ -15,7 +15,6 @@ from test_data_criteria import words
 from test_recovery import calibration  # noqa: F401 - a fixture
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hubprune.recover import distill as distill_module
 from hubprune.pruning.calibrate import CalibrationSettings
 from hubprune.pruning.check import CheckSettings, check_criteria, prune_in_memory
 from hubprune.pruning.family import DISTILL_WORK, PruneSettings, build_family, prune_one
@@ -23,8 +22,10 @@ from hubprune.pruning.importance import keep, rank
 from hubprune.pruning.plan import Target
 from hubprune.pruning.prune import analyse, weight_layer_scores
 from hubprune.pruning.source import open_source
+from hubprune.recover import distill as distill_module
 from hubprune.recover.distill import DistillSettings, token_kl
 from hubprune.recover.distill_data import generate
+from hubprune.recover.settings import RecoverySettings
 
 # Small enough for seconds on the CPU: 8 steps of 4 sequences of 32 tokens; a high learning rate, since a tiny
 # random model learns little in 8 steps at the default.
@@ -57,7 +58,9 @@ def test_a_distilled_member_is_closer_to_its_base_on_unseen_sequences(tiny_dir, 
     checkpoint = open_source(str(source))
     target = Target("pct", "50")
     prune_one(checkpoint, tmp_path / "plain", target, PruneSettings())
-    prune_one(checkpoint, tmp_path / "distilled", target, PruneSettings(recover="distill", distill=SMALL))
+    prune_one(
+        checkpoint, tmp_path / "distilled", target, PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+    )
 
     base, plain, distilled = (load(f) for f in (source, tmp_path / "plain", tmp_path / "distilled"))
     fresh = generate(base, AutoTokenizer.from_pretrained(source), 8, 32, seed=1234)  # seeds the training never used
@@ -83,7 +86,7 @@ def test_a_distilled_member_is_closer_to_its_base_on_unseen_sequences(tiny_dir, 
 def test_a_stopped_distillation_resumes_to_the_same_weights(tiny_dir, tmp_path, monkeypatch):
     source = tiny_dir("llama")
     checkpoint = open_source(str(source))
-    settings = PruneSettings(recover="distill", distill=SMALL)
+    settings = PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
     build_family(checkpoint, tmp_path / "whole", [Target("pct", "50")], settings)
 
     monkeypatch.setattr(distill_module, "SAVE_EVERY_SECONDS", 0.0)  # save after every step
@@ -108,10 +111,17 @@ def test_a_stopped_distillation_resumes_to_the_same_weights(tiny_dir, tmp_path, 
 
 def test_a_family_is_one_distillation(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
-    build_family(checkpoint, tmp_path, [Target("pct", "50")], PruneSettings(recover="distill", distill=SMALL))
+    build_family(
+        checkpoint, tmp_path, [Target("pct", "50")], PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+    )
     other = DistillSettings(tokens=2048, batch=4, seq_len=32, learning_rate=3e-3)
     with pytest.raises(Exception, match="distilled with tokens 1024 \\(this run: 2048\\)"):
-        build_family(checkpoint, tmp_path, [Target("pct", "30")], PruneSettings(recover="distill", distill=other))
+        build_family(
+            checkpoint,
+            tmp_path,
+            [Target("pct", "30")],
+            PruneSettings(recovery=RecoverySettings("distill", distill=other)),
+        )
 
 
 @pytest.mark.parametrize("model_type", ["llama", "phi3", "gemma3"])
@@ -137,8 +147,7 @@ def test_check_criteria_reports_the_distilled_rows(tiny_dir, calibration):  # no
         max_tokens=300,
         window=50,
         calibration=CalibrationSettings(text=calibration, max_tokens=300, window=50),
-        recover="refit+distill",
-        distill=SMALL,
+        recovery=RecoverySettings("refit+distill", distill=SMALL),
     )
     outcome = check_criteria(open_source(str(tiny_dir("llama"))), settings)
     rows = {r.recovery: r.perplexity for r in outcome.rows if r.criterion == "maw"}
@@ -201,5 +210,10 @@ def test_a_diverged_distillation_is_refused_and_nothing_is_written(tiny_dir, tmp
         tokens=256, batch=4, seq_len=32, learning_rate=1e30
     )  # the weights overflow float32 within a step
     with pytest.raises(Exception, match="distillation diverged .* lower `distill_lr`"):
-        prune_one(checkpoint, tmp_path / "m", Target("pct", "50"), PruneSettings(recover="distill", distill=wild))
+        prune_one(
+            checkpoint,
+            tmp_path / "m",
+            Target("pct", "50"),
+            PruneSettings(recovery=RecoverySettings("distill", distill=wild)),
+        )
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".partial-*"))

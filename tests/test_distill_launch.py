@@ -19,6 +19,7 @@ from hubprune.local_paths import command_without_local_paths
 from hubprune.pruning.family import DISTILL_WORK, PruneSettings, build_family, prune_one
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 
 def torchrun(processes: int) -> str:
@@ -29,8 +30,10 @@ def torchrun(processes: int) -> str:
 def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
     target = [Target("pct", "50")]
-    build_family(checkpoint, tmp_path / "one", target, PruneSettings(recover="distill", distill=SMALL))
-    launched = PruneSettings(recover="distill", distill=SMALL, distill_launcher=torchrun(2))
+    build_family(
+        checkpoint, tmp_path / "one", target, PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+    )
+    launched = PruneSettings(recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(2)))
     build_family(checkpoint, tmp_path / "two", target, launched)
 
     name = next(p.name for p in (tmp_path / "one").iterdir() if p.is_dir())
@@ -55,7 +58,9 @@ def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
 
 def test_processes_that_do_not_divide_the_batch_are_refused(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
-    settings = PruneSettings(recover="distill", distill=SMALL, distill_launcher=torchrun(3))  # 4 sequences a step
+    settings = PruneSettings(
+        recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(3))
+    )  # 4 sequences a step
     with pytest.raises(CriterionError, match="4 sequences do not split evenly over 3 processes"):
         prune_one(checkpoint, tmp_path / "out", Target("pct", "50"), settings)
     assert not (tmp_path / "out").exists() and not any(tmp_path.glob(".partial*"))

@@ -126,3 +126,11 @@ def test_python_examples_import_what_exists(module, name):
 def test_the_readme_python_api_needs_one_import_line():
     block = re.search(r"## Python API.*?```python\n(.*?)```", README, re.DOTALL).group(1)
     assert len(re.findall(r"^(?:from|import) ", block, re.MULTILINE)) == 1
+
+
+README_LIMIT = 14 * 1024  # bytes: a newcomer's page; detail belongs in docs/
+
+
+def test_the_readme_stays_short():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_LIMIT, f"README.md is {size} bytes, over {README_LIMIT}: move detail into docs/"

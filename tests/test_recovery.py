@@ -19,6 +19,7 @@ from hubprune.pruning.check import CheckSettings, check_criteria
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 TOKENS, WINDOW, WIDTH_KEPT = 300, 50, 40  # six windows: four fit the refit, two (every third) choose alpha
 
@@ -73,7 +74,7 @@ def build_refit_member(tmp_path, source, calibration, criterion="maw"):
     settings = PruneSettings(
         criterion,
         calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
-        recover="refit",
+        recovery=RecoverySettings("refit"),
     )
     family = tmp_path / "fam"
     build_family(open_source(str(source)), family, [Target("size", str(WIDTH_KEPT))], settings)
@@ -140,7 +141,7 @@ def test_the_refit_brings_the_held_out_error_down_and_the_member_closer_to_the_b
             targets=(Target("size", str(WIDTH_KEPT)),),
             criteria=("maw",),
             calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
-            recover="refit",
+            recovery=RecoverySettings("refit"),
         ),
     )
     rows = {row.recovery: row.perplexity for row in outcome.rows}
@@ -166,7 +167,7 @@ def test_a_family_is_one_recovery_and_a_short_text_is_refused(tmp_path, tiny_dir
     assert (family / "family.json").read_bytes() == before
 
     short = tmp_path / "short.txt"
-    short.write_text(words(3, 60))  # two windows of 50: none left to hold out
+    short.write_text(words(3, 90))  # over the 64 tokens calibration needs, but two windows of 50: none held out
     out = tmp_path / "one"
     result = invoke(
         "prune", source, "-o", out, "--intermediate-size", "40", "--recover", "refit", "--calibration", short

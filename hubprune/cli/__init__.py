@@ -29,7 +29,7 @@ class HubpruneGroup(click.Group):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except HubpruneError as exc:
-            click.echo(f"error: {as_command_line(str(exc))}", err=True)
+            click.echo(f"error: {as_command_line(str(exc), self.commands.values())}", err=True)
             sys.exit(1)
         except click.Abort:  # Click turns KeyboardInterrupt into Abort
             click.echo("interrupted: nothing half-written was kept; run the same command again to finish", err=True)

@@ -3,45 +3,36 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from hubprune.cli import output
 from hubprune.cli.options import (
-    HELD_OUT_FILE,
-    CommaList,
     StagedCommand,
-    card_options,
     option,
     settings_options,
-    shared_runtime_options,
     typed_command,
 )
 from hubprune.cli.prune_options import (
-    DEVICE_OPTION,
-    RECOVER_OPTION,
     SOURCE_HELP,
-    calibration_options,
-    distill_options,
     family_target_options,
     member_target_options,
     prune_options,
     revision_option,
+    runtime_options,
     source_argument,
 )
+from hubprune.device import RuntimeSettings
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
 from hubprune.pipeline import run_family
-from hubprune.pruning.calibrate import CalibrationSettings
 from hubprune.pruning.check import CheckSettings, check_criteria
 from hubprune.pruning.family import PruneSettings, make_plan, prune_one
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardSettings
 from hubprune.publish.formatting import bytes_text
-from hubprune.recover.distill import DistillSettings
 
 
 @click.command(cls=StagedCommand, epilog=SOURCE_HELP)
@@ -60,15 +51,20 @@ def plan(source: str | None, targets: list[Target], multiple_of: int | None, rev
 @option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="New folder to write.")
 @member_target_options
 @prune_options
-@DEVICE_OPTION
+@runtime_options("device", "max_memory")
 @revision_option
 def prune(
-    source: str | None, out: Path, target: Target, prune_settings: PruneSettings, device: str, revision: str | None
+    source: str | None,
+    out: Path,
+    target: Target,
+    prune_settings: PruneSettings,
+    runtime: RuntimeSettings,
+    revision: str | None,
 ) -> None:
     """Write one pruned checkpoint."""
     with output.progress_display() as show:
-        settings = replace(prune_settings, device=device)
-        member = prune_one(open_source(source, revision=revision), out, target, settings, on_progress=show)
+        checkpoint = open_source(source, revision=revision)
+        member = prune_one(checkpoint, out, target, prune_settings, runtime, on_progress=show)
     click.echo(
         f"wrote {out}: intermediate size {member.intermediate_size} (ratio {member.ratio:.2f}), "
         f"{member.params_total / 1e6:.2f}M parameters, {bytes_text(member.weight_bytes)}"
@@ -91,15 +87,16 @@ def prune(
     is_flag=True,
     help="First compare the criterion with random pruning (3 seeds) at every width; the table goes in the cards.",
 )
-@settings_options(EvalSettings, "eval", "eval_settings", shared=("device", "dtype"))
-@settings_options(ProfileSettings, "profile", "profile_settings", shared=("device", "dtype"))
-@shared_runtime_options
-@card_options
+@runtime_options()
+@settings_options(EvalSettings, "eval", "eval_settings")
+@settings_options(ProfileSettings, "profile", "profile_settings")
+@settings_options(CardSettings, "card", "card_settings")
 def build_family_command(
     source: str | None,
     out: Path,
     targets: list[Target],
     prune_settings: PruneSettings,
+    runtime: RuntimeSettings,
     revision: str | None,
     force: bool,
     skip_eval: bool,
@@ -116,7 +113,8 @@ def build_family_command(
             source,
             out,
             targets,
-            replace(prune_settings, device=eval_settings.device),  # one device for distillation, eval and profile
+            prune_settings,
+            runtime=runtime,
             evaluation=None if skip_eval else eval_settings,
             profile=None if skip_profile else profile_settings,
             cards=card_settings,
@@ -144,51 +142,17 @@ def build_family_command(
 
 @click.command("check-criteria", cls=StagedCommand, epilog=SOURCE_HELP)
 @source_argument
-@option("--text", type=HELD_OUT_FILE, help="Held-out text (default: part of the text hubprune ships).")
-@option("--pcts", type=CommaList("pcts"), default="10,20", show_default=True, help="MLP width percentages to remove.")
-@option(
-    "--criteria",
-    type=CommaList("criteria"),
-    default="maw,activation,random",
-    show_default=True,
-    help="Criteria to compare.",
-)
-@option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds of random pruning.")
-@option("--tokens", type=click.IntRange(min=2), default=8192, show_default=True, help="Held-out tokens read.")
-@RECOVER_OPTION
-@distill_options
-@calibration_options
-@DEVICE_OPTION
+@settings_options(CheckSettings, "check", "settings")
+@runtime_options("device")
 @revision_option
 def check_criteria_command(
-    source: str | None,
-    text: Path | None,
-    pcts: tuple[str, ...],
-    criteria: tuple[str, ...],
-    seeds: int,
-    tokens: int,
-    recover: str,
-    distill: DistillSettings,
-    calibration: CalibrationSettings,
-    device: str,
-    revision: str | None,
+    source: str | None, settings: CheckSettings, runtime: RuntimeSettings, revision: str | None
 ) -> None:
     """Perplexity on held-out text of the model pruned by each criterion, every layer, against random pruning
     (median and range over the seeds); warns about any criterion that does worse than random. With --recover,
     each criterion is measured with and without recovery."""
-    settings = CheckSettings(
-        text=text,
-        pcts=pcts,
-        criteria=criteria,
-        seeds=seeds,
-        max_tokens=tokens,
-        calibration=calibration,
-        recover=recover,
-        distill=distill,
-        device=device,
-    )
     with output.progress_display() as show:
-        outcome = check_criteria(open_source(source, revision=revision), settings, on_progress=show)
+        outcome = check_criteria(open_source(source, revision=revision), settings, runtime, on_progress=show)
     click.echo(output.check_table(outcome))
     for warning in outcome.warnings():
         click.echo(f"warning: {warning}", err=True)

@@ -1,8 +1,8 @@
-"""Command-line options, declared once from the library's settings dataclasses.
+"""Command-line options, generated from the library's settings dataclasses.
 
-Each stage's settings (EvalSettings, ProfileSettings, CardSettings, PruneSettings) become options through one
-decorator, which gives the command a ready settings object instead of loose keyword arguments; the defaults
-shown in --help are the dataclasses' own. Options carry the stage they belong to, and StagedCommand groups
+Every settings field declared with fields.setting (its help beside it) becomes an option through one decorator,
+settings_options, which gives the command a ready settings object instead of loose keyword arguments; the
+defaults shown in --help are the dataclasses' own, and their __post_init__ is the one place values are checked. Options carry the stage they belong to, and StagedCommand groups
 --help by stage. Sizes and comma lists are Click parameter types, so bad values are refused by Click itself.
 (The same shape as mergekit's options.py and huggingface_hub's cli/_cli_utils.py.)
 """
@@ -13,18 +13,18 @@ import dataclasses
 import functools
 import re
 import shlex
-from collections.abc import Callable
-from dataclasses import dataclass
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hubprune import fields
 from hubprune.errors import HubpruneError
-from hubprune.measure.efficiency import ProfileSettings
-from hubprune.measure.evaluate import EvalSettings
 from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
-from hubprune.publish.cards import CardSettings
+from hubprune.recover import methods
 from hubprune.recover.distill import DistillSettings
 from hubprune.texts import read_text
 
@@ -98,6 +98,20 @@ DISTILL_FILE = TextFile(_distill_file)
 HELD_OUT_FILE = TextFile(_held_out_file)
 
 
+class RecoverySteps(click.ParamType):
+    """'refit+distill' -> ('refit', 'distill'); 'none' -> ()."""
+
+    name = "steps"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return methods.parse_steps(str(value))
+        except HubpruneError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class CommaList(click.ParamType):
     """'a, b' -> ('a', 'b'); with `whole_numbers`, '1,8' -> (1, 8), each a whole number."""
 
@@ -134,9 +148,11 @@ STAGE_TITLES = {
     "general": "Options",
     "widths": "Widths (give one)",
     "prune": "Pruning",
+    "calibration": "Calibration (data-aware criteria and the refit)",
+    "recovery": "Recovery",
     "check": "Criteria check",
+    "runtime": "Runtime (calibration with --max-memory, distillation, eval, profile)",
     "eval": "Benchmarks (eval stage)",
-    "runtime": "Eval and profile",
     "profile": "Efficiency (profile stage)",
     "card": "Model cards",
 }
@@ -164,137 +180,117 @@ def option(*decls: str, stage: str = "general", **kwargs: Any) -> Callable[..., 
 
 # --- settings dataclasses -> options ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Field:
-    """How one settings field appears on the command line."""
-
-    help: str
-    type: Any = None  # a Click type; None: the type of the field's default
-    flag: str | None = None  # default: --field-name
-
-
-DEVICE_FIELDS = {
-    "device": Field("auto (cuda when torch sees a GPU, else cpu), cpu or cuda."),
+# How a field's value is written (fields.setting's `parse`) -> its Click type. A field without one takes the type of
+# its default, with its `minimum` as the least value.
+PARSE_TYPES: dict[str, Any] = {
+    "size": ByteSize(),
+    "list": CommaList("names"),
+    "numbers": CommaList("sizes", whole_numbers=True),
+    "path": click.Path(path_type=Path),
+    "paths": click.Path(path_type=Path),
+    "command": click.STRING,
+    "recovery": RecoverySteps(),
+    "calibration-file": CALIBRATION_FILE,
+    "distill-file": DISTILL_FILE,
+    "held-out-file": HELD_OUT_FILE,
 }
-EVAL_FIELDS = {
-    "suite": Field(
-        "Built-in suite (paper, quick, offline) or a suite YAML; auto: offline for the embedded default, with "
-        "HF_HUB_OFFLINE set, or where the Hub does not answer (one quick request finds out), else paper."
-    ),
-    "tasks": Field("Only these lm-eval tasks, comma-separated.", CommaList("tasks")),
-    "include_paths": Field(
-        "Folder of local lm-eval task YAMLs (run with the Hub off); repeat for several.",
-        click.Path(path_type=Path),
-        "--include-path",
-    ),
-    "limit": Field("At most N documents per task (indicative results).", int),
-    "batch_size": Field("auto (4 on a CPU, lm-eval's search on a GPU) or a positive integer."),
-    **DEVICE_FIELDS,
-    "dtype": Field("auto (bfloat16 on GPU, float32 on CPU), bfloat16 or float32."),
-    "backend": Field("hf, or vllm (the vllm extra)."),
-    "tensor_parallel_size": Field("vLLM tensor parallelism."),
-    "data_parallel_size": Field("vLLM data parallelism."),
-}
-PROFILE_FIELDS = {
-    **DEVICE_FIELDS,
-    "dtype": Field("auto (as the checkpoint stores it), float32 or bfloat16."),
-    "batch_sizes": Field("Batch sizes to profile, comma-separated.", CommaList("sizes", whole_numbers=True)),
-    "prompt_tokens": Field("Prompt length (tokens)."),
-    "new_tokens": Field("Generated tokens per sequence."),
-    "min_seconds": Field("Least timed seconds per batch size, all rounds together."),
-    "rounds": Field("Fresh processes per model, the models taking turns; the figures pool them."),
-    "energy": Field("auto, nvml, rapl, codecarbon (an estimate) or off."),
-}
-# build-family runs eval and profile on one device in one dtype: one option each, whose help says what auto
-# means for each stage.
-SHARED_RUNTIME_FIELDS = {
-    **DEVICE_FIELDS,
-    "dtype": Field(
-        "auto, bfloat16 or float32. auto: eval in bfloat16 on GPU and float32 on CPU; profile in the dtype the "
-        "checkpoint stores."
-    ),
-}
-CARD_FIELDS = {
-    "namespace": Field("Hub user or organisation the members are published under (repo ids in the cards)."),
-    "license": Field("Hub licence id of the base (e.g. apache-2.0), when not found."),
-    "license_name": Field("With --license other: the licence's name."),
-    "license_link": Field("With --license other: its URL (or LICENSE file)."),
-    "base_model": Field("Hub id of the base, when the source is a local folder."),
-    "template_dir": Field(
-        "Folder of card templates that replace the built-in ones of the same name.", click.Path(path_type=Path)
-    ),
-}
-SETTINGS_FIELDS: dict[type, dict[str, Field]] = {
-    EvalSettings: EVAL_FIELDS,
-    ProfileSettings: PROFILE_FIELDS,
-    CardSettings: CARD_FIELDS,
-}
-
-
-def flag_of(name: str, spec: Field) -> str:
-    return spec.flag or "--" + name.replace("_", "-")
 
 
 def settings_options(
-    cls: type, stage: str, into: str, *, shared: tuple[str, ...] = ()
+    cls: type, stage: str, into: str, *, only: tuple[str, ...] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add an option for every exposed field of the settings dataclass `cls` and hand the command one `cls`
-    instance as the keyword argument `into`. Fields named in `shared` get no option here: their value comes from
-    an option another decorator declares (shared_runtime_options), which must be applied below this one."""
-    fields = SETTINGS_FIELDS[cls]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    """An option for every documented field of the settings dataclass `cls` (fields.setting), and of the settings
+    dataclasses nested in it, listed under `stage` in --help; the command gets one `cls` instance as the keyword
+    argument `into`. `only`: the names of the fields to expose (the others keep their defaults). A value the
+    dataclass refuses (its __post_init__) is a one-line error like any other."""
+    options = list(_field_options(cls, only, stage))  # (parameter name, field, its dataclass, its stage)
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            values = {name: kwargs[name] if name in shared else kwargs.pop(name) for name in fields}
-            values = {name: value for name, value in values.items() if value is not None or defaults[name] is None}
-            if "include_paths" in values:
-                values["include_paths"] = tuple(values["include_paths"])
-            kwargs[into] = cls(**values)
+            kwargs[into] = _build(cls, {name: kwargs.pop(name) for name, *_ in options})
             return func(*args, **kwargs)
 
-        for name, spec in reversed(list(fields.items())):
-            if name not in shared:
-                wrapper = _field_option(name, spec, defaults[name], stage)(wrapper)
+        for name, spec, owner, group in reversed(options):
+            wrapper = _option_of(name, spec, group, owner)(wrapper)
         return wrapper
 
     return decorator
 
 
-def shared_runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--device and --dtype once, for both eval and profile (see SHARED_RUNTIME_FIELDS)."""
+def _field_options(
+    cls: type, only: tuple[str, ...] | None, stage: str
+) -> Iterator[tuple[str, dataclasses.Field[Any], type, str]]:
+    """(parameter name, field, its dataclass, its --help group) of every documented field, nested ones included;
+    the parameter is named after the flag, so that a library message's `name` is the option's."""
+    for spec in dataclasses.fields(cls):
+        if spec.metadata.get("nested"):
+            inner = spec.default_factory().__class__  # type: ignore[misc]
+            yield from _field_options(inner, only, spec.metadata.get(fields.GROUP) or stage)
+        elif fields.HELP in spec.metadata and (only is None or spec.name in only):
+            yield _parameter(spec), spec, cls, stage
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for name in SHARED_RUNTIME_FIELDS:
-            kwargs.pop(name)
-        return func(*args, **kwargs)
 
-    for name, spec in reversed(list(SHARED_RUNTIME_FIELDS.items())):
-        wrapper = _field_option(name, spec, "auto", "runtime")(wrapper)
-    return wrapper
+def _parameter(spec: dataclasses.Field[Any]) -> str:
+    return fields.flag_of(spec).removeprefix("--").replace("-", "_")
 
 
-def _field_option(name: str, spec: Field, default: Any, stage: str) -> Callable[..., Any]:
-    multiple = isinstance(default, tuple) and spec.type is not None and not isinstance(spec.type, CommaList)
-    shown = ",".join(str(v) for v in default) if isinstance(default, tuple) and default else default
+def _build(cls: type, given: dict[str, Any]) -> Any:
+    """`cls` from the parsed option values: a field whose option was not given keeps the dataclass's default."""
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        if spec.metadata.get("nested"):
+            values[spec.name] = _build(spec.default_factory().__class__, given)  # type: ignore[misc]
+            continue
+        name = _parameter(spec)
+        value = given.get(name)
+        if name in given and value is not None and value != ():
+            values[spec.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -> Callable[..., Any]:
+    default = spec.default if spec.default is not dataclasses.MISSING else None
+    parse = spec.metadata.get(fields.PARSE)
+    minimum = spec.metadata.get(fields.MINIMUM)
+    kind = PARSE_TYPES.get(parse) if parse else _type_of(cls, spec)
+    if minimum is not None and kind in (click.INT, click.FLOAT):
+        kind = click.IntRange(min=int(minimum)) if kind is click.INT else click.FloatRange(min=minimum)
+    if parse == "recovery":
+        shown: Any = methods.label(default)
+    elif isinstance(default, tuple):
+        shown = ",".join(str(v) for v in default) if default else None
+    elif parse == "size" and default is not None:
+        shown = _size_text(default)
+    else:
+        shown = default
+    multiple = parse == "paths"
     return option(
-        flag_of(name, spec),
+        fields.flag_of(spec),
         name,
         stage=stage,
-        type=spec.type,
+        type=kind,
         multiple=multiple,
-        default=None if multiple or default is None else shown,
-        show_default=default is not None and default != (),
-        help=spec.help,
+        default=None if multiple else shown,
+        show_default=shown is not None,
+        metavar={"command": "COMMAND", "recovery": "STEPS"}.get(parse or ""),
+        help=spec.metadata[fields.HELP],
     )
 
 
-eval_options = settings_options(EvalSettings, "eval", "eval_settings")
-profile_options = settings_options(ProfileSettings, "profile", "profile_settings")
-card_options = settings_options(CardSettings, "card", "card_settings")
+def _type_of(cls: type, spec: dataclasses.Field[Any]) -> Any:
+    """The Click type of a field from its annotation (an optional one from the type it is when given)."""
+    hint = typing.get_type_hints(cls)[spec.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return {int: click.INT, float: click.FLOAT, str: click.STRING, Path: click.Path(path_type=Path)}.get(hint)
+
+
+def _size_text(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)
 
 
 def typed_command() -> str:
@@ -325,31 +321,12 @@ def _as_typed(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
-# Library messages name a setting by its Python name in backticks (`limit`, `force`); on the command line the
-# same message names the option instead. Settings whose option is not --the-name-with-dashes are listed.
-OPTION_OF_SETTING = {
-    **{name: flag_of(name, spec) for fields in SETTINGS_FIELDS.values() for name, spec in fields.items()},
-    **{name: "--" + name.replace("_", "-") for name in ("ratios", "pcts", "sizes", "multiple_of", "revision", "force")},
-    **{
-        name: "--" + name.replace("_", "-")
-        for name in (
-            "criterion",
-            "seed",
-            "calibration",
-            "calibration_tokens",
-            "recover",
-            "distill_lr",
-            "max_memory",
-            "distill_launcher",
-        )
-    },
-    **{name: "--" + name for name in ("members", "collection")},
-    "max_shard_bytes": "--max-shard-size",
-    "check_first": "--check-criteria",
-}
-
-
-def as_command_line(message: str) -> str:
-    """`message` with each backticked setting name replaced by its command-line option."""
-
-    return re.sub(r"`([a-z][a-z_]*)`", lambda m: OPTION_OF_SETTING.get(m.group(1), m.group(0)), message)
+def as_command_line(message: str, commands: Iterable[click.Command]) -> str:
+    """`message` with each backticked setting name (the library's words, `limit`, `max_memory`) replaced by the
+    option of that name among the `commands`' parameters (every generated option is named after its flag)."""
+    flags = {}
+    for command in commands:
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name:
+                flags[param.name] = max(param.opts, key=len)
+    return re.sub(r"`([a-z][a-z_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from hubprune.cli import output
-from hubprune.cli.options import CommaList, StagedCommand, card_options, option
+from hubprune.cli.options import CommaList, StagedCommand, option, settings_options
 from hubprune.errors import TargetError
 from hubprune.publish.cards import CardSettings, render_cards
 from hubprune.publish.push import PushSettings, push_family
@@ -15,7 +15,7 @@ from hubprune.publish.push import PushSettings, push_family
 
 @click.command("card", cls=StagedCommand)
 @click.argument("family", type=click.Path(path_type=Path))
-@card_options
+@settings_options(CardSettings, "card", "card_settings")
 def card_command(family: Path, card_settings: CardSettings) -> None:
     """Render the model card (README.md and plots) of every member and of the family from what was measured."""
     output.card_report(render_cards(family, card_settings))

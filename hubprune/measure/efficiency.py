@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from hubprune._version import __version__
-from hubprune.device import cpu_model, resolve_device
+from hubprune.device import RuntimeSettings, cpu_model, resolve_device
 from hubprune.errors import HubpruneError, ProfileError, ProfileSettingsError
+from hubprune.fields import setting
 from hubprune.measure.energy import EnergySource, check_energy, open_energy
 from hubprune.measure.process_stats import MemoryWatch, cpu_times, figure, meminfo_total, other_cpu_load
 
@@ -53,23 +54,29 @@ _now = time.perf_counter
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
+    device: str = "auto"  # the runtime's (device.RuntimeSettings): auto | cpu | cuda
     dtype: str = "auto"  # auto (as stored in config.json) | float32 | bfloat16 | float16
-    batch_sizes: tuple[int, ...] = (1, 8)
-    prompt_tokens: int = 256
-    new_tokens: int = 64  # >= 2: decode throughput excludes the first token
-    min_seconds: float = 10.0  # timed runs last at least this long in total (over all rounds)...
+    batch_sizes: tuple[int, ...] = setting((1, 8), "Batch sizes to profile, comma-separated.", parse="numbers")
+    prompt_tokens: int = setting(256, "Prompt length (tokens).")
+    new_tokens: int = setting(64, "Generated tokens per sequence.")  # >= 2: decode throughput excludes the first
+    # timed runs last at least this long in total (over all rounds)...
+    min_seconds: float = setting(10.0, "Least timed seconds per batch size, all rounds together.")
     min_runs: int = 5  # ...and number at least this many
     # Fresh processes per model, interleaved across a family's models (profile.py): on a shared or virtual
     # machine one process's median can sit 10-20 % off another's, so one process per model is not repeatable.
-    rounds: int = 3
+    rounds: int = setting(3, "Fresh processes per model, the models taking turns; the figures pool them.")
     # Per batch size and round, not counted. One is enough here: on SmolLM2 the first generate() of a process
     # was about 5 % slower than the rest, the second no different from the third.
     warmup_runs: int = 1
-    energy: str = "auto"  # auto | nvml | rapl | codecarbon | off
+    energy: str = setting("auto", "auto, nvml, rapl, codecarbon (an estimate) or off.")
 
 
 # --- settings -------------------------------------------------------------------------------------------------
+
+
+def with_runtime(settings: ProfileSettings, runtime: RuntimeSettings | None) -> ProfileSettings:
+    """The stage's settings on the runtime's device and dtype (as they are when no runtime is given)."""
+    return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.device import hardware, resolve_device
+from hubprune.device import RuntimeSettings, hardware, resolve_device
 from hubprune.errors import EvaluationError
+from hubprune.fields import setting
 from hubprune.files import write_json_atomic
 from hubprune.local_paths import replacements, scrub
 from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
@@ -47,19 +48,33 @@ DTYPES = ("auto", "bfloat16", "float32")
 
 @dataclass(frozen=True)
 class EvalSettings:
-    suite: str = "auto"  # a built-in suite name, a suite YAML path, or "auto"
-    tasks: tuple[str, ...] = ()  # run only these tasks of the suite (or these extra tasks, 0-shot)
-    include_paths: tuple[Path, ...] = ()
-    limit: int | None = None  # overrides every task's limit
-    batch_size: str = "auto"  # "auto" or a positive integer
-    device: str = "auto"
+    suite: str = setting(
+        "auto",
+        "Built-in suite (paper, quick, offline) or a suite YAML; auto: offline for the embedded default, with "
+        "HF_HUB_OFFLINE set, or where the Hub does not answer (one quick request finds out), else paper.",
+    )
+    tasks: tuple[str, ...] = setting((), "Only these lm-eval tasks, comma-separated.", parse="list")
+    include_paths: tuple[Path, ...] = setting(
+        (),
+        "Folder of local lm-eval task YAMLs (run with the Hub off); repeat for several.",
+        flag="--include-path",
+        parse="paths",
+    )
+    limit: int | None = setting(None, "At most N documents per task (indicative results).")
+    batch_size: str = setting("auto", "auto (4 on a CPU, lm-eval's search on a GPU) or a positive integer.")
+    device: str = "auto"  # set from the runtime (device.RuntimeSettings) by evaluate
     dtype: str = "auto"
-    backend: str = "hf"
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
+    backend: str = setting("hf", "hf, or vllm (the vllm extra).")
+    tensor_parallel_size: int = setting(1, "vLLM tensor parallelism.")
+    data_parallel_size: int = setting(1, "vLLM data parallelism.")
     # lm-eval's CLI default is 100000; 1000 resamples estimate a standard error to a few percent, in a fraction
     # of the time on a CPU. Only metrics without a closed-form stderr (perplexities) are bootstrapped.
     bootstrap_iters: int = 1000
+
+
+def with_runtime(settings: EvalSettings, runtime: RuntimeSettings | None) -> EvalSettings:
+    """The stage's settings on the runtime's device and dtype (as they are when no runtime is given)."""
+    return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)
 
 
 def check_settings(settings: EvalSettings) -> None:
@@ -233,10 +248,17 @@ class EvalOutcome:
 
 
 def evaluate(
-    path: Path, settings: EvalSettings, *, command: str | None = None, on_progress: ProgressCallback | None = None
+    path: Path,
+    settings: EvalSettings,
+    runtime: RuntimeSettings | None = None,
+    *,
+    command: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> EvalOutcome:
-    """Evaluate a family (base + members) or one checkpoint; write results/eval.json per model, update family.json
-    (with `command`, the command line that ran this, for the cards' reproducibility section)."""
+    """Evaluate a family (base + members) or one checkpoint, on the runtime's device and dtype; write
+    results/eval.json per model, update family.json (with `command`, the command line that ran this, for the cards'
+    reproducibility section)."""
+    settings = with_runtime(settings, runtime)
     path = Path(path)
     refs, base_skipped = models_to_evaluate(path)
     is_family = manifest.locate(path).kind == "family"

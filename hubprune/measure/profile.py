@@ -30,10 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
+from hubprune.device import RuntimeSettings
 from hubprune.errors import HubpruneError, ProfileError
 from hubprune.files import write_json_atomic
 from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
-from hubprune.measure.efficiency import FORMAT, RESULTS_DIR, ProfileSettings, check_settings, distribution, measure
+from hubprune.measure.efficiency import (
+    FORMAT,
+    RESULTS_DIR,
+    ProfileSettings,
+    check_settings,
+    distribution,
+    measure,
+    with_runtime,
+)
 from hubprune.progress import Progress, ProgressCallback, report
 
 STAGE = "profile"
@@ -378,6 +387,7 @@ def _child_main(argv: Sequence[str]) -> int:
 def profile_path(
     path: Path,
     settings: ProfileSettings,
+    runtime: RuntimeSettings | None = None,
     *,
     force: bool = False,
     command: str | None = None,
@@ -397,9 +407,10 @@ def profile_path(
     A model whose profile.json already holds a completed run with the same settings is kept ("reused") unless
     `force`; rounds finished by a stopped run with the same settings are kept too ("resumed"). Raises
     ProfileSettingsError / EnergyError for bad settings (before anything runs) and ProfileError when a model
-    fails (the rounds finished before it are kept for the next run).
+    fails (the rounds finished before it are kept for the next run). The runtime, when given, sets the device and
+    dtype.
     """
-    settings = check_settings(settings)
+    settings = check_settings(with_runtime(settings, runtime))
     where = manifest.locate(path)
     if where.kind == "family":
         profiles = _profile_family(where.path, settings, force, on_progress)

@@ -29,6 +29,9 @@ import torch
 
 from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
+from hubprune.fields import setting
+from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
+from hubprune.recover.refit import Grams
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text
 
 DEFAULT_TOKENS = 4096
@@ -40,11 +43,34 @@ DEFAULT_WINDOW = 512
 MIN_WORDS = 2
 
 
+# Fewer calibration tokens than this estimate no statistic worth ranking neurons or refitting weights on: refused
+# (a few thousand are usual).
+MIN_CALIBRATION_TOKENS = 64
+
+
 @dataclass(frozen=True)
 class CalibrationSettings:
-    text: Path | None = None  # a UTF-8 text file; None: the second half of the text shipped with hubprune
-    max_tokens: int = DEFAULT_TOKENS
+    text: Path | None = setting(
+        None,
+        "Calibration text of the activation and hybrid criteria and the refit (default: part of the text hubprune "
+        "ships).",
+        flag="--calibration",
+        parse="calibration-file",
+    )  # a UTF-8 text file; None: the second half of the text shipped with hubprune
+    max_tokens: int = setting(
+        DEFAULT_TOKENS,
+        f"Tokens of the calibration text read (at least {MIN_CALIBRATION_TOKENS}).",
+        flag="--calibration-tokens",
+        minimum=MIN_CALIBRATION_TOKENS,
+    )
     window: int = DEFAULT_WINDOW
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < MIN_CALIBRATION_TOKENS or self.window < 2:
+            raise CriterionError(
+                f"calibration reads at least {MIN_CALIBRATION_TOKENS} tokens in windows of at least 2, not "
+                f"{self.max_tokens} in windows of {self.window}: raise `calibration_tokens`"
+            )
 
 
 @dataclass(frozen=True)
@@ -73,21 +99,6 @@ class ActivationStats:
     l2: dict[int, torch.Tensor]  # sqrt(sum_t h_i(t)^2)
     record: dict[str, Any]  # what the calibration read: source, sha256, tokens; kept in hubprune.json
     grams: Grams | None = None  # only when recovery asked for them
-
-
-@dataclass(frozen=True)
-class Grams:
-    """Per layer, G = sum_t h(t) h(t)^T (float32, n x n) of down_proj's input over two disjoint sets of windows:
-    `fit` (two windows in three) and `held_out` (every third window), with the tokens each holds.
-
-    Under a memory cap (LoadSettings.max_memory) each matrix is a memory map of a file whose name is already
-    removed: its pages are read on use and can be dropped again, and the kernel frees the file with the last
-    tensor that maps it, so nothing is left to clean up."""
-
-    fit: dict[int, torch.Tensor]
-    held_out: dict[int, torch.Tensor]
-    fit_tokens: int
-    held_out_tokens: int
 
 
 HELD_OUT_EVERY = 3  # window i is held out when i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
@@ -184,12 +195,13 @@ def calibration_windows(
 ) -> tuple[list[torch.Tensor], str, str]:
     """The model inputs calibration runs (see windows), the text and its source; refuses a text too short for
     them, and with `grams` one that gives too few windows to hold some out."""
-    if settings.max_tokens < 2 or settings.window < 2:
-        raise CriterionError("calibration needs at least 2 tokens and a window of at least 2: raise the settings")
     text, source = calibration_text(settings)
     ids = token_ids(tokenizer, text, settings.max_tokens)
-    if ids.numel() < 2:
-        raise CriterionError(f"the calibration text {source} has fewer than 2 tokens: give a longer text")
+    if ids.numel() < MIN_CALIBRATION_TOKENS:
+        raise CriterionError(
+            f"the calibration text {source} gives {ids.numel()} tokens; calibration needs at least "
+            f"{MIN_CALIBRATION_TOKENS}: give a longer text"
+        )
     inputs = windows(ids, settings.window, special_prefix(tokenizer))
     if grams and len(inputs) < HELD_OUT_EVERY:
         raise CriterionError(
@@ -324,58 +336,3 @@ class GramFiles:
 def _map(path: Path, width: int) -> torch.Tensor:
     """The width x width float32 matrix in the file `path`, mapped shared: writes go to the file."""
     return torch.from_file(str(path), shared=True, size=width * width, dtype=torch.float32).view(width, width)
-
-
-def loaded_modules(model: Any, names: dict[int, str]) -> dict[int, torch.nn.Module]:
-    """Each layer's module in the loaded model, from the name of its weight in the checkpoint. A loaded model's
-    module names follow its classes and can differ from the tensor names (Gemma 3's multimodal checkpoint stores
-    language_model.model.layers.N..., its loaded model names model.language_model.layers.N...), so a name the
-    model lacks is found as the one module, outside a vision tower, ending in the same layers.N... path."""
-    modules = dict(model.named_modules())
-    found = {}
-    for layer, name in names.items():
-        if name in modules:
-            found[layer] = modules[name]
-            continue
-        tail = name[name.find(f"layers.{layer}.") :]
-        matches = [module for path, module in modules.items() if path.endswith(f".{tail}") and "vision" not in path]
-        if len(matches) != 1:
-            raise CriterionError(
-                f"the loaded model has {len(matches) or 'no'} module(s) for {name!r}: this architecture's module names "
-                "cannot be matched to its tensor names; use a weight criterion"
-            )
-        found[layer] = matches[0]
-    return found
-
-
-def token_ids(tokenizer: Any, text: str, max_tokens: int) -> torch.Tensor:
-    """The text's own tokens, without the special tokens the tokenizer adds (windows() puts those back per window)."""
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0][:max_tokens]
-
-
-def special_prefix(tokenizer: Any) -> tuple[int, ...]:
-    """The tokens the tokenizer puts before every text it encodes by default: BOS for Llama 3 and Gemma, none for
-    SmolLM2. A model sees them at the start of every input in use, so every window starts with them too (lm-eval
-    does the same for each model it scores)."""
-    plain = tokenizer("a", add_special_tokens=False).input_ids
-    full = tokenizer("a", add_special_tokens=True).input_ids
-    if len(full) > len(plain) and full[len(full) - len(plain) :] == plain:
-        return tuple(full[: len(full) - len(plain)])
-    return ()
-
-
-def windows(ids: torch.Tensor, size: int, prefix: tuple[int, ...] = ()) -> list[torch.Tensor]:
-    """The model inputs that cover `ids`: `prefix` (see special_prefix) then the next `size` - len(prefix) tokens,
-    so that each input is `size` tokens long; a last input with nothing to predict is dropped."""
-    step = size - len(prefix)
-    if step < 1:
-        raise CriterionError(f"windows of {size} tokens leave no room for the text after {len(prefix)} special tokens")
-    head = torch.tensor(prefix, dtype=ids.dtype)
-    inputs = (torch.cat([head, ids[s : s + step]]) for s in range(0, ids.numel(), step))
-    return [w for w in inputs if w.numel() > first_predicted(prefix)]
-
-
-def first_predicted(prefix: tuple[int, ...]) -> int:
-    """Where a window's scored tokens start: the first text token after a prefix (it is predicted from BOS), else
-    the second (the first has no context)."""
-    return max(len(prefix), 1)

@@ -11,24 +11,18 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
 from hubprune.errors import CriterionError
+from hubprune.fields import nested, setting
+from hubprune.model_inputs import first_predicted, loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.pruning.calibrate import (
-    CalibrationSettings,
-    calibration_text,
-    collect_activations,
-    first_predicted,
-    loaded_modules,
-    special_prefix,
-    token_ids,
-    windows,
-)
+from hubprune.pruning.calibrate import CalibrationSettings, calibration_text, collect_activations
 from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
 from hubprune.pruning.plan import Target, plan_family
@@ -43,30 +37,40 @@ from hubprune.pruning.prune import (
     model_shape,
     weight_scores,
 )
-from hubprune.recover.distill import DistillSettings, mlp_parameters, train
-from hubprune.recover.distill_data import DistillData, prepare_data
-from hubprune.recover.refit import apply_update, check_recovery, distills, refit_member, refits, removed_of
+from hubprune.recover.apply import Recovery
+from hubprune.recover.distill import mlp_parameters
+from hubprune.recover.refit import apply_update, removed_of
+from hubprune.recover.settings import RecoverySettings
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
+
+MIN_HELD_OUT_TOKENS = 64  # fewer scores no model: a perplexity on them is noise, not a measurement
 
 
 @dataclass(frozen=True)
 class CheckSettings:
-    text: Path | None = None  # held-out text; None: the first paragraphs of the text shipped with hubprune
-    pcts: tuple[str, ...] = ("10", "20")
+    text: Path | None = setting(
+        None, "Held-out text (default: part of the text hubprune ships).", parse="held-out-file"
+    )  # None: the first paragraphs of the shipped text
+    pcts: tuple[str, ...] = setting(("10", "20"), "MLP width percentages to remove.", parse="list")
     targets: tuple[Target, ...] = ()  # widths as build-family takes them; when given, they replace pcts
-    criteria: tuple[str, ...] = ("maw", "activation", "random")
-    seeds: int = 3  # random pruning is measured with seeds 0..seeds-1
-    max_tokens: int = 8192  # of the held-out text
+    criteria: tuple[str, ...] = setting(("maw", "activation", "random"), "Criteria to compare.", parse="list")
+    seeds: int = setting(3, "Seeds of random pruning (0..N-1).", minimum=1)
+    max_tokens: int = setting(
+        8192, f"Held-out tokens read (at least {MIN_HELD_OUT_TOKENS}).", flag="--tokens", minimum=MIN_HELD_OUT_TOKENS
+    )
     window: int = 512
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
-    recover: str = "none"  # each criterion but random is measured again with this recovery (RECOVERY_CHOICES)
-    distill: DistillSettings = field(default_factory=DistillSettings)  # when `recover` distills
-    device: str = "cpu"  # where distillation trains
+    calibration: CalibrationSettings = nested(CalibrationSettings, "calibration")
+    recovery: RecoverySettings = nested(
+        RecoverySettings, "recovery"
+    )  # each criterion but random is measured with and without
 
     def __post_init__(self) -> None:
-        for name in self.criteria:  # refuse a typo before anything is loaded
-            check_criterion(name)
-        check_recovery(self.recover)
+        object.__setattr__(self, "criteria", tuple(check_criterion(c) for c in self.criteria))  # a typo stops here
+        if self.max_tokens < MIN_HELD_OUT_TOKENS:
+            raise CriterionError(
+                f"check-criteria reads at least {MIN_HELD_OUT_TOKENS} held-out tokens, not {self.max_tokens}: raise "
+                "`tokens`"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,17 @@ def held_out_text(settings: CheckSettings) -> tuple[str, str]:
 
 
 def check_criteria(
-    checkpoint: Checkpoint, settings: CheckSettings, *, on_progress: ProgressCallback | None = None
+    checkpoint: Checkpoint,
+    settings: CheckSettings,
+    runtime: RuntimeSettings = DEFAULT_RUNTIME,
+    *,
+    on_progress: ProgressCallback | None = None,
 ) -> CheckOutcome:
     """Perplexity of the model pruned by each criterion at each width, against random pruning."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    criteria = [check_criterion(c) for c in settings.criteria]
+    criteria = list(settings.criteria)
+    recovery = Recovery(settings.recovery, runtime.device)
     layout = analyse(checkpoint)
     targets = list(settings.targets) or [Target("pct", p) for p in settings.pcts]
     widths = ", ".join(t.describe() for t in targets)
@@ -144,13 +153,16 @@ def check_criteria(
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
     model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
     ids = token_ids(tokenizer, text, settings.max_tokens)
-    if ids.numel() < 2:
-        raise CriterionError(f"the held-out text {source} has fewer than 2 tokens: give a longer text")
+    if ids.numel() < MIN_HELD_OUT_TOKENS:
+        raise CriterionError(
+            f"the held-out text {source} gives {ids.numel()} tokens; check-criteria needs at least "
+            f"{MIN_HELD_OUT_TOKENS}: give a longer text"
+        )
     prefix = special_prefix(tokenizer)
     names = down_modules(layout)
     downs = loaded_modules(model, names)
     stats = shared = None
-    refit = refits(settings.recover)
+    refit = settings.recovery.refits
     if refit or any(c in DATA_CRITERIA for c in criteria):
         stats = collect_activations(model, tokenizer, names, settings.calibration, grams=refit)
         held_out = [p for p in text.split("\n\n") if p.strip()]
@@ -159,11 +171,7 @@ def check_criteria(
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
     base = _perplexity(model, ids, settings.window, prefix)
-    data = (
-        prepare_data(model, tokenizer, settings.distill, on_progress=on_progress)
-        if distills(settings.recover)
-        else None
-    )
+    recovery.start_in_memory(model, tokenizer, on_progress)
     rows: list[CheckRow] = []
     for member in plan.members:
         removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
@@ -184,13 +192,15 @@ def check_criteria(
             if refit:
                 report(on_progress, Progress("check", f"[check] refitting down_proj for {criterion} at width {width}"))
                 weights = {layer: module.weight.data.float() for layer, module in downs.items()}
-                updates = refit_member(weights, stats.grams, kept).updates  # type: ignore[union-attr]
+                updates = recovery.pass_updates(weights, stats.grams, kept).updates  # type: ignore[union-attr,arg-type]
                 recoveries["refit"] = _pruned_perplexity(model, downs, kept, updates, ids, settings.window, prefix)
-            if data is not None:
+            if settings.recovery.trains:
                 label = f"{criterion} at width {width}"
-                report(on_progress, Progress("check", f"[check] distilling {label} ({settings.recover})"))
-                student = _distilled(model, layout, kept, updates, data, settings, label, on_progress)
-                recoveries[settings.recover] = _perplexity(student, ids, settings.window, prefix)
+                report(on_progress, Progress("check", f"[check] distilling {label} ({settings.recovery.label})"))
+                student = copy.deepcopy(model)
+                prune_in_memory(student, layout, kept, updates)
+                student = recovery.recover_model(student, layout.roles, label, on_progress)
+                recoveries[settings.recovery.label] = _perplexity(student, ids, settings.window, prefix)
             for recovery, value in recoveries.items():
                 worse = None if median is None else value > median
                 rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovery))
@@ -240,26 +250,6 @@ def _pruned_perplexity(
     finally:
         for layer, weight in saved.items():
             downs[layer].weight.data = weight
-
-
-def _distilled(
-    model: Any,
-    layout: MlpLayout,
-    kept: dict[int, torch.Tensor],
-    updates: dict[int, torch.Tensor] | None,
-    data: DistillData,
-    settings: CheckSettings,
-    label: str,
-    on_progress: ProgressCallback | None,
-) -> Any:
-    """A copy of `model` pruned to the `kept` neurons (its MLP tensors sliced as the prune pass slices them, down_proj
-    refit with `updates`), distilled from `model` as a member is; on the CPU."""
-    student = copy.deepcopy(model)
-    prune_in_memory(student, layout, kept, updates)
-    trained = mlp_parameters(student, layout.roles)
-    train(student, model, data, settings.distill, trained, device=settings.device, item=label, on_progress=on_progress)
-    model.to("cpu")
-    return student.to("cpu").eval()
 
 
 def prune_in_memory(

@@ -7,14 +7,12 @@ formatted. Everything comes from family.json and the results views; a number tha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from hubprune import manifest
+from hubprune import manifest, provenance
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
-from hubprune.pruning.family import PROVENANCE
 from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
 from hubprune.publish.formatting import (
     bytes_text,
@@ -31,9 +29,6 @@ from hubprune.publish.formatting import (
 )
 from hubprune.publish.licence import EMBEDDED_DEFAULT_BASE, EMBEDDED_DEFAULT_ORIGINAL, Licence, licence_text
 from hubprune.publish.results import BatchFigures, ModelResults, TaskScore, benchmarks
-from hubprune.recover.distill import OBJECTIVE, TRAINED, DistillSettings, optimizer_text
-from hubprune.recover.distill_data import SELF_GENERATED
-from hubprune.recover.refit import ALPHAS, FORMULA, refits
 
 HUB = "https://huggingface.co"
 CRITERIA = {
@@ -86,8 +81,8 @@ def common_context(
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
-        "recovery": _recovery(family),
-        "distillation": _distillation(family),
+        "recovery": _recovery(family, _provenances(members)),
+        "distillation": _distillation(family, _provenances(members)),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -369,56 +364,65 @@ def _criteria_check(found: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _recovery(family: manifest.Family) -> dict[str, Any] | None:
-    """What recovery ran after pruning, for the method section; None when the members are the kept columns."""
-    if not refits(family.recovery):
+def _provenances(members: list[ModelResults]) -> list[provenance.MemberProvenance]:
+    """The members' hubprune.json, as typed views (a model without one, such as the base, has none)."""
+    found = [provenance.read(m.folder) for m in members if m.folder]
+    return [p for p in found if p is not None]
+
+
+def _recovery(family: manifest.Family, members: list[provenance.MemberProvenance]) -> dict[str, Any] | None:
+    """The refit every member went through, for the method section, as the members record it; None without one."""
+    refit = next((m.refit for m in members if m.refit is not None), None)
+    if refit is None:
         return None
     calibration = family.calibration or {}
     return {
-        "formula": f"    {FORMULA}",
-        "alphas": ", ".join(f"{a:g}" for a in ALPHAS),
+        "formula": f"    {refit.formula}",
+        "alphas": ", ".join(f"{a:g}" for a in refit.alphas_tried),
         "text": f"{calibration.get('source')} (sha256 `{str(calibration.get('sha256'))[:12]}`), at most "
         f"{calibration.get('max_tokens')} tokens in windows of {calibration.get('window')}",
     }
 
 
-def _distillation(family: manifest.Family) -> dict[str, Any] | None:
+def _distillation(family: manifest.Family, members: list[provenance.MemberProvenance]) -> dict[str, Any] | None:
     """The distillation every member went through, for the method section; None when there was none."""
-    if family.distill is None:
+    record = next((m.distillation for m in members if m.distillation is not None), None)
+    if family.distill is None or record is None:
         return None
     settings = family.distill
     text = settings.get("text")
     return {
-        "objective": OBJECTIVE,
-        "trained": TRAINED,
-        "data": f"{text['source']} (sha256 `{text['sha256'][:12]}`)" if text else SELF_GENERATED,
+        "objective": record.objective,
+        "trained": record.trained,
+        "data": f"{text['source']} (sha256 `{text['sha256'][:12]}`)" if text else record.data["source"],
         "budget": f"{settings['tokens']:,} tokens"
         + (f", at most {settings['steps']} steps" if settings.get("steps") else "")
         + f", batches of {settings['batch']} sequences of {settings['seq_len']} tokens",
-        "optimizer": optimizer_text(DistillSettings(learning_rate=settings["learning_rate"], seed=settings["seed"])),
+        "optimizer": record.optimizer,
     }
 
 
 def _member_distillation(member: ModelResults) -> dict[str, Any] | None:
     """This member's distillation, as its hubprune.json records it: the KL on held-out sequences before and after."""
-    record = _member_provenance(member).get("distillation")
-    if not record:
+    found = provenance.read(member.folder) if member.folder else None
+    record = found.distillation if found else None
+    if record is None:
         return None
     return {
-        "before": f"{record['held_out_kl']['before']:.4g}",
-        "after": f"{record['held_out_kl']['after']:.4g}",
-        "held_out": record["data"]["sequences"]["held_out"],
-        "steps": record["steps"],
-        "tokens": f"{record['tokens']:,}",
-        "seconds": f"{record['seconds']:.0f}",
+        "before": f"{record.held_out_kl['before']:.4g}",
+        "after": f"{record.held_out_kl['after']:.4g}",
+        "held_out": record.data["sequences"]["held_out"],
+        "steps": record.steps,
+        "tokens": f"{record.tokens:,}",
+        "seconds": f"{record.seconds:.0f}",
         "device": _distilled_on(record),
     }
 
 
-def _distilled_on(record: dict[str, Any]) -> str:
+def _distilled_on(record: provenance.DistillRecord) -> str:
     """Where a member was distilled: `cpu`, or `2 cpu processes (MULTI_CPU)`, with any mixed precision."""
-    engine = record.get("engine") or {}  # members distilled before hubprune recorded it ran in one process
-    where = record["device"]
+    engine = record.engine  # members distilled before hubprune recorded it ran in one process
+    where = record.device
     if engine.get("processes", 1) > 1:
         where = f"{engine['processes']} {where} processes ({engine['distributed_type']})"
     if engine.get("mixed_precision", "no") != "no":
@@ -426,28 +430,21 @@ def _distilled_on(record: dict[str, Any]) -> str:
     return where
 
 
-def _member_provenance(member: ModelResults) -> dict[str, Any]:
-    """The member's hubprune.json, or {} for a model without one (the base)."""
-    provenance = member.folder / PROVENANCE if member.folder else None
-    if provenance is None or not provenance.exists():
-        return {}
-    return json.loads(provenance.read_text(encoding="utf-8"))
-
-
 def _member_recovery(member: ModelResults) -> dict[str, Any] | None:
     """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
-    record = _member_provenance(member).get("recovery")
-    if not record:
+    found = provenance.read(member.folder) if member.folder else None
+    record = found.refit if found else None
+    if record is None:
         return None
-    chosen = sorted(a for a in record["alpha"].values() if a is not None)
-    left = len(record["alpha"]) - len(chosen)
+    chosen = sorted(a for a in record.alpha.values() if a is not None)
+    left = len(record.alpha) - len(chosen)
     return {
-        "error_plain": f"{record['held_out_error']['plain']:.3g}",
-        "error_refit": f"{record['held_out_error']['refit']:.3g}",
+        "error_plain": f"{record.held_out_error['plain']:.3g}",
+        "error_refit": f"{record.held_out_error['refit']:.3g}",
         "alphas": f"{chosen[0]:g} to {chosen[-1]:g} (median {chosen[len(chosen) // 2]:g})" if chosen else "none",
         "left": f"; {left} layer(s) left as pruned, where no α beat the plain columns" if left else "",
-        "tokens": f"{record['tokens']['fit']} fitting and {record['tokens']['held_out']} held-out tokens",
-        "seconds": f"{record['seconds']:.1f}",
+        "tokens": f"{record.tokens['fit']} fitting and {record.tokens['held_out']} held-out tokens",
+        "seconds": f"{record.seconds:.1f}",
     }
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from hubprune import manifest
 from hubprune.errors import CardError
+from hubprune.fields import setting
 from hubprune.files import write_bytes_atomic
 from hubprune.pruning.checkpoint import is_hub_id
 from hubprune.publish.card_context import common_context, member_context
@@ -32,12 +33,16 @@ STAGE = "card"
 
 @dataclass(frozen=True)
 class CardSettings:
-    namespace: str | None = None  # the Hub user or organisation the members are (or will be) published under
-    license: str | None = None  # overrides the licence found for the base; required when none is found
-    license_name: str | None = None  # with license "other": the licence's short name...
-    license_link: str | None = None  # ...and where to read it (a URL, or a file in the repo such as LICENSE)
-    base_model: str | None = None  # the base's Hub id, when hubprune cannot know it (a local folder)
-    template_dir: Path | None = None  # a folder with member.md.j2 / family.md.j2 (and includes) to use instead
+    namespace: str | None = setting(
+        None, "Hub user or organisation the members are published under (repo ids in the cards)."
+    )
+    license: str | None = setting(None, "Hub licence id of the base (e.g. apache-2.0), when not found.")
+    license_name: str | None = setting(None, "With --license other: the licence's name.")
+    license_link: str | None = setting(None, "With --license other: its URL (or LICENSE file).")
+    base_model: str | None = setting(None, "Hub id of the base, when the source is a local folder.")
+    template_dir: Path | None = setting(
+        None, "Folder of card templates that replace the built-in ones of the same name.", parse="path"
+    )
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hubprune.device import resolve_device
 from hubprune.errors import CriterionError, LaunchError
+from hubprune.fields import setting
 from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.pruning.calibrate import loaded_modules
+
+if TYPE_CHECKING:
+    from hubprune.recover.settings import RecoverySettings
+from hubprune.model_inputs import loaded_modules
 from hubprune.recover.distill_data import DistillData, prepare_data, sha256_hex, text_data
 from hubprune.texts import read_text
 
@@ -60,10 +64,24 @@ PROGRESS_FILE = "hubprune-progress.json"
 
 @dataclass(frozen=True)
 class DistillSettings:
-    tokens: int = DEFAULT_TOKENS  # training tokens: steps x batch x seq_len
-    steps: int | None = None  # stop after this many optimizer steps, when it comes before `tokens`
-    text: Path | None = None  # None: sequences the base model generates itself
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    tokens: int = setting(
+        DEFAULT_TOKENS,
+        f"Distillation budget in training tokens ({DEFAULT_BATCH} sequences of {DEFAULT_SEQ_LEN} tokens a step).",
+        flag="--distill-tokens",
+        minimum=1,
+    )
+    steps: int | None = setting(
+        None, "Stop distilling after N steps, if that comes before the token budget.", flag="--distill-steps", minimum=1
+    )
+    text: Path | None = setting(
+        None,
+        "Distil on this UTF-8 text (default: text the base model generates itself, disjoint from every benchmark).",
+        flag="--distill-text",
+        parse="distill-file",
+    )
+    learning_rate: float = setting(
+        DEFAULT_LEARNING_RATE, "Distillation learning rate (AdamW, linear warm-up then decay).", flag="--distill-lr"
+    )
     batch: int = DEFAULT_BATCH  # sequences per optimizer step
     seq_len: int = DEFAULT_SEQ_LEN
     seed: int = 0
@@ -142,6 +160,24 @@ def mlp_parameters(model: Any, roles: dict[str, tuple[int, str]]) -> dict[str, t
 
 
 @dataclass(frozen=True)
+class DistillRun:
+    """Where and as what one member's distillation runs: the same for the loop (train), one member on disk
+    (distill_member) and one member in launched processes (launch.distill_launched).
+
+    `state`: a folder where the run saves its state every SAVE_EVERY_SECONDS and resumes from when it was saved by
+    the same settings, data, processes and `member` (an identity of the pruned model the run started from).
+    `launched`: this process is one of those a launcher started, so several are expected; otherwise several are
+    refused. `item`: the member's name in progress reports."""
+
+    state: Path | None = None
+    member: str = ""
+    device: str = "cpu"
+    launched: bool = False
+    item: str = ""
+    on_progress: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
 class Trained:
     """What a distillation returns: the record hubprune.json keeps, and the trained tensors by checkpoint name
     (gathered whole, on the CPU; only in the main process when several ran)."""
@@ -156,23 +192,16 @@ def train(
     data: DistillData,
     settings: DistillSettings,
     trained: dict[str, torch.nn.Parameter],
+    run: DistillRun | None = None,
     *,
-    state: Path | None = None,
-    member: str = "",
-    device: str = "cpu",
-    launched: bool = False,
-    item: str = "",
-    on_progress: ProgressCallback | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Trained:
     """Train the `trained` parameters of `student` (checkpoint name -> parameter; the rest frozen) to the KL
-    objective on `data`, for settings.planned_steps steps. With `state`, a folder, the run saves its state there
-    every SAVE_EVERY_SECONDS and resumes from it when it was saved by the same settings, data, processes and
-    `member` (an identity of the pruned model the run started from). `on_step(step, tokens)` is called after each
-    step (bench/ uses it for its curve). `launched`: this process is one of those a launcher started
-    (distill_launch.py), so several are expected; otherwise several are refused."""
+    objective on `data`, for settings.planned_steps steps, as `run` says (see DistillRun). `on_step(step, tokens)`
+    is called after each step (bench/ uses it for its curve)."""
     began = time.perf_counter()
-    accelerator = _accelerator(device, launched)
+    run = run or DistillRun()
+    accelerator = _accelerator(run.device, run.launched)
     processes, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch % processes:
         raise CriterionError(
@@ -198,8 +227,8 @@ def train(
     student.eval()
     kl_before = held_out_kl(student, teacher, data, micro)
     engine = _engine(accelerator)
-    identity = {"settings": settings.identity(), "data": data.record["sha256"], "member": member, "engine": engine}
-    first, earlier_seconds = _resume(accelerator, state, identity)
+    identity = {"settings": settings.identity(), "data": data.record["sha256"], "member": run.member, "engine": engine}
+    first, earlier_seconds = _resume(accelerator, run.state, identity)
     per_step = settings.batch * settings.seq_len
     saved_at = time.perf_counter()
     step_kl = float("nan")
@@ -223,13 +252,13 @@ def train(
         rate = (step + 1 - first) * per_step / (time.perf_counter() - began)
         if accelerator.is_main_process:
             report(
-                on_progress,
-                Progress("distill", f"KL {step_kl:.4f}, {rate:.0f} tok/s", item, done, steps * per_step, "tok"),
+                run.on_progress,
+                Progress("distill", f"KL {step_kl:.4f}, {rate:.0f} tok/s", run.item, done, steps * per_step, "tok"),
             )
             if on_step is not None:
                 on_step(step + 1, done)
-        if state is not None and step + 1 < steps and _agreed(accelerator, time.perf_counter() - saved_at):
-            _save(accelerator, state, identity, step + 1, earlier_seconds + time.perf_counter() - began)
+        if run.state is not None and step + 1 < steps and _agreed(accelerator, time.perf_counter() - saved_at):
+            _save(accelerator, run.state, identity, step + 1, earlier_seconds + time.perf_counter() - began)
             saved_at = time.perf_counter()
     kl_after = held_out_kl(student, teacher, data, micro)
     whole = accelerator.get_state_dict(student)  # gathered from every process where the engine shards weights
@@ -429,40 +458,37 @@ def load_teacher(
 
 
 def distill_member(
-    folder: Path,
-    teacher: Teacher,
-    settings: DistillSettings,
-    roles: dict[str, tuple[int, str]],
-    *,
-    state: Path | None = None,
-    member: str = "",
-    device: str = "cpu",
-    launched: bool = False,
-    item: str = "",
-    on_progress: ProgressCallback | None = None,
+    folder: Path, teacher: Teacher, settings: DistillSettings, roles: dict[str, tuple[int, str]], run: DistillRun
 ) -> dict[str, Any]:
     """Distil the member checkpoint in `folder` from the teacher, write its MLP tensors back in place (same
     names, shapes and dtypes; from the main process alone when several ran), and return the record for its
-    hubprune.json. `state`, `member` and `launched`: see train; `item`: the member's name in progress."""
+    hubprune.json."""
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    done = train(
-        student,
-        teacher.model,
-        teacher.data,
-        settings,
-        mlp_parameters(student, roles),
-        state=state,
-        member=member,
-        device=device,
-        launched=launched,
-        item=item,
-        on_progress=on_progress,
-    )
+    done = train(student, teacher.model, teacher.data, settings, mlp_parameters(student, roles), run)
     if done.tensors:
         write_back(folder, done.tensors)
     return done.record
+
+
+def recover_folder(
+    folder: Path, teacher: Teacher, settings: RecoverySettings, roles: dict[str, tuple[int, str]], run: DistillRun
+) -> dict[str, Any]:
+    """The registry's member step on disk (methods.py): in this process, or in those settings.launcher starts."""
+    if settings.launcher is None:
+        return distill_member(folder, teacher, settings.distill, roles, run)
+    from hubprune.recover.launch import distill_launched, parse_launcher  # launch.py imports this module
+
+    return distill_launched(folder, teacher, settings.distill, roles, run, parse_launcher(settings.launcher))
+
+
+def recover_model(
+    student: Any, teacher: Teacher, settings: RecoverySettings, roles: dict[str, tuple[int, str]], run: DistillRun
+) -> dict[str, Any]:
+    """The registry's member step in memory (methods.py): train `student` in place."""
+    trained = mlp_parameters(student, roles)
+    return train(student, teacher.model, teacher.data, settings.distill, trained, run).record
 
 
 def write_back(folder: Path, tensors: dict[str, torch.Tensor]) -> None:

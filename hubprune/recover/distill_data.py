@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hubprune.errors import CriterionError
+from hubprune.model_inputs import first_predicted, special_prefix, token_ids, windows
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.pruning.calibrate import first_predicted, special_prefix, token_ids, windows
 from hubprune.texts import paragraphs, read_text, shared_ngrams
 
 if TYPE_CHECKING:

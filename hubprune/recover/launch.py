@@ -28,7 +28,7 @@ from hubprune import errors
 from hubprune.errors import LaunchError
 from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.recover.distill import DistillSettings, Teacher, distill_member
+from hubprune.recover.distill import DistillRun, DistillSettings, Teacher, distill_member
 from hubprune.recover.distill_data import load_data, save_data
 
 WORKER = "hubprune.recover.worker"  # the module each launched process runs
@@ -78,18 +78,14 @@ def distill_launched(
     teacher: Teacher,
     settings: DistillSettings,
     roles: dict[str, tuple[int, str]],
-    *,
+    run: DistillRun,
     launcher: list[str],
-    state: Path,
-    member: str = "",
-    device: str = "cpu",
-    item: str = "",
-    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Distil the member checkpoint in `folder` in the processes `launcher` starts (they write its MLP tensors
     back in place), and return the record for its hubprune.json, as distill.distill_member does in this process.
-    `state` holds the job, and the state a stopped run resumes from; `member`: see distill.train; `item`: the
-    member's name in messages."""
+    run.state holds the job, and the state a stopped run resumes from."""
+    state, item = run.state, run.item
+    assert state is not None, "a launched distillation needs a work folder"
     state.mkdir(parents=True, exist_ok=True)
     save_data(teacher.data, state / JOB_DATA)
     record = state / RECORD
@@ -102,15 +98,16 @@ def distill_launched(
         "settings": {**asdict(settings), "text": None if settings.text is None else str(Path(settings.text).resolve())},
         "roles": roles,
         "state": str(state.resolve()),
-        "member": member,
-        "device": device,
+        "member": run.member,
+        "device": run.device,
         "record": str(record.resolve()),
         "item": item,
     }
     write_json_atomic(state / JOB, job)
-    report(on_progress, Progress("distill", f"[distill] {item}: in the processes `{shlex.join(launcher)}` starts"))
+    message = f"[distill] {item}: in the processes `{shlex.join(launcher)}` starts"
+    report(run.on_progress, Progress("distill", message))
     process = subprocess.Popen([*launcher, "-m", WORKER, str((state / JOB).resolve())])
-    returncode = follow_events(process, state / EVENTS_FILE, on_progress)
+    returncode = follow_events(process, state / EVENTS_FILE, run.on_progress)
     _raise_worker_error(state / ERROR_FILE)
     if returncode != 0 or not record.exists():
         raise LaunchError(
@@ -174,12 +171,7 @@ def run_job(job_file: Path, on_progress: ProgressCallback | None = None) -> None
         teacher,
         settings,
         roles,
-        state=Path(job["state"]),
-        member=job["member"],
-        device=job["device"],
-        launched=True,
-        item=job["item"],
-        on_progress=on_progress,
+        DistillRun(Path(job["state"]), job["member"], job["device"], True, job["item"], on_progress),
     )
     if PartialState().is_main_process:
         write_json_atomic(Path(job["record"]), record)

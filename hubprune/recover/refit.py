@@ -35,26 +35,22 @@ from typing import Any
 
 import torch
 
-from hubprune.errors import CriterionError
-from hubprune.pruning.calibrate import Grams
-
 ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-RECOVERY_CHOICES = ("none", "refit", "distill", "refit+distill")  # distill: see distill.py
 
 
-def check_recovery(name: str) -> str:
-    if name not in RECOVERY_CHOICES:
-        raise CriterionError(f"unknown recovery {name!r}: choose one of {', '.join(RECOVERY_CHOICES)}")
-    return name
+@dataclass(frozen=True)
+class Grams:
+    """Per layer, G = sum_t h(t) h(t)^T (float32, n x n) of down_proj's input over two disjoint sets of windows:
+    `fit` (two windows in three) and `held_out` (every third window), with the tokens each holds.
 
+    Under a memory cap (LoadSettings.max_memory) each matrix is a memory map of a file whose name is already
+    removed: its pages are read on use and can be dropped again, and the kernel frees the file with the last
+    tensor that maps it, so nothing is left to clean up."""
 
-def refits(recover: str) -> bool:
-    """Whether the recovery `recover` refits down_proj (before any distillation)."""
-    return recover in ("refit", "refit+distill")
-
-
-def distills(recover: str) -> bool:
-    return recover in ("distill", "refit+distill")
+    fit: dict[int, torch.Tensor]
+    held_out: dict[int, torch.Tensor]
+    fit_tokens: int
+    held_out_tokens: int
 
 
 @dataclass(frozen=True)
@@ -167,6 +163,8 @@ def refit_member(
     }
     return Refits({layer: refit.update.float() for layer, refit in layers.items()}, record)
 
+
+member_updates = refit_member  # the registry's name for a pass method's work (methods.py)
 
 FORMULA = (
     "W'_K = W_K + W_R G_RK (G_KK + lambda I)^-1, lambda = alpha * mean(diag G_KK), G = sum_t h(t) h(t)^T of "

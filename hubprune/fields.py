@@ -1,0 +1,43 @@
+"""The help beside each settings field: every stage's settings dataclass declares its fields with `setting`, and
+the command line generates one option per field from it (cli/options.py), so a setting is named, documented and
+defaulted in one place. Nothing here knows about Click: `parse` names how a value is written ("size", "list",
+"numbers", "file", "flag"), and the CLI picks the parameter type."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+HELP, FLAG, PARSE, CHOICES, MINIMUM, GROUP = "help", "flag", "parse", "choices", "minimum", "group"
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    parse: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+) -> Any:
+    """A dataclass field with its command-line help; `flag` replaces --the-field-name, `minimum` is the least value
+    the option takes (the dataclass checks it too, in __post_init__)."""
+    metadata = {HELP: help, FLAG: flag, PARSE: parse, CHOICES: choices, MINIMUM: minimum}
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def nested(factory: Any, group: str | None = None) -> Any:
+    """A field holding another settings dataclass, whose own fields become options too (listed under `group` in
+    --help, else under the outer dataclass's)."""
+    return dataclasses.field(default_factory=factory, metadata={"nested": True, GROUP: group})
+
+
+def flag_of(field: dataclasses.Field[Any]) -> str:
+    return field.metadata.get(FLAG) or "--" + field.name.replace("_", "-")
+
+
+def documented(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of `cls` that have an option."""
+    return [f for f in dataclasses.fields(cls) if HELP in f.metadata]

@@ -1,0 +1,110 @@
+"""The one way a build and check-criteria recover a pruned member: prepare once per family, then apply each step
+to each member, in the order RecoverySettings gives.
+
+- before the streaming pass, `pass_updates` computes the pass steps' change to the kept down_proj columns of one
+  member width (refit), from the calibration's Gram matrices;
+- `start` loads what the member steps learn from, once for every member (the base model and its data);
+- `recover_folder` runs the member steps on a member written to disk (the family build) and returns their records
+  for its hubprune.json; `recover_model` runs them on a pruned model in memory (check-criteria).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.recover import methods
+from hubprune.recover.distill import DistillRun, Teacher, load_teacher
+from hubprune.recover.distill_data import check_text, prepare_data
+from hubprune.recover.refit import Grams, Refits
+from hubprune.recover.settings import RecoverySettings
+
+DATA_CACHE = "data.safetensors"  # in the work folder: the generated data every member learns from
+
+
+class Recovery:
+    """One family's recovery on `device`: what it needs is prepared once, then applied to each member."""
+
+    def __init__(self, settings: RecoverySettings, device: str = "cpu") -> None:
+        self.settings = settings
+        self.device = device
+        self.teacher: Teacher | None = None
+
+    def check_inputs(self, base_folder: Path) -> None:
+        """Refuse, with the tokenizer alone and before calibration runs, a text a step cannot learn from."""
+        if "distill" in self.settings.steps:
+            check_text(base_folder, self.settings.distill)
+
+    def pass_updates(
+        self, down_weights: dict[int, torch.Tensor], grams: Grams, kept: dict[int, torch.Tensor]
+    ) -> Refits | None:
+        """The pass step's updates of one member width (layer -> M, see refit.py) and its record; None without one."""
+        found = methods.of_phase(self.settings.steps, "pass")
+        return found[0].load().member_updates(down_weights, grams, kept) if found else None
+
+    def start(
+        self, base_folder: Path, work: Path, source: str, on_progress: ProgressCallback | None, announce: str
+    ) -> None:
+        """Load the base model and the data every member step learns from (the generated data cached in `work`,
+        made again for another `source`, an identity of the base). With a launcher, the launched processes load
+        their own model: only the data is made here."""
+        if not self.settings.trains:
+            return
+        self.teacher = load_teacher(
+            base_folder,
+            self.settings.distill,
+            cache=work / DATA_CACHE,
+            source=source,
+            device=self.device,
+            keep_model=self.settings.launcher is None,
+            announce=lambda: report(on_progress, Progress("distill", announce)),
+            on_progress=on_progress,
+        )
+
+    def start_in_memory(self, base: Any, tokenizer: Any, on_progress: ProgressCallback | None) -> None:
+        """As `start`, for a base model already loaded (check-criteria)."""
+        if self.settings.trains:
+            data = prepare_data(base, tokenizer, self.settings.distill, on_progress=on_progress)
+            self.teacher = Teacher(base, data, Path("."))
+
+    def recover_folder(
+        self,
+        folder: Path,
+        roles: dict[str, tuple[int, str]],
+        state: Path,
+        item: str,
+        on_progress: ProgressCallback | None,
+    ) -> dict[str, Any]:
+        """Run the member steps on the member in `folder` (written back in place); their records by the key of
+        hubprune.json each is kept under. A state saved in `state` by a stopped run resumes only for the same
+        member: same source, kept neurons and pass step."""
+        provenance = json.loads((folder / "hubprune.json").read_text(encoding="utf-8"))
+        refit = provenance["recovery"] or {}
+        member = json.dumps(
+            [provenance["source"], provenance["kept_indices"]["sha256"], refit.get("alpha")], sort_keys=True
+        )
+        assert self.teacher is not None, "start() loads what the member steps learn from"
+        records = {}
+        for method in methods.of_phase(self.settings.steps, "member"):
+            run = DistillRun(state, member, self.device, False, item, on_progress)
+            report(on_progress, Progress("distill", f"[{method.name}] {item}: {self._describe(method)}"))
+            records[method.record_key] = method.load().recover_folder(folder, self.teacher, self.settings, roles, run)
+        return records
+
+    def _describe(self, method: methods.Method) -> str:
+        return f"{self.settings.distill.planned_steps} steps" if method.name == "distill" else method.summary
+
+    def recover_model(
+        self, student: Any, roles: dict[str, tuple[int, str]], item: str, on_progress: ProgressCallback | None
+    ) -> Any:
+        """Run the member steps on `student`, a pruned model in memory, on the CPU afterwards and in eval mode."""
+        assert self.teacher is not None, "start_in_memory() loads what the member steps learn from"
+        for method in methods.of_phase(self.settings.steps, "member"):
+            run = DistillRun(device=self.device, item=item, on_progress=on_progress)
+            method.load().recover_model(student, self.teacher, self.settings, roles, run)
+        self.teacher.model.to("cpu")
+        return student.to("cpu").eval()
