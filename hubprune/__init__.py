@@ -25,7 +25,9 @@ _API = {
     "Target": "hubprune.pruning.plan",
     "PruneSettings": "hubprune.pruning.family",
     "CalibrationSettings": "hubprune.pruning.calibrate",
+    "RecoverySettings": "hubprune.recover.settings",
     "DistillSettings": "hubprune.recover.distill",
+    "RuntimeSettings": "hubprune.device",
     "make_plan": "hubprune.pruning.family",
     "build_family": "hubprune.pruning.family",
     "prune_one": "hubprune.pruning.family",
@@ -57,7 +59,9 @@ __all__ = [
     "Target",
     "PruneSettings",
     "CalibrationSettings",
+    "RecoverySettings",
     "DistillSettings",
+    "RuntimeSettings",
     "make_plan",
     "build_family",
     "prune_one",
@@ -90,6 +94,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
+    from hubprune.device import RuntimeSettings
     from hubprune.errors import HubpruneError
     from hubprune.manifest import load as load_family
     from hubprune.measure.efficiency import ProfileSettings
@@ -105,3 +110,4 @@ if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from hubprune.publish.cards import CardSettings, render_cards
     from hubprune.publish.push import PushSettings, push_family
     from hubprune.recover.distill import DistillSettings
+    from hubprune.recover.settings import RecoverySettings

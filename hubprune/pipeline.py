@@ -15,9 +15,9 @@ from pathlib import Path
 from hubprune import manifest
 from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
 from hubprune.errors import CriterionError
-from hubprune.measure.efficiency import ProfileSettings, with_runtime
-from hubprune.measure.efficiency import check_settings as check_profile_settings
+from hubprune.measure.efficiency import ProfileSettings, resolved, with_runtime
 from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
+from hubprune.measure.evaluate import with_runtime as eval_with_runtime
 from hubprune.measure.offline_tasks import evaluated_documents
 from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
@@ -80,10 +80,11 @@ def run_family(
     output = Path(output)
     if check_first and prune.criterion == "random":
         raise CriterionError("`check_first` compares the criterion with random pruning: choose another `criterion`")
-    if profile is not None:  # bad stage settings stop the job before anything is written
-        check_profile_settings(with_runtime(profile, runtime))
+    if profile is not None:  # a GPU or energy counter this machine lacks stops the job before anything is written
+        resolved(with_runtime(profile, runtime))
     checkpoint = open_source(source, revision=revision)
-    if evaluation is not None:  # unknown tasks or missing task data stop the job before anything is written
+    if evaluation is not None:  # bad settings, unknown tasks or missing task data stop the job before it writes
+        evaluation = eval_with_runtime(evaluation, runtime)  # a dtype eval refuses (float16) is refused here
         planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
         if planned.choice is not None:  # `auto` is decided once, here, and said in one line
             report(on_progress, Progress("eval", planned.announcement()))

@@ -15,6 +15,7 @@ from test_data_criteria import words
 from test_recovery import calibration  # noqa: F401 - a fixture
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hubprune.errors import CriterionError, OutputError
 from hubprune.pruning.calibrate import CalibrationSettings
 from hubprune.pruning.check import CheckSettings, check_criteria, prune_in_memory
 from hubprune.pruning.family import DISTILL_WORK, PruneSettings, build_family, prune_one
@@ -115,7 +116,7 @@ def test_a_family_is_one_distillation(tiny_dir, tmp_path):
         checkpoint, tmp_path, [Target("pct", "50")], PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
     )
     other = DistillSettings(tokens=2048, batch=4, seq_len=32, learning_rate=3e-3)
-    with pytest.raises(Exception, match="distilled with tokens 1024 \\(this run: 2048\\)"):
+    with pytest.raises(OutputError, match="distilled with tokens 1024 \\(this run: 2048\\)"):
         build_family(
             checkpoint,
             tmp_path,
@@ -209,7 +210,7 @@ def test_a_diverged_distillation_is_refused_and_nothing_is_written(tiny_dir, tmp
     wild = DistillSettings(
         tokens=256, batch=4, seq_len=32, learning_rate=1e30
     )  # the weights overflow float32 within a step
-    with pytest.raises(Exception, match="distillation diverged .* lower `distill_lr`"):
+    with pytest.raises(CriterionError, match="distillation diverged .* lower `distill_lr`"):
         prune_one(
             checkpoint,
             tmp_path / "m",

@@ -22,7 +22,7 @@ from hubprune import manifest
 from hubprune.errors import EnergyError, HubpruneError, ProfileError, ProfileSettingsError
 from hubprune.measure import energy as energy_module
 from hubprune.measure.base_model import BASE_RESULTS
-from hubprune.measure.efficiency import ProfileSettings, check_settings, measure, parse_batch_sizes, percentile
+from hubprune.measure.efficiency import ProfileSettings, measure, parse_batch_sizes, percentile, resolved
 from hubprune.measure.energy import EnergySource, open_energy
 from hubprune.measure.profile import PROFILE_FILE, merge_rounds, profile_model, profile_path, round_share
 from hubprune.pruning.family import PruneSettings, build_family
@@ -72,7 +72,7 @@ def fake_energy(method: str = "measured") -> EnergySource:
 )
 def test_bad_settings_raise_one_clear_error(overrides, error, words):
     with pytest.raises(error) as info:
-        check_settings(ProfileSettings(**overrides))
+        resolved(ProfileSettings(**overrides))
     message = str(info.value)
     assert words in message and "\n" not in message
     assert isinstance(info.value, HubpruneError) and isinstance(info.value, ValueError)
@@ -81,16 +81,16 @@ def test_bad_settings_raise_one_clear_error(overrides, error, words):
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
 def test_cuda_and_nvml_on_a_machine_without_a_gpu():
     with pytest.raises(ProfileSettingsError, match="device cuda requested but torch sees no CUDA GPU.*`device` cpu"):
-        check_settings(ProfileSettings(device="cuda"))
+        resolved(ProfileSettings(device="cuda"))
     with pytest.raises(EnergyError, match="nvml measures NVIDIA GPUs but the device is cpu"):
-        check_settings(ProfileSettings(device="auto", energy="nvml"))
-    assert check_settings(ProfileSettings()).device == "cpu"
+        resolved(ProfileSettings(device="auto", energy="nvml"))
+    assert resolved(ProfileSettings()).device == "cpu"
 
 
 @pytest.mark.skipif(RAPL_READABLE, reason="this machine exposes RAPL")
 def test_rapl_asked_for_explicitly_without_rapl_is_an_error():
     with pytest.raises(EnergyError, match="`energy` rapl: no RAPL package counters"):
-        check_settings(ProfileSettings(device="cpu", energy="rapl"))
+        resolved(ProfileSettings(device="cpu", energy="rapl"))
 
 
 def test_parse_batch_sizes():

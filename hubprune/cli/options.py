@@ -44,6 +44,9 @@ class Bytes(int):
     def __str__(self) -> str:
         return self.text
 
+    def __getnewargs__(self) -> tuple[int, str]:  # copies and pickles (settings are deep-copied) keep the text
+        return int(self), self.text
+
 
 class ByteSize(click.ParamType):
     """'5GiB', '500MB', '2048' -> a number of bytes."""

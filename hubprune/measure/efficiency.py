@@ -70,6 +70,9 @@ class ProfileSettings:
     warmup_runs: int = 1
     energy: str = setting("auto", "auto, nvml, rapl, codecarbon (an estimate) or off.")
 
+    def __post_init__(self) -> None:
+        _check_profile_settings(self)
+
 
 # --- settings -------------------------------------------------------------------------------------------------
 
@@ -90,13 +93,20 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
                 "e.g. 1,8"
             )
         sizes.append(int(part))
-    return check_settings(ProfileSettings(device="cpu", batch_sizes=tuple(sizes), energy="off")).batch_sizes
+    return ProfileSettings(device="cpu", batch_sizes=tuple(sizes), energy="off").batch_sizes
 
 
-def check_settings(settings: ProfileSettings) -> ProfileSettings:
-    """The settings validated, with device auto resolved to cpu or cuda; raises ProfileSettingsError (or
-    EnergyError for an energy source that cannot measure here)."""
+def resolved(settings: ProfileSettings) -> ProfileSettings:
+    """The settings on this machine: device auto resolved to cpu or cuda, a GPU asked for where there is none
+    refused (ProfileSettingsError), and an energy source that cannot measure here refused (EnergyError). The
+    values themselves were checked when the settings were made (ProfileSettings.__post_init__)."""
     device = resolve_device(settings.device, ProfileSettingsError)
+    check_energy(settings.energy, device)
+    return replace(settings, device=device)
+
+
+def _check_profile_settings(settings: ProfileSettings) -> None:
+    """ProfileSettings.__post_init__: every value in range; batch sizes as a tuple, seconds as a float."""
     if settings.dtype not in DTYPE_CHOICES:
         raise ProfileSettingsError(f"unknown dtype {settings.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     sizes = tuple(settings.batch_sizes) if isinstance(settings.batch_sizes, (list, tuple)) else None
@@ -117,8 +127,8 @@ def check_settings(settings: ProfileSettings) -> ProfileSettings:
         seconds = float(seconds)
     if not isinstance(seconds, float) or not math.isfinite(seconds) or seconds < 0:
         raise ProfileSettingsError(f"min seconds {settings.min_seconds!r}: give a number of seconds >= 0, e.g. 10")
-    check_energy(settings.energy, device)
-    return replace(settings, device=device, batch_sizes=sizes, min_seconds=seconds)
+    object.__setattr__(settings, "batch_sizes", sizes)
+    object.__setattr__(settings, "min_seconds", seconds)
 
 
 def _is_int(value: Any) -> bool:
@@ -141,7 +151,7 @@ def measure(folder: Path, settings: ProfileSettings, *, energy: EnergySource | N
     (settings.rounds is not used here). Call it directly only to inject an energy source (tests), or in a
     process you start yourself; `energy` defaults to open_energy(settings.energy, device).
     """
-    settings = check_settings(settings)
+    settings = resolved(settings)
     folder = Path(folder).resolve()
     energy = energy or open_energy(settings.energy, settings.device)
     params = _count_params(folder)

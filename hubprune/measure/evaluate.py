@@ -71,14 +71,17 @@ class EvalSettings:
     # of the time on a CPU. Only metrics without a closed-form stderr (perplexities) are bootstrapped.
     bootstrap_iters: int = 1000
 
+    def __post_init__(self) -> None:
+        _check_eval_settings(self)
+
 
 def with_runtime(settings: EvalSettings, runtime: RuntimeSettings | None) -> EvalSettings:
     """The stage's settings on the runtime's device and dtype (as they are when no runtime is given)."""
     return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)
 
 
-def check_settings(settings: EvalSettings) -> None:
-    """Refuse bad settings before any model is loaded."""
+def _check_eval_settings(settings: EvalSettings) -> None:
+    """EvalSettings.__post_init__: refuse bad settings before any model is loaded."""
     if settings.limit is not None and settings.limit < 1:
         raise EvaluationError(f"`limit` {settings.limit}: give a whole number of documents >= 1, or leave it out")
     if settings.batch_size != "auto" and not (settings.batch_size.isdigit() and int(settings.batch_size) > 0):
@@ -91,7 +94,6 @@ def check_settings(settings: EvalSettings) -> None:
         raise EvaluationError(f"`backend` {settings.backend!r}: use one of {', '.join(BACKENDS)}")
     if settings.tensor_parallel_size < 1 or settings.data_parallel_size < 1:
         raise EvaluationError("`tensor_parallel_size` and `data_parallel_size` must be >= 1")
-    resolve_device(settings.device, EvaluationError)
     for path in settings.include_paths:
         if not Path(path).is_dir():
             raise EvaluationError(f"`include_paths` {path} is not a folder of lm-eval task YAMLs")
@@ -156,7 +158,7 @@ class _Plan:
 def plan_tasks(settings: EvalSettings, *, embedded_default: bool = False) -> _Plan:
     """The suite's tasks (or the `tasks` subset), with `limit` applied; unknown tasks, and tasks that cannot run
     here (no Hub for their data, IFEval without its extra or NLTK data), are refused before anything runs."""
-    check_settings(settings)
+    resolve_device(settings.device, EvaluationError)  # a GPU asked for where there is none
     choice = choose_suite(embedded_default) if settings.suite == "auto" else None
     suite = load_suite(choice.name if choice else settings.suite)
     tasks = list(suite.tasks)

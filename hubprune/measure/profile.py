@@ -38,9 +38,9 @@ from hubprune.measure.efficiency import (
     FORMAT,
     RESULTS_DIR,
     ProfileSettings,
-    check_settings,
     distribution,
     measure,
+    resolved,
     with_runtime,
 )
 from hubprune.progress import Progress, ProgressCallback, report
@@ -96,7 +96,7 @@ def profile_model(folder: Path, settings: ProfileSettings, *, out: Path | None =
     """Profile the checkpoint in `folder` in settings.rounds fresh Python processes, one after another; write
     the pooled document to `out` (default FOLDER/results/profile.json) atomically, and return it. Raises
     ProfileError if a run fails."""
-    settings = check_settings(settings)
+    settings = resolved(settings)
     folder = Path(folder).resolve()
     out = Path(out) if out is not None else folder / PROFILE_FILE
     job = _Job(folder.name, "checkpoint", folder, out, 0, 1)
@@ -410,7 +410,7 @@ def profile_path(
     fails (the rounds finished before it are kept for the next run). The runtime, when given, sets the device and
     dtype.
     """
-    settings = check_settings(with_runtime(settings, runtime))
+    settings = resolved(with_runtime(settings, runtime))
     where = manifest.locate(path)
     if where.kind == "family":
         profiles = _profile_family(where.path, settings, force, on_progress)

@@ -17,7 +17,7 @@ after, says whether the member learned the model or the sequences.
 
 The loop is written to accelerate's API (prepare, accumulate, backward, get_state_dict, save_state), so one loop
 runs in hubprune's own process (on the CPU, or one GPU with `--device cuda`) and in the processes a launcher
-starts (distill_launch.py: `accelerate launch` with its config, or torchrun), where each process takes its share
+starts (launch.py: `accelerate launch` with its config, or torchrun), where each process takes its share
 of every step's sequences and the gradients are averaged across them: the same global batch, the same steps. The
 state (weights, optimizer, schedule) is saved with accelerate every SAVE_EVERY_SECONDS, so a stopped run resumes.
 """
@@ -203,15 +203,7 @@ def train(
     run = run or DistillRun()
     accelerator = _accelerator(run.device, run.launched)
     processes, rank = accelerator.num_processes, accelerator.process_index
-    if settings.batch % processes:
-        raise CriterionError(
-            f"a distillation step's {settings.batch} sequences do not split evenly over {processes} processes: "
-            f"launch a number of processes that divides {settings.batch}"
-        )
-    share = settings.batch // processes
-    micro = micro_batch_size(share, settings.seq_len, student.config.get_text_config().vocab_size)
-    accelerator.gradient_accumulation_steps = share // micro  # one optimizer step per step's share
-    _fit_deepspeed(accelerator, micro)
+    micro = _micro_batches(accelerator, settings, student.config.get_text_config().vocab_size)
     names = {id(parameter): name for name, parameter in student.named_parameters()}
     qualified = {checkpoint_name: names[id(parameter)] for checkpoint_name, parameter in trained.items()}
     for parameter in student.parameters():
@@ -234,20 +226,7 @@ def train(
     step_kl = float("nan")
     for step in range(first, steps):
         share_of_step = _batch(data.train, step, settings)[rank::processes]
-        positions = micro * (share_of_step.shape[1] - data.start)
-        kl_sum = torch.zeros((), device=accelerator.device)
-        for chunk in share_of_step.split(micro):
-            chunk = chunk.to(accelerator.device)
-            with accelerator.accumulate(student):  # gradients are averaged across processes at the last chunk
-                with torch.no_grad():
-                    target = _predicting(teacher, chunk, data.start)
-                loss = token_kl(_predicting(student, chunk, data.start), target) / positions  # the chunk's mean
-                accelerator.backward(loss)  # accelerate divides by the chunks of a step: the step's mean
-                optimizer.step()  # these three act once the step's last chunk is in
-                schedule.step()
-                optimizer.zero_grad()
-            kl_sum += loss.detach()
-        step_kl = accelerator.reduce(kl_sum / (share // micro), "mean").item()
+        step_kl = _step(accelerator, student, teacher, (optimizer, schedule), share_of_step, micro, data.start)
         done = (step + 1) * per_step
         rate = (step + 1 - first) * per_step / (time.perf_counter() - began)
         if accelerator.is_main_process:
@@ -287,6 +266,44 @@ def train(
         "seconds": round(earlier_seconds + time.perf_counter() - began, 1),  # every session of a resumed run
     }
     return Trained(record, tensors)
+
+
+def _micro_batches(accelerator: Any, settings: DistillSettings, vocabulary: int) -> int:
+    """The micro-batch this process runs its share of a step's sequences in; the accelerator set to
+    accumulate the share's micro-batches into one optimizer step."""
+    processes = accelerator.num_processes
+    if settings.batch % processes:
+        raise CriterionError(
+            f"a distillation step's {settings.batch} sequences do not split evenly over {processes} processes: "
+            f"launch a number of processes that divides {settings.batch}"
+        )
+    share = settings.batch // processes
+    micro = micro_batch_size(share, settings.seq_len, vocabulary)
+    accelerator.gradient_accumulation_steps = share // micro  # one optimizer step per step's share
+    _fit_deepspeed(accelerator, micro)
+    return micro
+
+
+def _step(
+    accelerator: Any, student: Any, teacher: Any, stepping: tuple[Any, Any], share: torch.Tensor, micro: int, start: int
+) -> float:
+    """One optimizer step on this process's `share` of the step's sequences, in micro-batches of `micro`; the
+    step's mean KL over every process."""
+    optimizer, schedule = stepping
+    positions = micro * (share.shape[1] - start)
+    kl_sum = torch.zeros((), device=accelerator.device)
+    for chunk in share.split(micro):
+        chunk = chunk.to(accelerator.device)
+        with accelerator.accumulate(student):  # gradients are averaged across processes at the last chunk
+            with torch.no_grad():
+                target = _predicting(teacher, chunk, start)
+            loss = token_kl(_predicting(student, chunk, start), target) / positions  # the chunk's mean
+            accelerator.backward(loss)  # accelerate divides by the chunks of a step: the step's mean
+            optimizer.step()  # these three act once the step's last chunk is in
+            schedule.step()
+            optimizer.zero_grad()
+        kl_sum += loss.detach()
+    return accelerator.reduce(kl_sum / (len(share) // micro), "mean").item()
 
 
 def optimizer_text(settings: DistillSettings) -> str:
