@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 HELP, FLAG, PARSE, CHOICES, MINIMUM, GROUP = "help", "flag", "parse", "choices", "minimum", "group"
+REQUIRED = dataclasses.MISSING  # the default of a setting that must be given
 
 
 def setting(
@@ -21,8 +22,11 @@ def setting(
     minimum: float | None = None,
 ) -> Any:
     """A dataclass field with its command-line help; `flag` replaces --the-field-name, `minimum` is the least value
-    the option takes (the dataclass checks it too, in __post_init__)."""
+    the option takes (the dataclass checks it too, in __post_init__). A boolean is a flag that sets the value
+    other than its default (`flag="--no-collection"` for a default of True); a REQUIRED one is a required option."""
     metadata = {HELP: help, FLAG: flag, PARSE: parse, CHOICES: choices, MINIMUM: minimum}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=lambda: default, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -11,13 +11,10 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hubprune.errors import HubpruneError, OutputError
 from hubprune.files import write_json_atomic
-
-if TYPE_CHECKING:
-    from hubprune.pruning.plan import ModelShape
 
 MANIFEST = "family.json"
 FORMAT_VERSION = 1
@@ -38,9 +35,10 @@ class SourceRecord:
     folder: str | None = None  # the local checkpoint folder the family was built from (Hub cache, GGUF cache)
 
     @classmethod
-    def of(cls, shape: ModelShape, **identity: Any) -> SourceRecord:
-        """The record of a source of this shape; `identity` gives the fields a shape does not know (id, revision,
-        model_type, origin, folder)."""
+    def of(cls, shape: Any, **identity: Any) -> SourceRecord:
+        """The record of a source of this shape (a dataclass such as pruning.plan.ModelShape, whose fields of the
+        same names it takes); `identity` gives the fields a shape does not know (id, revision, model_type, origin,
+        folder)."""
         shared = {f.name for f in fields(cls)} & {f.name for f in fields(shape)}
         return cls(**{name: getattr(shape, name) for name in shared}, **identity)
 

@@ -101,6 +101,9 @@ def machine(tmp_path_factory, task_dir) -> Machine:
                 ],
             )
             assert result.exit_code == 0, (kind, result.output)
+            recorded = json.loads((families[kind] / "family.json").read_text())["source"]
+            assert recorded["id"] == source  # as given: family.json stays on this machine
+            assert (recorded["origin"] or {}).get("format") == ("gguf" if kind == "gguf" else None), recorded
         assert not hub.errors, hub.errors[0]
     return Machine(home, project, families)
 

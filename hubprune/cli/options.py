@@ -249,6 +249,8 @@ def _build(cls: type, given: dict[str, Any]) -> Any:
         value = given.get(name)
         if name in given and value is not None and value != ():
             values[spec.name] = tuple(value) if isinstance(value, list) else value
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            values[spec.name] = value  # a required field whose option is not exposed: the dataclass refuses it
     return cls(**values)
 
 
@@ -267,6 +269,9 @@ def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -
         shown = _size_text(default)
     else:
         shown = default
+    if isinstance(default, bool):  # a flag sets the value other than the default
+        return option(fields.flag_of(spec), name, stage=stage, is_flag=True, flag_value=not default, default=default,
+                      help=spec.metadata[fields.HELP])  # fmt: skip
     multiple = parse == "paths"
     return option(
         fields.flag_of(spec),
@@ -274,6 +279,7 @@ def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -
         stage=stage,
         type=kind,
         multiple=multiple,
+        required=spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING,
         default=None if multiple else shown,
         show_default=shown is not None,
         metavar={"command": "COMMAND", "recovery": "STEPS"}.get(parse or ""),
@@ -311,7 +317,7 @@ def typed_command() -> str:
             continue
         flag = max(param.opts, key=len)
         if getattr(param, "is_flag", False):
-            parts += [flag] if value else [*param.secondary_opts[:1]]
+            parts += [flag] if value != param.default else []
         elif getattr(param, "multiple", False):
             parts += [word for item in value or () for word in (flag, str(item))]
         elif value is not None:

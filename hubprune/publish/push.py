@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from hubprune import manifest
 from hubprune._version import __version__
 from hubprune.errors import HubpruneError, PushError
+from hubprune.fields import REQUIRED, setting
 from hubprune.local_paths import machine_names_in_folder, machine_needles
 from hubprune.measure.base_model import base_label
 from hubprune.progress import Progress, ProgressCallback, report
@@ -44,17 +45,25 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PushSettings:
-    namespace: str
-    private: bool = False
-    collection: str | None = None  # the collection's title; None: "<base> width-pruned family"
-    make_collection: bool = True
-    members: tuple[str, ...] = ()  # push only these members (all built members when empty)
-    revision: str | None = None  # the branch to commit to (created if missing); None: the default branch
-    commit_message: str | None = None
-    force: bool = False  # overwrite repos that exist and were not made by hubprune
-    dry_run: bool = False
+    namespace: str = setting(REQUIRED, "Hub user or organisation to publish under: repos NS/<member>.")
+    private: bool = setting(False, "Make the repos (existing ones too) and a new collection private.")
+    collection: str | None = setting(
+        None, "Title of the family's collection (default: '<base> width-pruned family')."
+    )  # None: "<base> width-pruned family"
+    make_collection: bool = setting(True, "Publish the repos without a collection.", flag="--no-collection")
+    members: tuple[str, ...] = setting((), "Only these members, comma-separated names.", parse="list")
+    revision: str | None = setting(
+        None, "Branch to commit to, created if missing (default: the repo's default branch)."
+    )
+    commit_message: str | None = setting(None, "Message of each member's commit.")
+    force: bool = setting(False, "Overwrite repos that exist and were not made by hubprune.")
+    dry_run: bool = setting(False, "Print what would be created and uploaded; no network.")
     retries: int = 5  # tries of each call that the client does not retry itself
     backoff_s: float = 1.0  # first wait between tries, doubled each time (a 429's Retry-After wins)
+
+    def __post_init__(self) -> None:
+        if self.collection and not self.make_collection:
+            raise PushError("give `collection` TITLE or `no_collection`, not both")
 
 
 @dataclass(frozen=True)
