@@ -71,13 +71,14 @@ def glu_inputs(source, text_ids: torch.Tensor, window: int) -> dict[int, torch.T
     return found
 
 
-def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, tiny_dir, texts):
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: byte-level BPE, several tokens a word
+def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, tiny_dir, texts, model_type):
     calibration, _ = texts
-    source = tiny_dir("llama")
+    source = tiny_dir(model_type)
     family = tmp_path / "fam"
     settings = PruneSettings("activation", calibration=CalibrationSettings(text=calibration, max_tokens=200, window=64))
     build_family(open_source(str(source)), family, [Target("size", "40")], settings)
-    member = family / "src-llama0-er1.25"
+    member = family / f"src-{model_type}0-er1.25"
     kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
 
     weights = load_tensors(source)
@@ -293,15 +294,7 @@ def test_a_family_is_one_calibration_another_is_refused_and_nothing_is_written(t
     assert CliRunner().invoke(main, [*build, "--sizes", "48,32"]).exit_code == 0  # the same calibration resumes
 
 
-QWEN2_TOKENIZER = pytest.mark.skip(
-    reason="transformers 5 loads the tiny word-level tokenizer of a qwen2 config as Qwen2Tokenizer, which encodes "
-    "the fixture's text to no tokens: nothing to calibrate on (real Qwen2 tokenizers are BPE and unaffected)"
-)
-
-
-@pytest.mark.parametrize(
-    "model_type", [pytest.param(f, marks=QWEN2_TOKENIZER) if f == "qwen2" else f for f in FAMILIES]
-)
+@pytest.mark.parametrize("model_type", FAMILIES)  # qwen2's tiny tokenizer is byte-level BPE (support/tiny_models.py)
 def test_data_aware_criteria_and_check_criteria_work_for_every_family(tmp_path, tiny_dir, texts, model_type):
     """Module names come from the loaded model: Gemma 3's multimodal checkpoint names its tensors
     language_model.model.layers.N..., its loaded model model.language_model.layers.N..."""

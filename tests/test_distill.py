@@ -6,6 +6,7 @@ in-memory pruning computes what the written member computes."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -24,9 +25,11 @@ from hubprune.pruning.plan import Target
 from hubprune.pruning.prune import analyse, weight_layer_scores
 from hubprune.pruning.source import open_source
 from hubprune.recover import distill as distill_module
+from hubprune.recover import distill_data as distill_data_module
 from hubprune.recover.distill import DistillSettings, token_kl
-from hubprune.recover.distill_data import generate
+from hubprune.recover.distill_data import generate, prepare_data
 from hubprune.recover.settings import RecoverySettings
+from hubprune.texts import paragraphs
 
 # Small enough for seconds on the CPU: 8 steps of 4 sequences of 32 tokens; a high learning rate, since a tiny
 # random model learns little in 8 steps at the default.
@@ -70,6 +73,8 @@ def test_a_distilled_member_is_closer_to_its_base_on_unseen_sequences(tiny_dir, 
     record = json.loads((tmp_path / "distilled" / "hubprune.json").read_text())["distillation"]
     assert record["held_out_kl"]["after"] < record["held_out_kl"]["before"]
     assert record["steps"] == 8 and record["tokens"] == 1024
+    # the tiny model's words (w4 ... w95) share nothing with the suite; that a shared run is counted is
+    # test_the_data_record_counts_the_offline_paragraphs_it_shares_13_words_with
     assert record["data"]["offline_suite_paragraphs_sharing_13_words"] == 0
     assert json.loads((tmp_path / "plain" / "hubprune.json").read_text())["distillation"] is None
 
@@ -82,6 +87,41 @@ def test_a_distilled_member_is_closer_to_its_base_on_unseen_sequences(tiny_dir, 
         assert after[name].shape == before[name].shape
         assert torch.equal(after[name], before[name]) != (name in mlp), name
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no work folder left
+
+
+def shared_13_words(text: str, paragraph: str) -> bool:
+    """Whether `paragraph` and `text` have a run of 13 words in common (lower-cased, punctuation dropped)."""
+
+    def runs(of: str) -> set[tuple[str, ...]]:
+        found = re.findall(r"[a-z0-9']+", of.lower())
+        return {tuple(found[i : i + 13]) for i in range(len(found) - 12)}
+
+    return bool(runs(text) & runs(paragraph))
+
+
+def test_the_data_record_counts_the_offline_paragraphs_it_shares_13_words_with(tiny_dir, tmp_path, monkeypatch):
+    """The overlap of the distillation data with the offline suite is counted over the data itself: a text that
+    holds suite paragraphs, and sequences the base generates once the suite holds a run of 13 of their words."""
+    source = tiny_dir("llama")
+    base, tokenizer = load(source), AutoTokenizer.from_pretrained(source)
+    suite = paragraphs()
+    text = tmp_path / "distill.txt"
+    text.write_text(f"{words(5, 100)} {suite[0]}\n\n{words(6, 100)} {' '.join(suite[3].split()[:13])} {words(7, 50)}")
+    with_text = DistillSettings(tokens=128, batch=4, seq_len=32, text=text)
+    counted = prepare_data(base, tokenizer, with_text).record["offline_suite_paragraphs_sharing_13_words"]
+    expected = sum(shared_13_words(text.read_text(), paragraph) for paragraph in suite)
+    assert counted == expected >= 2
+
+    generated = DistillSettings(tokens=128, batch=4, seq_len=32)
+    data = prepare_data(base, tokenizer, generated)
+    assert data.record["offline_suite_paragraphs_sharing_13_words"] == 0  # w4 ... w95 are no English
+    run = tokenizer.decode(data.train[1, 5:18])  # 13 words the base generated (for training)
+    held_out = tokenizer.decode(data.held_out[0, 9:22])  # and 13 it generated to hold out
+    short = tokenizer.decode(data.train[2, 3:15])  # only 12
+    assert len(run.split()) == len(held_out.split()) == 13 and len(short.split()) == 12
+    fake_suite = [f"Before {run} after.", short, words(9, 40), held_out]
+    monkeypatch.setattr(distill_data_module, "paragraphs", lambda: fake_suite)
+    assert prepare_data(base, tokenizer, generated).record["offline_suite_paragraphs_sharing_13_words"] == 2
 
 
 def test_a_stopped_distillation_resumes_to_the_same_weights(tiny_dir, tmp_path, monkeypatch):

@@ -81,7 +81,13 @@ def build_refit_member(tmp_path, source, calibration, criterion="maw"):
     return next(p for p in family.iterdir() if p.is_dir())
 
 
-@pytest.mark.parametrize("model_type", [f for f in FAMILIES if f != "qwen2"])  # qwen2: see test_data_criteria
+# How far the written columns may be from the float64 solve: the product sums its Gram matrices in float32, and the
+# solve carries that rounding times the condition number of G_KK + lambda I. Qwen2's attention biases give its tiny
+# model's down_proj inputs one dominant direction (condition ~1e5, against ~1e2 for the others).
+SOLVE_ATOL = {"qwen2": 1e-4}
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_refit_down_proj_equals_an_independent_ridge_solve(tmp_path, tiny_dir, calibration, model_type):
     source = tiny_dir(model_type)
     member = build_refit_member(tmp_path, source, calibration)
@@ -111,7 +117,7 @@ def test_refit_down_proj_equals_an_independent_ridge_solve(tmp_path, tiny_dir, c
         assert alpha == (best if errors[best] < plain else None), (layer, errors, plain)
         # the written columns are the solve with that alpha on every window, in the source dtype (float32 here)
         expected = weight[:, kept[layer]] if alpha is None else ridge_solve(every, weight, kept[layer], alpha)
-        assert torch.allclose(written[layer], expected, rtol=1e-4, atol=1e-6), layer
+        assert torch.allclose(written[layer], expected, rtol=1e-4, atol=SOLVE_ATOL.get(model_type, 1e-6)), layer
         changed += not torch.allclose(expected, weight[:, kept[layer]], atol=1e-4)
     assert changed > 0  # the refit changed something: the test would notice plain kept columns
 
