@@ -183,8 +183,8 @@ def option(*decls: str, stage: str = "general", **kwargs: Any) -> Callable[..., 
 
 # --- settings dataclasses -> options ----------------------------------------------------------------------------
 
-# How a field's value is written (fields.setting's `parse`) -> its Click type. A field without one takes the type of
-# its default, with its `minimum` as the least value.
+# How a field's value is written (fields.setting's `parse`) -> its Click type. A field without one takes the type its
+# annotation names (int, float, str, Path; an optional one the type it is when given), with its `minimum`.
 PARSE_TYPES: dict[str, Any] = {
     "size": ByteSize(),
     "list": CommaList("names"),
