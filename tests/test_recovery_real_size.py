@@ -16,6 +16,7 @@ import torch
 from support.oracle import load_tensors, mlp_modules
 from support.tiny_models import VOCAB
 from test_cli import invoke
+from test_recovery import held_out_error, ridge_solve  # the independent ridge solve and relative error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.pruning import prune as prune_module
@@ -87,17 +88,6 @@ def down_inputs(source, text: str, window: int) -> list[dict[int, torch.Tensor]]
     return per_window
 
 
-def ridge_solve(h: torch.Tensor, weight: torch.Tensor, kept: list[int], alpha: float) -> torch.Tensor:
-    """argmin_X sum_t ||W h(t) - X h_K(t)||^2 + lambda ||X - W_K||^2, lambda = alpha * mean(diag G_KK), as the
-    stacked least-squares problem [H_K; sqrt(lambda) I] X^T = [H W^T; sqrt(lambda) W_K^T] (torch.linalg.lstsq)."""
-    h_kept = h[:, kept]
-    lam = alpha * (h_kept * h_kept).sum(dim=0).mean()
-    eye = torch.eye(len(kept), dtype=torch.float64)
-    a = torch.cat([h_kept, lam.sqrt() * eye])
-    b = torch.cat([h @ weight.T, lam.sqrt() * weight[:, kept].T])
-    return torch.linalg.lstsq(a, b).solution.T
-
-
 # --- the refit, with down_proj streamed in many chunks ----------------------------------------------------------
 
 
@@ -132,11 +122,6 @@ def test_a_down_proj_of_many_chunks_is_refit_in_every_chunk(tmp_path, tiny_dir, 
 # --- the refit's recorded errors -------------------------------------------------------------------------------
 
 
-def relative_error(h: torch.Tensor, weight: torch.Tensor, kept: list[int], columns: torch.Tensor) -> float:
-    """sum_t ||W h(t) - W'_K h_K(t)||^2 / sum_t ||W h(t)||^2."""
-    return float(((h @ weight.T - h[:, kept] @ columns.T) ** 2).sum() / ((h @ weight.T) ** 2).sum())
-
-
 def test_the_recorded_held_out_errors_are_relative_to_the_layers_output(tmp_path, tiny_dir):
     """hubprune.json's held-out errors (plain and refit) are the mean over layers of the relative reconstruction
     error on the held-out window, as computed here from the base's own down_proj inputs; the refit's columns are
@@ -152,10 +137,10 @@ def test_the_recorded_held_out_errors_are_relative_to_the_layers_output(tmp_path
         held = windows[2][layer]
         normaliser = float(((held @ weight.T) ** 2).sum())
         assert not 0.1 < normaliser < 10, normaliser
-        plain.append(relative_error(held, weight, kept[layer], weight[:, kept[layer]]))
+        plain.append(held_out_error(held, weight, kept[layer], weight[:, kept[layer]]))
         alpha = record["alpha"][str(layer)]
         columns = weight[:, kept[layer]] if alpha is None else ridge_solve(fit, weight, kept[layer], alpha)
-        refit.append(relative_error(held, weight, kept[layer], columns))
+        refit.append(held_out_error(held, weight, kept[layer], columns))
     assert record["held_out_error"]["plain"] == pytest.approx(sum(plain) / len(plain), rel=1e-4)
     assert record["held_out_error"]["refit"] == pytest.approx(sum(refit) / len(refit), rel=1e-4)
     assert 0 < record["held_out_error"]["refit"] < record["held_out_error"]["plain"] < 1
