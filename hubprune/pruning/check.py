@@ -147,17 +147,17 @@ def check_criteria(
     layout = analyse(checkpoint)
     targets = list(settings.targets) or [Target("pct", p) for p in settings.pcts]
     widths = ", ".join(t.describe() for t in targets)
-    report(on_progress, Progress("check", f"[check] {checkpoint.source}: {', '.join(criteria)} at {widths}"))
     plan = plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets)
     text, source = held_out_text(settings)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
     ids = token_ids(tokenizer, text, settings.max_tokens)
-    if ids.numel() < MIN_HELD_OUT_TOKENS:
+    if ids.numel() < MIN_HELD_OUT_TOKENS:  # refused with the tokenizer alone, before the model loads
         raise CriterionError(
             f"the held-out text {source} gives {ids.numel()} tokens; check-criteria needs at least "
             f"{MIN_HELD_OUT_TOKENS}: give a longer text"
         )
+    report(on_progress, Progress("check", f"[check] {checkpoint.source}: {', '.join(criteria)} at {widths}"))
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
     prefix = special_prefix(tokenizer)
     names = down_modules(layout)
     downs = loaded_modules(model, names)
