@@ -180,3 +180,23 @@ def test_a_family_is_one_recovery_and_a_short_text_is_refused(tmp_path, tiny_dir
     )
     assert_clean_error(result, "every 3rd calibration window", "give a longer text")
     assert not out.exists()
+
+
+def test_check_criteria_refits_at_every_width(tmp_path, tiny_dir, calibration):
+    """Each width's rows come with and without the refit: recovery is applied again for every width (bench/recovery.py
+    and `build-family --check-criteria` ask for several at once)."""
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(words(99, 300))
+    outcome = check_criteria(
+        open_source(str(tiny_dir("llama"))),
+        CheckSettings(
+            text=held_out,
+            pcts=("25", "50"),
+            criteria=("maw",),
+            calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
+            recovery=RecoverySettings("refit"),
+        ),
+    )
+    assert sorted((row.pct, row.recovery) for row in outcome.rows) == [
+        ("25", "none"), ("25", "refit"), ("50", "none"), ("50", "refit")
+    ]  # fmt: skip

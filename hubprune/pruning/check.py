@@ -201,9 +201,9 @@ def check_criteria(
                 prune_in_memory(student, layout, kept, updates)
                 student = recovery.recover_model(student, layout.roles, label, on_progress)
                 recoveries[settings.recovery.label] = _perplexity(student, ids, settings.window, prefix)
-            for recovery, value in recoveries.items():
+            for recovered, value in recoveries.items():
                 worse = None if median is None else value > median
-                rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovery))
+                rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovered))
     return CheckOutcome(
         base,
         tuple(rows),
