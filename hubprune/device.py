@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -38,6 +39,13 @@ class RuntimeSettings:
 
 
 DEFAULT_RUNTIME = RuntimeSettings()
+S = TypeVar("S")
+
+
+def on_runtime(settings: S, runtime: RuntimeSettings | None) -> S:
+    """A measuring stage's settings (eval's, profile's: they keep the device and dtype they run on) on the runtime's
+    device and dtype; as they are when no runtime is given."""
+    return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)  # type: ignore[type-var]
 
 
 def resolve_device(device: str, error: type[HubpruneError]) -> str:

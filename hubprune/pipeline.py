@@ -13,11 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hubprune import manifest
-from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
+from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings, on_runtime
 from hubprune.errors import CriterionError
-from hubprune.measure.efficiency import ProfileSettings, resolved, with_runtime
+from hubprune.measure.efficiency import ProfileSettings, resolved
 from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
-from hubprune.measure.evaluate import with_runtime as eval_with_runtime
 from hubprune.measure.offline_tasks import evaluated_documents
 from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
@@ -81,10 +80,10 @@ def run_family(
     if check_first and prune.criterion == "random":
         raise CriterionError("`check_first` compares the criterion with random pruning: choose another `criterion`")
     if profile is not None:  # a GPU or energy counter this machine lacks stops the job before anything is written
-        resolved(with_runtime(profile, runtime))
+        resolved(on_runtime(profile, runtime))
     checkpoint = open_source(source, revision=revision)
     if evaluation is not None:  # bad settings, unknown tasks or missing task data stop the job before it writes
-        evaluation = eval_with_runtime(evaluation, runtime)  # a dtype eval refuses (float16) is refused here
+        evaluation = on_runtime(evaluation, runtime)  # a dtype eval refuses (float16) is refused here
         planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
         if planned.choice is not None:  # `auto` is decided once, here, and said in one line
             report(on_progress, Progress("eval", planned.announcement()))

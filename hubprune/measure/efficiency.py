@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from hubprune._version import __version__
-from hubprune.device import RuntimeSettings, cpu_model, resolve_device
+from hubprune.device import cpu_model, resolve_device
 from hubprune.errors import HubpruneError, ProfileError, ProfileSettingsError
 from hubprune.fields import setting
 from hubprune.measure.energy import EnergySource, check_energy, open_energy
@@ -75,11 +75,6 @@ class ProfileSettings:
 
 
 # --- settings -------------------------------------------------------------------------------------------------
-
-
-def with_runtime(settings: ProfileSettings, runtime: RuntimeSettings | None) -> ProfileSettings:
-    """The stage's settings on the runtime's device and dtype (as they are when no runtime is given)."""
-    return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

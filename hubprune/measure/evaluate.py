@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.device import RuntimeSettings, hardware, resolve_device
+from hubprune.device import RuntimeSettings, hardware, on_runtime, resolve_device
 from hubprune.errors import EvaluationError
 from hubprune.fields import setting
 from hubprune.files import write_json_atomic
@@ -73,11 +73,6 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         _check_eval_settings(self)
-
-
-def with_runtime(settings: EvalSettings, runtime: RuntimeSettings | None) -> EvalSettings:
-    """The stage's settings on the runtime's device and dtype (as they are when no runtime is given)."""
-    return settings if runtime is None else replace(settings, device=runtime.device, dtype=runtime.dtype)
 
 
 def _check_eval_settings(settings: EvalSettings) -> None:
@@ -260,7 +255,7 @@ def evaluate(
     """Evaluate a family (base + members) or one checkpoint, on the runtime's device and dtype; write
     results/eval.json per model, update family.json (with `command`, the command line that ran this, for the cards'
     reproducibility section)."""
-    settings = with_runtime(settings, runtime)
+    settings = on_runtime(settings, runtime)
     path = Path(path)
     refs, base_skipped = models_to_evaluate(path)
     is_family = manifest.locate(path).kind == "family"

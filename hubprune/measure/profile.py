@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hubprune import manifest
-from hubprune.device import RuntimeSettings
+from hubprune.device import RuntimeSettings, on_runtime
 from hubprune.errors import HubpruneError, ProfileError
 from hubprune.files import write_json_atomic
 from hubprune.measure.base_model import BASE_RESULTS, base_label, locate_base
@@ -41,7 +41,6 @@ from hubprune.measure.efficiency import (
     distribution,
     measure,
     resolved,
-    with_runtime,
 )
 from hubprune.progress import Progress, ProgressCallback, report
 
@@ -410,7 +409,7 @@ def profile_path(
     fails (the rounds finished before it are kept for the next run). The runtime, when given, sets the device and
     dtype.
     """
-    settings = resolved(with_runtime(settings, runtime))
+    settings = resolved(on_runtime(settings, runtime))
     where = manifest.locate(path)
     if where.kind == "family":
         profiles = _profile_family(where.path, settings, force, on_progress)
