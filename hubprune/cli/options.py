@@ -256,6 +256,9 @@ def _build(cls: type, given: dict[str, Any]) -> Any:
 
 def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -> Callable[..., Any]:
     default = spec.default if spec.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):  # a flag sets the value other than the default
+        return option(fields.flag_of(spec), name, stage=stage, is_flag=True, flag_value=not default, default=default,
+                      help=spec.metadata[fields.HELP])  # fmt: skip
     parse = spec.metadata.get(fields.PARSE)
     minimum = spec.metadata.get(fields.MINIMUM)
     kind = PARSE_TYPES.get(parse) if parse else _type_of(cls, spec)
@@ -269,9 +272,6 @@ def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -
         shown = _size_text(default)
     else:
         shown = default
-    if isinstance(default, bool):  # a flag sets the value other than the default
-        return option(fields.flag_of(spec), name, stage=stage, is_flag=True, flag_value=not default, default=default,
-                      help=spec.metadata[fields.HELP])  # fmt: skip
     multiple = parse == "paths"
     return option(
         fields.flag_of(spec),

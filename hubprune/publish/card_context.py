@@ -60,6 +60,7 @@ def common_context(
     plots: list[dict[str, str]],
 ) -> dict[str, Any]:
     """What every card shows: the family card's whole context, and the part of each member's it shares."""
+    written = _provenances(members)  # read once: the method section's recovery and distillation both use them
     label = base_label(family)
     name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/pruning/importance.py"))
     note = None
@@ -81,8 +82,8 @@ def common_context(
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
-        "recovery": _recovery(family, _provenances(members)),
-        "distillation": _distillation(family, _provenances(members)),
+        "recovery": _recovery(family, written),
+        "distillation": _distillation(family, written),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -99,6 +100,7 @@ def member_context(
     namespace: str | None,
 ) -> dict[str, Any]:
     """A member card's context: the common one, with this member's facts and its row highlighted."""
+    written = provenance.read(member.folder) if member.folder else None
     return {
         **common,
         "member": {
@@ -113,8 +115,8 @@ def member_context(
         },
         "table": _family_table([base, *members], namespace, current=member.name),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
-        "member_recovery": _member_recovery(member),
-        "member_distillation": _member_distillation(member),
+        "member_recovery": _member_recovery(written),
+        "member_distillation": _member_distillation(written),
         "eval_settings": _eval_settings_line(member),
     }
 
@@ -402,10 +404,9 @@ def _distillation(family: manifest.Family, members: list[provenance.MemberProven
     }
 
 
-def _member_distillation(member: ModelResults) -> dict[str, Any] | None:
+def _member_distillation(written: provenance.MemberProvenance | None) -> dict[str, Any] | None:
     """This member's distillation, as its hubprune.json records it: the KL on held-out sequences before and after."""
-    found = provenance.read(member.folder) if member.folder else None
-    record = found.distillation if found else None
+    record = written.distillation if written else None
     if record is None:
         return None
     return {
@@ -430,10 +431,9 @@ def _distilled_on(record: provenance.DistillRecord) -> str:
     return where
 
 
-def _member_recovery(member: ModelResults) -> dict[str, Any] | None:
+def _member_recovery(written: provenance.MemberProvenance | None) -> dict[str, Any] | None:
     """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
-    found = provenance.read(member.folder) if member.folder else None
-    record = found.refit if found else None
+    record = written.refit if written else None
     if record is None:
         return None
     chosen = sorted(a for a in record.alpha.values() if a is not None)

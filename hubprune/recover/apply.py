@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from hubprune import provenance
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.recover import methods
-from hubprune.recover.distill import DistillRun, Teacher, load_teacher
-from hubprune.recover.distill_data import check_text, prepare_data
+from hubprune.recover.distill import DistillRun
+from hubprune.recover.distill_data import Teacher, check_text, load_teacher, prepare_data
 from hubprune.recover.refit import Grams, Refits
 from hubprune.recover.settings import RecoverySettings
 
@@ -82,21 +83,17 @@ class Recovery:
         """Run the member steps on the member in `folder` (written back in place); their records by the key of
         hubprune.json each is kept under. A state saved in `state` by a stopped run resumes only for the same
         member: same source, kept neurons and pass step."""
-        provenance = json.loads((folder / "hubprune.json").read_text(encoding="utf-8"))
-        refit = provenance["recovery"] or {}
-        member = json.dumps(
-            [provenance["source"], provenance["kept_indices"]["sha256"], refit.get("alpha")], sort_keys=True
-        )
-        assert self.teacher is not None, "start() loads what the member steps learn from"
+        written = provenance.read(folder)
+        assert written is not None and self.teacher is not None, "a member written by the pass, and start() run"
+        alpha = written.refit.alpha if written.refit else None
+        member = json.dumps([written.source, written.raw["kept_indices"]["sha256"], alpha], sort_keys=True)
         records = {}
         for method in methods.of_phase(self.settings.steps, "member"):
+            module = method.load()
             run = DistillRun(state, member, self.device, False, item, on_progress)
-            report(on_progress, Progress("distill", f"[{method.name}] {item}: {self._describe(method)}"))
-            records[method.record_key] = method.load().recover_folder(folder, self.teacher, self.settings, roles, run)
+            report(on_progress, Progress(method.name, f"[{method.name}] {item}: {module.describe(self.settings)}"))
+            records[method.record_key] = module.recover_folder(folder, self.teacher, self.settings, roles, run)
         return records
-
-    def _describe(self, method: methods.Method) -> str:
-        return f"{self.settings.distill.planned_steps} steps" if method.name == "distill" else method.summary
 
     def recover_model(
         self, student: Any, roles: dict[str, tuple[int, str]], item: str, on_progress: ProgressCallback | None

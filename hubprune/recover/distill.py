@@ -44,7 +44,7 @@ from hubprune.progress import Progress, ProgressCallback, report
 if TYPE_CHECKING:
     from hubprune.recover.settings import RecoverySettings
 from hubprune.model_inputs import loaded_modules
-from hubprune.recover.distill_data import DistillData, prepare_data, sha256_hex, text_data
+from hubprune.recover.distill_data import DistillData, Teacher, sha256_hex
 from hubprune.texts import read_text
 
 DEFAULT_TOKENS = 32_768
@@ -436,44 +436,6 @@ def _resume(accelerator: Any, state: Path | None, identity: dict[str, Any]) -> t
 # --- a member on disk --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Teacher:
-    """The base model, loaded once (None where launched processes load their own), the data every member of a
-    family learns from, and the folder the base is in."""
-
-    model: Any
-    data: DistillData
-    folder: Path
-
-
-def load_teacher(
-    folder: Path,
-    settings: DistillSettings,
-    *,
-    cache: Path | None = None,
-    source: str = "",
-    device: str = "cpu",
-    keep_model: bool = True,
-    announce: Callable[[], None] | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> Teacher:
-    """The base model in `folder` (float32) on `device`, and the data (see prepare_data); without `keep_model`, the
-    model only makes the data and is let go. A text too short to distil on is refused with the tokenizer alone;
-    `announce` is called once it passes, before the model loads."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    device = resolve_device(device, CriterionError)
-    checked = text_data(tokenizer, settings) if settings.text is not None else None  # refused here if too short
-    if announce is not None:
-        announce()
-    if checked is not None and not keep_model:
-        return Teacher(None, checked, folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-    data = checked or prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress)
-    return Teacher(model if keep_model else None, data, folder)
-
-
 def distill_member(
     folder: Path, teacher: Teacher, settings: DistillSettings, roles: dict[str, tuple[int, str]], run: DistillRun
 ) -> dict[str, Any]:
@@ -487,6 +449,11 @@ def distill_member(
     if done.tensors:
         write_back(folder, done.tensors)
     return done.record
+
+
+def describe(settings: RecoverySettings) -> str:
+    """The registry's one-line plan of a member step, said before it runs (methods.py)."""
+    return f"{settings.distill.planned_steps} steps"
 
 
 def recover_folder(

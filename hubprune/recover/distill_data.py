@@ -1,5 +1,6 @@
-"""The data a member is distilled on: sequences the base model samples itself, or windows of a text the user gives,
-with one in HELD_OUT_EVERY held out to measure the KL on (see distill.py for how they are used)."""
+"""What a member is distilled from: the base model (the teacher) and the data, sequences the base model samples
+itself or windows of a text the user gives, with one in HELD_OUT_EVERY held out to measure the KL on (see distill.py
+for how they are used)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
 from hubprune.model_inputs import first_predicted, special_prefix, token_ids, windows
 from hubprune.progress import Progress, ProgressCallback, report
@@ -210,3 +213,41 @@ def load_data(path: Path) -> DistillData:
         metadata = f.metadata()
         train, held_out = f.get_tensor("train"), f.get_tensor("held_out")
     return DistillData(train, held_out, int(metadata["start"]), json.loads(metadata["record"]))
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The base model, loaded once (None where launched processes load their own), the data every member of a
+    family learns from, and the folder the base is in."""
+
+    model: Any
+    data: DistillData
+    folder: Path
+
+
+def load_teacher(
+    folder: Path,
+    settings: DistillSettings,
+    *,
+    cache: Path | None = None,
+    source: str = "",
+    device: str = "cpu",
+    keep_model: bool = True,
+    announce: Callable[[], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Teacher:
+    """The base model in `folder` (float32) on `device`, and the data (see prepare_data); without `keep_model`, the
+    model only makes the data and is let go. A text too short to distil on is refused with the tokenizer alone;
+    `announce` is called once it passes, before the model loads."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    device = resolve_device(device, CriterionError)
+    checked = text_data(tokenizer, settings) if settings.text is not None else None  # refused here if too short
+    if announce is not None:
+        announce()
+    if checked is not None and not keep_model:
+        return Teacher(None, checked, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    data = checked or prepare_data(model, tokenizer, settings, cache=cache, source=source, on_progress=on_progress)
+    return Teacher(model if keep_model else None, data, folder)

@@ -28,8 +28,8 @@ from hubprune import errors
 from hubprune.errors import LaunchError
 from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.recover.distill import DistillRun, DistillSettings, Teacher, distill_member
-from hubprune.recover.distill_data import load_data, save_data
+from hubprune.recover.distill import DistillRun, DistillSettings, distill_member
+from hubprune.recover.distill_data import Teacher, load_data, save_data
 
 WORKER = "hubprune.recover.worker"  # the module each launched process runs
 JOB = "job.json"

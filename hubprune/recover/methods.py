@@ -11,7 +11,8 @@ What a method's module provides, by phase (apply.py calls them):
 - pass: `member_updates(down_weights, grams, kept) -> Refits`, the update of the kept down_proj columns of every
   layer for one member width, and its record;
 - member: `recover_folder(folder, teacher, settings, roles, run) -> record` on a member on disk (written back in
-  place), and `recover_model(student, teacher, settings, roles, run) -> record` on a pruned model in memory.
+  place), `recover_model(student, teacher, settings, roles, run) -> record` on a pruned model in memory, and
+  `describe(settings) -> str`, the line said before it runs on a member.
 """
 
 from __future__ import annotations
