@@ -36,20 +36,23 @@ def down_projs(model) -> dict[int, torch.nn.Module]:
     return {layer: mlp.down_proj for layer, mlp in mlp_modules(model).items()}
 
 
-def down_inputs(source, text: str) -> list[dict[int, torch.Tensor]]:
-    """Per calibration window (TOKENS tokens in windows of WINDOW, no BOS: the tiny tokenizers add none), each
-    layer's down_proj input, captured in float64 by this test's own hooks."""
-    ids = AutoTokenizer.from_pretrained(source)(text, add_special_tokens=False).input_ids[:TOKENS]
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+def down_inputs(
+    source, text: str, tokens: int = TOKENS, window: int = WINDOW, dtype: torch.dtype = torch.float32
+) -> list[dict[int, torch.Tensor]]:
+    """Per calibration window (the text's first `tokens` tokens in windows of `window`, no BOS: the tiny tokenizers
+    add none), each layer's down_proj input, captured in float64 by this test's own hooks on the base loaded in
+    `dtype`."""
+    ids = AutoTokenizer.from_pretrained(source)(text, add_special_tokens=False).input_ids[:tokens]
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).eval()
     per_window: list[dict[int, torch.Tensor]] = []
     handles = [
         module.register_forward_pre_hook(lambda m, a, layer=layer: per_window[-1].update({layer: a[0][0].double()}))
         for layer, module in down_projs(model).items()
     ]
     with torch.no_grad():
-        for start in range(0, len(ids), WINDOW):
+        for start in range(0, len(ids), window):
             per_window.append({})
-            model(torch.tensor([ids[start : start + WINDOW]]))
+            model(torch.tensor([ids[start : start + window]]))
     for handle in handles:
         handle.remove()
     return per_window

@@ -16,7 +16,7 @@ import torch
 from support.oracle import load_tensors, mlp_modules
 from support.tiny_models import VOCAB
 from test_cli import invoke
-from test_recovery import held_out_error, ridge_solve  # the independent ridge solve and relative error
+from test_recovery import down_inputs, held_out_error, ridge_solve  # this test's own hooks and solves
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.pruning import prune as prune_module
@@ -65,27 +65,7 @@ def refit_member(tmp_path, source, name="refit"):
     window = record["calibration"]["window"]
     assert record["calibration"]["special_prefix"] == [] and record["calibration"]["tokens"] == CALIBRATION_TOKENS
     assert record["recovery"]["tokens"] == {"fit": 2 * window, "held_out": window}  # windows 0, 1 fit; 2 held out
-    return member, down_inputs(source, calibration.read_text(), window)
-
-
-def down_inputs(source, text: str, window: int) -> list[dict[int, torch.Tensor]]:
-    """Per calibration window (the text's first CALIBRATION_TOKENS tokens in windows of `window`; the tiny
-    tokenizers put no BOS before a text), each layer's down_proj input, captured by this test's own hooks on the
-    base loaded in float64."""
-    ids = AutoTokenizer.from_pretrained(source)(text, add_special_tokens=False).input_ids[:CALIBRATION_TOKENS]
-    model = load(source, torch.float64)
-    per_window: list[dict[int, torch.Tensor]] = []
-    handles = [
-        mlp.down_proj.register_forward_pre_hook(lambda m, a, layer=layer: per_window[-1].update({layer: a[0][0]}))
-        for layer, mlp in mlp_modules(model).items()
-    ]
-    with torch.no_grad():
-        for start in range(0, len(ids), window):
-            per_window.append({})
-            model(torch.tensor([ids[start : start + window]]))
-    for handle in handles:
-        handle.remove()
-    return per_window
+    return member, down_inputs(source, calibration.read_text(), CALIBRATION_TOKENS, window, torch.float64)
 
 
 # --- the refit, with down_proj streamed in many chunks ----------------------------------------------------------
