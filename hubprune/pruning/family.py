@@ -236,19 +236,19 @@ def _prepare(
     """Score every layer under the criterion, and with a pass step compute each width's down_proj updates; raises
     (CriterionError) for weights or activations that cannot be ranked, such as NaN or inf, before any folder is
     made."""
-    data_aware, refit = settings.criterion in DATA_CRITERIA, settings.recovery.reads_calibration
-    if not data_aware and not refit:
+    data_aware, grams = settings.criterion in DATA_CRITERIA, settings.recovery.reads_calibration
+    if not data_aware and not grams:
         return _Prepared(weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0), None)
     wanted = " and ".join(
         w
-        for w, on in ((f"activations for {settings.criterion}", data_aware), ("Gram matrices for the refit", refit))
+        for w, on in ((f"activations for {settings.criterion}", data_aware), ("Gram matrices for the refit", grams))
         if on
     )
     stats = calibrate(
         checkpoint.folder,
         down_modules(layout),
         settings.calibration,
-        grams=refit,
+        grams=grams,
         announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
         load=_calibration_load(runtime),
     )
@@ -256,7 +256,7 @@ def _prepare(
         scores = data_scores(checkpoint, layout, stats, settings.criterion)
     else:
         scores = weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0)
-    if not refit:
+    if not settings.recovery.refits:  # no pass step: the kept columns as they are
         return _Prepared(scores, stats.record)
     downs = down_weights(checkpoint, layout)
     updates, records = {}, {}
