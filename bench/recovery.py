@@ -1,76 +1,107 @@
-"""How much does the down_proj refit (`--recover refit`) give back? check-criteria's protocol on one or more
-models: held-out token perplexity of the model pruned by each criterion, plain and refit, against random pruning's
-median, at several widths, on two held-out texts: the part of the shipped text that calibration does not read
-(the same domain as the calibration text: it flatters), and news paragraphs of another domain.
+"""What each recovery step gives back, on text of the calibration's domain and on texts of other domains.
 
-    python bench/recovery.py [SOURCE ...] [--pcts 10,20,40] [--criteria maw,activation] [--news FILE]
+For each source, criterion and width: token perplexity of the pruned model (the base with the removed neurons'
+down_proj columns zeroed, which computes what the written member computes) with no recovery, the refit and the
+sequential refit, as a ratio to the base's, on four texts:
+- shipped: the held-out paragraphs of the text hubprune ships (the shipped calibration's own domain);
+- news, fiction, faq: English texts of other domains from registry packages (bench/other_texts.py names them and
+  their licences). No default was chosen on fiction or faq; news was read by the probe that chose generated data.
+It also gives each step's time and the process's peak memory after it. The calibration is hubprune's default
+(sequences the base generates itself) unless --calibration says otherwise.
 
-SOURCE: what check-criteria takes (default: the embedded default, SmolLM2-135M-Instruct). The news text is
-lee_background.cor from the gensim 4.4.0 wheel (300 ABC news paragraphs, 2001-02; LGPL package, no licence of
-its own); without --news the bench fetches that wheel from PyPI into a temporary folder and reads it from there:
-
-    pip download gensim==4.4.0 --no-deps --only-binary=:all: -d DIR
+    python bench/recovery.py [SOURCE ...] [--pcts 10,20,40] [--criteria maw,activation] [--tokens 4096]
+        [--recoveries none,refit,sequential] [--calibration generated|shipped|FILE] [--calibration-tokens 4096]
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
+import json
+import resource
 import time
-import zipfile
 from pathlib import Path
 
-from hubprune.pruning.check import CheckSettings, check_criteria
-from hubprune.pruning.source import open_source
-from hubprune.recover.settings import RecoverySettings
+import torch
+from other_texts import all_texts
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
-
-
-def news_text(folder: Path) -> Path:
-    """lee_background.cor, taken from the gensim wheel (downloaded, not installed)."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "gensim==4.4.0",
-            "--no-deps",
-            "--only-binary=:all:",
-            "-q",
-            "-d",
-            str(folder),
-        ],
-        check=True,
-    )
-    wheel = next(folder.glob("gensim-*.whl"))
-    target = folder / "lee_background.cor"
-    target.write_bytes(zipfile.ZipFile(wheel).read(NEWS_MEMBER))
-    return target
+from hubprune.model_inputs import loaded_modules, special_prefix, token_ids
+from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
+from hubprune.pruning.check import CheckSettings, _perplexity, _pruned_perplexity, held_out_text
+from hubprune.pruning.importance import keep, rank
+from hubprune.pruning.plan import Target, plan_family
+from hubprune.pruning.prune import analyse, data_scores, down_modules, model_shape, weight_scores
+from hubprune.pruning.source import open_source, source_identity
+from hubprune.recover import methods
+from hubprune.recover.refit import PassInputs
 
 
-def run(source: str | None, text: Path | None, pcts: tuple[str, ...], criteria: tuple[str, ...]) -> None:
-    label = "shipped text, held-out paragraphs" if text is None else text.name
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(source: str | None, args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    settings = CheckSettings(text=text, pcts=pcts, criteria=(*criteria, "random"), recovery=RecoverySettings("refit"))
-    outcome = check_criteria(open_source(source), settings)
-    seconds = time.perf_counter() - started
-    base = outcome.base_perplexity
-    print(f"\n{source or 'embedded default'} on {label} ({outcome.text['tokens']} tokens), {seconds:.0f} s")
-    print(f"| removed | criterion | plain | refit | random median | base {base:.2f} |")
-    print("|---|---|---|---|---|---|")
-    randoms = {r.pct: r.perplexity for r in outcome.rows if r.criterion == "random"}
-    for pct in pcts:
-        for criterion in criteria:
-            found = {r.recovery: r.perplexity for r in outcome.rows if r.criterion == criterion and r.pct == pct}
-            plain, refit = found["none"], found["refit"]
-            print(
-                f"| {pct} % | {criterion} | {plain:.2f} ({plain / base:.2f}x) | {refit:.2f} ({refit / base:.2f}x) "
-                f"| {randoms[pct]:.2f} ({randoms[pct] / base:.2f}x) | |"
-            )
+    checkpoint = open_source(source)
+    layout = analyse(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
+    prefix = special_prefix(tokenizer)
+    texts = {"shipped": held_out_text(CheckSettings())[0]} | {
+        name: path.read_text(encoding="utf-8") for name, path in all_texts().items()
+    }
+    ids = {name: token_ids(tokenizer, text, args.tokens) for name, text in texts.items()}
+    base = {name: _perplexity(model, i, 512, prefix) for name, i in ids.items()}
+    names = down_modules(layout)
+    downs = loaded_modules(model, names)
+    calibration = CalibrationSettings(
+        args.calibration if args.calibration in ("generated", "shipped") else Path(args.calibration),
+        args.calibration_tokens,
+    )
+    recoveries = args.recoveries.split(",")
+    began = time.perf_counter()
+    stats = collect_activations(
+        model, tokenizer, names, calibration, grams="refit" in recoveries,
+        source=json.dumps(source_identity(checkpoint), sort_keys=True), keep_inputs="sequential" in recoveries,
+    )  # fmt: skip
+    print(
+        f"\n## {checkpoint.source if source else 'embedded default'}\n\ncalibration: {stats.record['source']}, "
+        f"{stats.record['tokens']} tokens, {time.perf_counter() - began:.0f} s; evaluation: first {args.tokens} "
+        "tokens of each text, 512-token windows; ratio to the base\n"
+    )
+    print("base: " + ", ".join(f"{name} {value:.2f}" for name, value in base.items()))
+    print(f"\n| removed | criterion | recovery | {' | '.join(texts)} | seconds | peak RSS |")
+    print("|---|---|---|" + "---|" * len(texts) + "---|---|")
+    weights = {layer: module.weight.data.float().clone() for layer, module in downs.items()}
+    inputs = PassInputs(weights, stats.grams, model, stats.inputs, names)
+    targets = [Target("pct", p) for p in args.pcts.split(",")]
+    plan = plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets)
+    for criterion in args.criteria.split(","):
+        if criterion in ("activation", "hybrid"):
+            scores = data_scores(checkpoint, layout, stats, criterion)
+        else:
+            scores = {
+                layer: weight_scores(checkpoint, layout, layer, criterion, 0) for layer in range(layout.num_layers)
+            }
+        for member in plan.members:
+            kept = {layer: keep(rank(s), member.intermediate_size) for layer, s in scores.items()}
+            for recovery in recoveries:
+                began = time.perf_counter()
+                updates = None
+                if recovery != "none":
+                    updates = methods.METHODS[recovery].load().member_updates(inputs, kept).updates
+                seconds = time.perf_counter() - began
+                ratios = [
+                    _pruned_perplexity(model, downs, kept, updates, i, 512, prefix) / base[name]
+                    for name, i in ids.items()
+                ]
+                cells = " | ".join(f"{r:.3f}x" for r in ratios)
+                print(
+                    f"| {member.target.value} % | {criterion} | {recovery} | {cells} | {seconds:.0f} | "
+                    f"{peak_gb():.2f} GB |",
+                    flush=True,
+                )
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
 
 
 def main() -> None:
@@ -78,14 +109,13 @@ def main() -> None:
     parser.add_argument("sources", nargs="*", default=[None])
     parser.add_argument("--pcts", default="10,20,40")
     parser.add_argument("--criteria", default="maw,activation")
-    parser.add_argument("--news", type=Path, help="lee_background.cor (default: fetched from the gensim wheel)")
+    parser.add_argument("--recoveries", default="none,refit,sequential")
+    parser.add_argument("--tokens", type=int, default=4096, help="tokens of each evaluation text")
+    parser.add_argument("--calibration", default="generated")
+    parser.add_argument("--calibration-tokens", type=int, default=4096)
     args = parser.parse_args()
-    pcts, criteria = tuple(args.pcts.split(",")), tuple(args.criteria.split(","))
-    with tempfile.TemporaryDirectory() as work:
-        news = args.news or news_text(Path(work))
-        for source in args.sources:
-            for text in (None, news):
-                run(source, text, pcts, criteria)
+    for source in args.sources:
+        run(source, args)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ KEPT_INDICES = "hubprune-kept-indices.json"
 
 @dataclass(frozen=True)
 class RefitRecord:
-    """How a member's down_proj was refit (recover/refit.py writes it)."""
+    """How a member's down_proj was refit (recover/refit.py or recover/sequential.py writes it)."""
 
+    method: str  # refit, sequential
     formula: str
     alphas_tried: tuple[float, ...]
     alpha: dict[str, float | None]  # layer -> the chosen alpha; None where no alpha beat the plain columns
@@ -70,6 +71,7 @@ def read(folder: Path) -> MemberProvenance | None:
 
 def _refit(record: dict[str, Any]) -> RefitRecord:
     return RefitRecord(
+        method=record.get("method", "refit"),
         formula=record["formula"],
         alphas_tried=tuple(record["alphas_tried"]),
         alpha=record["alpha"],

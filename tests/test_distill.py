@@ -17,6 +17,7 @@ from test_recovery import calibration  # noqa: F401 - a fixture
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.errors import CriterionError, OutputError
+from hubprune.generated import generate
 from hubprune.pruning.calibrate import CalibrationSettings
 from hubprune.pruning.check import CheckSettings, check_criteria, prune_in_memory
 from hubprune.pruning.family import DISTILL_WORK, PruneSettings, build_family, prune_one
@@ -27,7 +28,7 @@ from hubprune.pruning.source import open_source
 from hubprune.recover import distill as distill_module
 from hubprune.recover import distill_data as distill_data_module
 from hubprune.recover.distill import DistillSettings, token_kl
-from hubprune.recover.distill_data import generate, prepare_data
+from hubprune.recover.distill_data import prepare_data
 from hubprune.recover.settings import RecoverySettings
 from hubprune.texts import paragraphs
 
@@ -232,7 +233,9 @@ def test_build_family_distils_and_the_card_says_how(tiny_dir, tmp_path):
     assert "After the refit, the model was trained" in card and "learning rate 0.001" in card
     assert f"{record['held_out_kl']['before']:.4g} before, {record['held_out_kl']['after']:.4g} after" in card
     assert "sequences the base model generated itself" in card
-    assert "Only the MLP width was reduced, then refit and distilled from the base" in card  # the limitations
+    assert (
+        "Only the MLP width was reduced, then refit (down_proj, no training) and distilled from the base" in card
+    )  # the limitations
     assert not (family / DISTILL_WORK).exists()
 
 

@@ -19,11 +19,12 @@ from test_cli import invoke
 from test_recovery import down_inputs, held_out_error, ridge_solve  # this test's own hooks and solves
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hubprune import generated as data_module
+from hubprune.generated import generate
 from hubprune.pruning import prune as prune_module
 from hubprune.recover import distill as distill_module
-from hubprune.recover import distill_data as data_module
 from hubprune.recover.distill import DistillSettings, held_out_kl, micro_batch_size, token_kl
-from hubprune.recover.distill_data import HELD_OUT_EVERY, generate, prepare_data
+from hubprune.recover.distill_data import HELD_OUT_EVERY, prepare_data
 
 CALIBRATION_TOKENS = 1536  # three of the command line's 512-token windows: two fit the refit, the third is held out
 DISTILL = ("--recover", "distill", "--distill-lr", "1e-3", "--device", "cpu")

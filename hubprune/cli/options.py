@@ -23,7 +23,7 @@ import click
 
 from hubprune import fields
 from hubprune.errors import HubpruneError
-from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
+from hubprune.pruning.calibrate import GENERATED, SHIPPED, CalibrationSettings, calibration_text
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillSettings
 from hubprune.texts import read_text
@@ -72,10 +72,15 @@ class TextFile(click.ParamType):
 
     name = "file"
 
-    def __init__(self, check: Callable[[Path], object]) -> None:
+    def __init__(self, check: Callable[[Path], object], words: tuple[str, ...] = ()) -> None:
         self.check = check
+        self.words = words  # values that name data other than a file, passed on as they are
+        if words:
+            self.name = f"{'|'.join(words)}|FILE"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if value in self.words:
+            return str(value)
         path = Path(value)
         try:
             self.check(path)
@@ -96,7 +101,7 @@ def _distill_file(path: Path) -> object:
     return DistillSettings(text=path).identity()
 
 
-CALIBRATION_FILE = TextFile(_calibration_file)
+CALIBRATION_FILE = TextFile(_calibration_file, (GENERATED, SHIPPED))
 DISTILL_FILE = TextFile(_distill_file)
 HELD_OUT_FILE = TextFile(_held_out_file)
 

@@ -15,8 +15,10 @@ the Gram matrices then live in files (see GramFiles) rather than in memory. docs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,7 +32,9 @@ import torch
 from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
 from hubprune.fields import setting
+from hubprune.generated import SELF_GENERATED, cache_name, generated, start_tokens
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
+from hubprune.progress import ProgressCallback
 from hubprune.recover.refit import Grams
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text
 
@@ -48,15 +52,20 @@ MIN_WORDS = 2
 MIN_CALIBRATION_TOKENS = 64
 
 
+GENERATED = "generated"  # sequences the base model samples itself (generated.py)
+SHIPPED = "shipped"  # the second half of the text shipped with hubprune
+CALIBRATION_SEED = 0  # of the generated sequences: one family, one calibration, on every machine
+
+
 @dataclass(frozen=True)
 class CalibrationSettings:
-    text: Path | None = setting(
-        None,
-        "Calibration text of the activation and hybrid criteria and the refit (default: part of the text hubprune "
-        "ships).",
+    text: Path | str = setting(
+        GENERATED,
+        f"Calibration data of the data-aware criteria and the refits: {GENERATED} (sequences the base model samples "
+        f"itself, cached), {SHIPPED} (part of the text hubprune ships), or a UTF-8 text FILE.",
         flag="--calibration",
         parse="calibration-file",
-    )  # a UTF-8 text file; None: the second half of the text shipped with hubprune
+    )  # GENERATED, SHIPPED, or the path of a UTF-8 text file
     max_tokens: int = setting(
         DEFAULT_TOKENS,
         f"Tokens of the calibration text read (at least {MIN_CALIBRATION_TOKENS}).",
@@ -99,15 +108,19 @@ class ActivationStats:
     l2: dict[int, torch.Tensor]  # sqrt(sum_t h_i(t)^2)
     record: dict[str, Any]  # what the calibration read: source, sha256, tokens; kept in hubprune.json
     grams: Grams | None = None  # only when recovery asked for them
+    inputs: tuple[torch.Tensor, ...] = ()  # the windows the model ran, for the steps that run it again
+    text: str = ""  # the calibration text (generated sequences decoded), to look for overlaps with other texts
 
 
 HELD_OUT_EVERY = 3  # window i is held out when i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
 
 
 def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
-    """The text and a description of where it came from. A file that cannot be read as UTF-8 text, or holds
-    fewer than MIN_WORDS words, is refused here, before anything is loaded or written."""
-    if settings.text is None:
+    """The text and a description of where it came from, for a text (not generated) calibration. A file that
+    cannot be read as UTF-8 text, or holds fewer than MIN_WORDS words, is refused here, before anything is loaded
+    or written."""
+    assert settings.text != GENERATED, "generated calibration data is made by the model (calibration_windows)"
+    if settings.text == SHIPPED:
         found = paragraphs()
         return "\n\n".join(found[SHIPPED_CALIBRATION_START:]), (
             f"{SHIPPED_TEXT}, paragraphs {SHIPPED_CALIBRATION_START + 1}-{len(found)}"
@@ -130,25 +143,34 @@ def calibrate(
     grams: bool = False,
     announce: Callable[[], None] | None = None,
     load: LoadSettings = LoadSettings(),
+    source: str = "",
+    keep_inputs: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> ActivationStats:
     """Load the model in `folder` as `load` says (by default whole, float32, CPU) and collect each layer's
-    down_proj input statistics over the calibration text. `down_modules` maps each layer to its down_proj module's
-    name. The text and the load settings are checked first, with the tokenizer alone; `announce` is called once
-    they pass, before the model loads. Any temporary folder is removed before this returns, also on error."""
+    down_proj input statistics over the calibration data. `down_modules` maps each layer to its down_proj module's
+    name; `source`, an identity of the base, keys the cache of generated data. A text and the load settings are
+    checked first, with the tokenizer alone; `announce` is called once they pass, before the model loads. With
+    `keep_inputs`, the windows the model ran are kept in the result. Any temporary folder is removed before this
+    returns, also on error."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = check_load(load)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    calibration_windows(tokenizer, settings, grams=grams)
+    if settings.text != GENERATED:
+        calibration_windows(tokenizer, settings, grams=grams)
     if announce is not None:
         announce()
+    run = functools.partial(
+        collect_activations, grams=grams, source=source, keep_inputs=keep_inputs, on_progress=on_progress
+    )
     if device == "cpu" and load.max_memory is None:  # what hubprune always did: its results stay as they were
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        return collect_activations(model, tokenizer, down_modules, settings, grams=grams)
+        return run(model, tokenizer, down_modules, settings)
     with scratch_folder(load.scratch) as temp:
         model = load_model(folder, device, load.max_memory, temp / "offload")
         files = temp / "grams" if load.max_memory is not None else None
-        stats = collect_activations(model, tokenizer, down_modules, settings, grams=grams, device=device, files=files)
+        stats = run(model, tokenizer, down_modules, settings, device=device, files=files)
         del model  # its hooks read the offload folder until here
     return stats
 
@@ -191,25 +213,56 @@ def load_model(folder: Path, device: str, max_memory: int | None, offload: Path)
 
 
 def calibration_windows(
-    tokenizer: Any, settings: CalibrationSettings, *, grams: bool = False
+    tokenizer: Any,
+    settings: CalibrationSettings,
+    *,
+    grams: bool = False,
+    model: Any = None,
+    source: str = "",
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[list[torch.Tensor], str, str]:
     """The model inputs calibration runs (see windows), the text and its source; refuses a text too short for
-    them, and with `grams` one that gives too few windows to hold some out."""
-    text, source = calibration_text(settings)
+    them, and with `grams` one that gives too few windows to hold some out. Generated data needs the `model`."""
+    if settings.text == GENERATED:
+        return generated_windows(model, tokenizer, settings, source, on_progress)
+    text, label = calibration_text(settings)
     ids = token_ids(tokenizer, text, settings.max_tokens)
     if ids.numel() < MIN_CALIBRATION_TOKENS:
         raise CriterionError(
-            f"the calibration text {source} gives {ids.numel()} tokens; calibration needs at least "
+            f"the calibration text {label} gives {ids.numel()} tokens; calibration needs at least "
             f"{MIN_CALIBRATION_TOKENS}: give a longer text"
         )
     inputs = windows(ids, settings.window, special_prefix(tokenizer))
     if grams and len(inputs) < HELD_OUT_EVERY:
         raise CriterionError(
             f"recovery holds out every {HELD_OUT_EVERY}rd calibration window to choose its regulariser, and "
-            f"{source} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
+            f"{label} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
             "`calibration_tokens`"
         )
-    return inputs, text, source
+    return inputs, text, label
+
+
+def generated_windows(
+    model: Any, tokenizer: Any, settings: CalibrationSettings, source: str, on_progress: ProgressCallback | None
+) -> tuple[list[torch.Tensor], str, str]:
+    """About `max_tokens` tokens the base samples itself, in sequences of `window` tokens (each from the start
+    token), at least HELD_OUT_EVERY of them so that recovery can hold some out; cached under cache_root() by the
+    base's identity `source`."""
+    from hubprune.pruning.gguf import cache_root
+
+    count = math.ceil(settings.max_tokens / settings.window)
+    length = settings.window
+    if count < HELD_OUT_EVERY:
+        count, length = HELD_OUT_EVERY, math.ceil(settings.max_tokens / HELD_OUT_EVERY)
+    cache = cache_root() / "generated" / cache_name(source, count, length, CALIBRATION_SEED) if source else None
+    sequences = generated(
+        model, tokenizer, count, length, CALIBRATION_SEED, source=source, cache=cache, on_progress=on_progress,
+        stage="prune",
+    )  # fmt: skip
+    first = start_tokens(tokenizer)
+    text = "\n\n".join(tokenizer.batch_decode(sequences[:, len(first) :]))
+    label = f"{SELF_GENERATED}; seed {CALIBRATION_SEED}; start token {' '.join(tokenizer.convert_ids_to_tokens(list(first)))}"
+    return list(sequences), text, label
 
 
 def collect_activations(
@@ -221,11 +274,16 @@ def collect_activations(
     grams: bool = False,
     device: str = "cpu",
     files: Path | None = None,
+    source: str = "",
+    keep_inputs: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> ActivationStats:
-    """Run a loaded model over the calibration text with hooks on each layer's down_proj input; with `grams`,
+    """Run a loaded model over the calibration data with hooks on each layer's down_proj input; with `grams`,
     also each layer's Gram matrices (see Grams), summed in files under the folder `files` when it is given, else
     in memory. Sums are float32 on the device the activations are on, and end on the CPU."""
-    inputs, text, source = calibration_windows(tokenizer, settings, grams=grams)
+    inputs, text, label = calibration_windows(
+        tokenizer, settings, grams=grams, model=model, source=source, on_progress=on_progress
+    )
     prefix = special_prefix(tokenizer)
     abs_sum: dict[int, torch.Tensor] = {}
     sq_sum: dict[int, torch.Tensor] = {}
@@ -257,12 +315,14 @@ def collect_activations(
             handle.remove()
     tokens = sum(counts)
     record = {
-        "source": source,
+        "source": label,
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "tokens": tokens,
         "window": settings.window,
         "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
     }
+    if settings.text == GENERATED:
+        record |= {"sequences": len(inputs), "seq_len": int(inputs[0].numel())}
     if files is not None or device != "cpu" or model.dtype != torch.float32:  # not the default load: say how
         record |= {"dtype": str(model.dtype).removeprefix("torch."), "device": torch.device(device).type}
     return ActivationStats(
@@ -270,6 +330,8 @@ def collect_activations(
         l2={layer: total.sqrt().cpu() for layer, total in sq_sum.items()},
         record=record,
         grams=Grams(*sums.result(), counts[0], counts[1]) if grams else None,
+        inputs=tuple(inputs) if keep_inputs else (),
+        text=text,
     )
 
 

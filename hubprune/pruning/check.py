@@ -9,6 +9,7 @@ the removed neurons' down_proj columns zeroed, which computes exactly what the p
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from hubprune.errors import CriterionError
 from hubprune.fields import nested, setting
 from hubprune.model_inputs import first_predicted, loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.pruning.calibrate import CalibrationSettings, calibration_text, collect_activations
+from hubprune.pruning.calibrate import ActivationStats, CalibrationSettings, collect_activations
 from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.importance import DATA_CRITERIA, check_criterion, keep, random_scores, rank
 from hubprune.pruning.plan import Target, plan_family
@@ -37,9 +38,11 @@ from hubprune.pruning.prune import (
     model_shape,
     weight_scores,
 )
+from hubprune.pruning.source import source_identity
+from hubprune.recover import methods
 from hubprune.recover.apply import Recovery
 from hubprune.recover.distill import mlp_parameters
-from hubprune.recover.refit import apply_update, removed_of
+from hubprune.recover.refit import NewColumns, PassInputs, apply_update, removed_of
 from hubprune.recover.settings import RecoverySettings
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
@@ -161,12 +164,10 @@ def check_criteria(
     prefix = special_prefix(tokenizer)
     names = down_modules(layout)
     downs = loaded_modules(model, names)
-    stats = shared = None
     refit = settings.recovery.refits
+    stats, shared = None, None
     if refit or any(c in DATA_CRITERIA for c in criteria):
-        stats = collect_activations(model, tokenizer, names, settings.calibration, grams=refit)
-        held_out = [p for p in text.split("\n\n") if p.strip()]
-        shared = shared_ngrams(calibration_text(settings.calibration)[0], held_out)
+        stats, shared = _calibrate(model, tokenizer, checkpoint, names, settings, text, on_progress)
     scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
@@ -190,10 +191,12 @@ def check_criteria(
             recoveries = {"none": measured[criterion]}
             kept, updates = _kept(scores[criterion], width), None
             if refit:
-                report(on_progress, Progress("check", f"[check] refitting down_proj for {criterion} at width {width}"))
+                step = methods.of_phase(settings.recovery.steps, "pass")[0].name
+                report(on_progress, Progress("check", f"[check] {step}: down_proj for {criterion} at width {width}"))
                 weights = {layer: module.weight.data.float() for layer, module in downs.items()}
-                updates = recovery.pass_updates(weights, stats.grams, kept).updates  # type: ignore[union-attr,arg-type]
-                recoveries["refit"] = _pruned_perplexity(model, downs, kept, updates, ids, settings.window, prefix)
+                inputs = PassInputs(weights, stats.grams, model, stats.inputs, names)  # type: ignore[union-attr]
+                updates = recovery.pass_updates(inputs, kept).updates  # type: ignore[union-attr]
+                recoveries[step] = _pruned_perplexity(model, downs, kept, updates, ids, settings.window, prefix)
             if settings.recovery.trains:
                 label = f"{criterion} at width {width}"
                 report(on_progress, Progress("check", f"[check] distilling {label} ({settings.recovery.label})"))
@@ -211,6 +214,30 @@ def check_criteria(
         stats.record if stats else None,
         shared,
     )
+
+
+def _calibrate(
+    model: Any,
+    tokenizer: Any,
+    checkpoint: Checkpoint,
+    names: dict[int, str],
+    settings: CheckSettings,
+    held_out_text: str,
+    on_progress: ProgressCallback | None,
+) -> tuple[ActivationStats, int]:
+    """The calibration's statistics (what the criteria and the recovery read), and how many paragraphs of the
+    held-out text share a 13-word sequence with the calibration data."""
+    stats = collect_activations(
+        model,
+        tokenizer,
+        names,
+        settings.calibration,
+        grams=settings.recovery.reads_grams,
+        source=json.dumps(source_identity(checkpoint), sort_keys=True),
+        keep_inputs=settings.recovery.runs_model,
+        on_progress=on_progress,
+    )
+    return stats, shared_ngrams(stats.text, [p for p in held_out_text.split("\n\n") if p.strip()])
 
 
 def _scores(checkpoint: Checkpoint, layout: Any, criterion: str, stats: Any) -> dict[int, torch.Tensor]:
@@ -231,7 +258,7 @@ def _pruned_perplexity(
     model: Any,
     downs: dict[int, Any],
     kept: dict[int, torch.Tensor],
-    updates: dict[int, torch.Tensor] | None,
+    updates: dict[int, torch.Tensor | NewColumns] | None,
     ids: torch.Tensor,
     window: int,
     prefix: tuple[int, ...],
@@ -253,7 +280,10 @@ def _pruned_perplexity(
 
 
 def prune_in_memory(
-    model: Any, layout: MlpLayout, kept: dict[int, torch.Tensor], updates: dict[int, torch.Tensor] | None
+    model: Any,
+    layout: MlpLayout,
+    kept: dict[int, torch.Tensor],
+    updates: dict[int, torch.Tensor | NewColumns] | None,
 ) -> None:
     """Slice a loaded model's MLP tensors to the `kept` neurons of each layer, as the prune pass writes them: gate
     and up rows (both halves of a fused gate_up), down_proj columns (refit with `updates` when given)."""

@@ -9,6 +9,7 @@ member before it is renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Iterable
@@ -21,12 +22,12 @@ import torch
 from hubprune import manifest
 from hubprune._version import __version__
 from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
-from hubprune.errors import OutputError
+from hubprune.errors import CriterionError, OutputError
 from hubprune.fields import nested, setting
 from hubprune.manifest import Family
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.provenance import PROVENANCE
-from hubprune.pruning.calibrate import CalibrationSettings, LoadSettings, calibrate
+from hubprune.pruning.calibrate import GENERATED, CalibrationSettings, LoadSettings, calibrate
 from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.importance import CRITERIA, DATA_CRITERIA, check_criterion, keep, rank
 from hubprune.pruning.member import (
@@ -50,7 +51,9 @@ from hubprune.pruning.prune import (
 )
 from hubprune.pruning.source import source_identity
 from hubprune.pruning.writer import DEFAULT_MAX_SHARD_BYTES
+from hubprune.recover import methods
 from hubprune.recover.apply import Recovery
+from hubprune.recover.refit import NewColumns, PassInputs
 from hubprune.recover.settings import RecoverySettings
 
 PARTIAL_PREFIX = ".partial-"
@@ -220,7 +223,7 @@ class _Prepared:
 
     scores: dict[int, torch.Tensor]
     calibration: dict[str, Any] | None
-    down_updates: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)  # width -> layer -> M
+    down_updates: dict[int, dict[int, torch.Tensor | NewColumns]] = field(default_factory=dict)  # width -> layer
     recovery: dict[int, dict[str, Any]] = field(default_factory=dict)  # width -> how its refit was chosen
 
 
@@ -236,12 +239,21 @@ def _prepare(
     """Score every layer under the criterion, and with a pass step compute each width's down_proj updates; raises
     (CriterionError) for weights or activations that cannot be ranked, such as NaN or inf, before any folder is
     made."""
-    data_aware, grams = settings.criterion in DATA_CRITERIA, settings.recovery.reads_calibration
-    if not data_aware and not grams:
+    data_aware, grams = settings.criterion in DATA_CRITERIA, settings.recovery.reads_grams
+    if settings.recovery.runs_model and runtime.max_memory is not None:
+        raise CriterionError(
+            "the sequential refit runs the whole model in memory, and `max_memory` asks for it not to be: leave out "
+            "`max_memory`, or recover with refit"
+        )
+    if not data_aware and not settings.recovery.reads_calibration:
         return _Prepared(weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0), None)
     wanted = " and ".join(
         w
-        for w, on in ((f"activations for {settings.criterion}", data_aware), ("Gram matrices for the refit", grams))
+        for w, on in (
+            (f"activations for {settings.criterion}", data_aware),
+            ("Gram matrices for the refit", grams),
+            ("windows for the sequential refit", settings.recovery.runs_model),
+        )
         if on
     )
     stats = calibrate(
@@ -251,6 +263,9 @@ def _prepare(
         grams=grams,
         announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
         load=_calibration_load(runtime),
+        source=json.dumps(source_identity(checkpoint), sort_keys=True),
+        keep_inputs=settings.recovery.runs_model,
+        on_progress=on_progress,
     )
     if data_aware:
         scores = data_scores(checkpoint, layout, stats, settings.criterion)
@@ -258,12 +273,18 @@ def _prepare(
         scores = weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0)
     if not settings.recovery.refits:  # no pass step: the kept columns as they are
         return _Prepared(scores, stats.record)
-    downs = down_weights(checkpoint, layout)
+    inputs = PassInputs(down_weights(checkpoint, layout), stats.grams, down_modules=down_modules(layout))
+    if settings.recovery.runs_model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
+        inputs = dataclasses.replace(inputs, model=model, windows=stats.inputs)
     updates, records = {}, {}
     for width in [m.intermediate_size for m in members]:
-        report(on_progress, Progress("prune", f"[refit] down_proj of every layer at width {width}"))
+        step = methods.of_phase(settings.recovery.steps, "pass")[0].name
+        report(on_progress, Progress("prune", f"[{step}] down_proj of every layer at width {width}"))
         kept = {layer: keep(rank(scores[layer]), width) for layer in scores}
-        member_refit = recovery.pass_updates(downs, stats.grams, kept)  # type: ignore[arg-type]
+        member_refit = recovery.pass_updates(inputs, kept)
         updates[width], records[width] = member_refit.updates, member_refit.record  # type: ignore[union-attr]
     return _Prepared(scores, stats.record, updates, records)
 
@@ -351,10 +372,14 @@ def check_family_folder(
                 f"{'source dtype' if was.get('load') else 'float32'}); this run asks otherwise: "
                 f"{'give' if was.get('load') else 'leave out'} `max_memory` to resume it, or choose a new folder"
             )
+        if was.get("source") == GENERATED:
+            what = f"generated data ({was.get('max_tokens')} tokens)"
+        else:
+            what = f"{was.get('source', 'an unrecorded text')} ({was.get('max_tokens', '?')} tokens, sha256 "
+            what += f"{str(was.get('sha256'))[:12]})"
         raise OutputError(
-            f"{out} holds a family calibrated on {was.get('source', 'an unrecorded text')} "
-            f"({was.get('max_tokens', '?')} tokens, sha256 {str(was.get('sha256'))[:12]}); this calibration "
-            "differs: give the same `calibration` and `calibration_tokens`, or choose a new folder"
+            f"{out} holds a family calibrated on {what}; this calibration differs: give the same `calibration` "
+            "and `calibration_tokens`, or choose a new folder"
         )
 
 

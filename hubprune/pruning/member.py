@@ -16,7 +16,7 @@ import torch
 from hubprune._version import __version__
 from hubprune.manifest import MemberRecord, SourceRecord
 from hubprune.provenance import KEPT_INDICES, PROVENANCE
-from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
+from hubprune.pruning.calibrate import CALIBRATION_SEED, GENERATED, CalibrationSettings, calibration_text
 from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.plan import FamilyPlan, MemberPlan
 from hubprune.pruning.prune import MlpLayout
@@ -121,11 +121,10 @@ def calibration_identity(calibration: CalibrationSettings | None, capped: bool) 
     so one family is calibrated one way). None for the weight criteria, which read no text."""
     if calibration is None:
         return None
-    text, source = calibration_text(calibration)
-    identity = {
-        "source": source,
-        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "max_tokens": calibration.max_tokens,
-        "window": calibration.window,
-    }
+    if calibration.text == GENERATED:  # made by the source itself, whose identity the family already checks
+        identity = {"source": GENERATED, "seed": CALIBRATION_SEED}
+    else:
+        text, source = calibration_text(calibration)
+        identity = {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    identity |= {"max_tokens": calibration.max_tokens, "window": calibration.window}
     return {**identity, "load": "source dtype, big-model loading"} if capped else identity

@@ -36,7 +36,7 @@ from hubprune.pruning.importance import (
 )
 from hubprune.pruning.plan import ModelShape
 from hubprune.pruning.writer import DEFAULT_MAX_SHARD_BYTES, ShardedWriter, TensorSpec, verify
-from hubprune.recover.refit import apply_update, removed_of
+from hubprune.recover.refit import NewColumns, apply_update, removed_of
 
 # Roles of MLP tensors, and which dimension of each is indexed by neuron.
 ROW_ROLES = ("gate.weight", "gate.bias", "up.weight", "up.bias")
@@ -246,13 +246,14 @@ def prune_pass(
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     on_progress: ProgressCallback | None = None,
-    down_updates: dict[int, dict[int, torch.Tensor]] | None = None,
+    down_updates: dict[int, dict[int, torch.Tensor | NewColumns]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Write every member's weights in one pass over the source; return each width's kept indices,
     a [num_layers, width] int64 tensor with each row ascending. Every layer's scores are computed beforehand
     (layer_scores: weight_layer_scores or data_scores), so a checkpoint that cannot be ranked is refused before
-    anything is written. `down_updates` (width -> layer -> M, recovery.refit_member) makes a member's down_proj
-    the refit W_K + W_R M instead of the kept columns W_K, chunk by chunk, in the source dtype.
+    anything is written. `down_updates` (width -> layer -> M or NewColumns, a pass method's) makes a member's
+    down_proj the refit W_K + W_R M (or the new columns) instead of the kept columns W_K, chunk by chunk, in the
+    source dtype.
 
     Each member's folder must exist and be empty of weights; its safetensors files are verified (headers and
     shapes re-read) before this returns.
@@ -434,7 +435,7 @@ def _write_mlp_tensor(
     kept: dict[int, torch.Tensor],
     writers: list[tuple[int, ShardedWriter]],
     intermediate_size: int,
-    updates: dict[int, torch.Tensor | None],
+    updates: dict[int, torch.Tensor | NewColumns | None],
 ) -> None:
     """Stream one MLP tensor chunk by chunk; every member gets its kept rows (or columns) of each chunk, or for
     down_proj with an update (recovery), its refit columns."""
@@ -451,7 +452,7 @@ def _write_mlp_tensor(
                 if updates.get(width) is None:
                     jobs.append(functools.partial(_append_columns, writer, begin, chunk, kept[width]))
                 else:
-                    columns = functools.partial(apply_update, chunk, kept[width], removed[width], updates[width])
+                    columns = functools.partial(apply_update, chunk, kept[width], removed[width], updates[width], start)
                     jobs.append(functools.partial(_append_computed, writer, begin, columns))
             pipeline.submit(jobs)
             first = False

@@ -377,12 +377,14 @@ def _recovery(family: manifest.Family, members: list[provenance.MemberProvenance
     refit = next((m.refit for m in members if m.refit is not None), None)
     if refit is None:
         return None
-    calibration = family.calibration or {}
+    read = next((m.calibration for m in members if m.calibration), None) or {}  # what the calibration read
+    asked = family.calibration or {}
     return {
+        "sequential": refit.method == "sequential",
         "formula": f"    {refit.formula}",
         "alphas": ", ".join(f"{a:g}" for a in refit.alphas_tried),
-        "text": f"{calibration.get('source')} (sha256 `{str(calibration.get('sha256'))[:12]}`), at most "
-        f"{calibration.get('max_tokens')} tokens in windows of {calibration.get('window')}",
+        "text": f"{read.get('source', asked.get('source'))} (sha256 `{str(read.get('sha256'))[:12]}`), "
+        f"{read.get('tokens', asked.get('max_tokens'))} tokens in windows of {asked.get('window')}",
     }
 
 
@@ -491,12 +493,13 @@ def _source_label(family: manifest.Family, base_id: str | None) -> str:
 
 
 def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[str]:
-    afterwards = {
-        "none": "with no retraining or distillation afterwards",
-        "refit": "with down_proj refit afterwards (no training)",
-        "distill": "then distilled from the base (see Method)",
-        "refit+distill": "then refit and distilled from the base (see Method)",
-    }[family.recovery]
+    done = {
+        "refit": "refit (down_proj, no training)",
+        "sequential": "refit layer by layer (down_proj, no training)",
+        "distill": "distilled from the base (see Method)",
+    }
+    steps = [done.get(step, step) for step in family.recovery.split("+") if step != "none"]
+    afterwards = "then " + " and ".join(steps) if steps else "with no retraining or distillation afterwards"
     lines = [
         f"Only the MLP width was reduced, {afterwards}. The paper (Martra 2025) found "
         "that knowledge-heavy benchmarks (MMLU, GSM8K) degrade with pruning, while instruction "

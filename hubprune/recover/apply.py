@@ -21,7 +21,7 @@ from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillRun
 from hubprune.recover.distill_data import Teacher, check_text, load_teacher, prepare_data
-from hubprune.recover.refit import Grams, Refits
+from hubprune.recover.refit import PassInputs, Refits
 from hubprune.recover.settings import RecoverySettings
 
 DATA_CACHE = "data.safetensors"  # in the work folder: the generated data every member learns from
@@ -40,12 +40,11 @@ class Recovery:
         if "distill" in self.settings.steps:
             check_text(base_folder, self.settings.distill)
 
-    def pass_updates(
-        self, down_weights: dict[int, torch.Tensor], grams: Grams, kept: dict[int, torch.Tensor]
-    ) -> Refits | None:
-        """The pass step's updates of one member width (layer -> M, see refit.py) and its record; None without one."""
+    def pass_updates(self, inputs: PassInputs, kept: dict[int, torch.Tensor]) -> Refits | None:
+        """The pass step's updates of one member width (layer -> M or new columns, see refit.py) and its record;
+        None without one."""
         found = methods.of_phase(self.settings.steps, "pass")
-        return found[0].load().member_updates(down_weights, grams, kept) if found else None
+        return found[0].load().member_updates(inputs, kept) if found else None
 
     def start(
         self, base_folder: Path, work: Path, source: str, on_progress: ProgressCallback | None, announce: str

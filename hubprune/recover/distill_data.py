@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +16,15 @@ import torch
 
 from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
+from hubprune.generated import SELF_GENERATED, generated, start_tokens
 from hubprune.model_inputs import first_predicted, special_prefix, token_ids, windows
-from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.progress import ProgressCallback
 from hubprune.texts import paragraphs, read_text, shared_ngrams
 
 if TYPE_CHECKING:
     from hubprune.recover.distill import DistillSettings
 
 HELD_OUT_EVERY = 8
-GENERATION_BATCH = 64  # sequences sampled together: a decoding step costs little more for 64 than for 1
-SELF_GENERATED = (
-    "sequences the base model generated itself (temperature 1, no top-k or top-p, from its start token, end of text "
-    "suppressed)"
-)
 
 
 @dataclass(frozen=True)
@@ -58,22 +53,14 @@ def prepare_data(
         return text_data(tokenizer, settings)
     needed = settings.planned_steps * settings.batch
     held_out = max(1, math.ceil(needed / (HELD_OUT_EVERY - 1)))  # one sequence in HELD_OUT_EVERY
-    start_tokens = _start_tokens(tokenizer)
-    identity = {
-        "source": source,
-        "start": " ".join(map(str, start_tokens)),
-        "seed": str(settings.seed),
-        "seq_len": str(settings.seq_len),
-        "count": str(needed + held_out),
-    }
-    sequences = _cached(cache, identity)
-    if sequences is None:
-        sequences = generate(teacher, tokenizer, needed + held_out, settings.seq_len, settings.seed, on_progress)
-        if cache is not None:
-            _save_cache(cache, identity, sequences)
-    texts = tokenizer.batch_decode(sequences[:, len(start_tokens) :])
+    first = start_tokens(tokenizer)
+    sequences = generated(
+        teacher, tokenizer, needed + held_out, settings.seq_len, settings.seed, source=source, cache=cache,
+        on_progress=on_progress,
+    )  # fmt: skip
+    texts = tokenizer.batch_decode(sequences[:, len(first) :])
     record = {
-        "source": f"{SELF_GENERATED}; start token {tokenizer.convert_ids_to_tokens(list(start_tokens))}",
+        "source": f"{SELF_GENERATED}; start token {tokenizer.convert_ids_to_tokens(list(first))}",
         "sequences": {"train": needed, "held_out": held_out},
         "seq_len": settings.seq_len,
         "seed": settings.seed,
@@ -81,7 +68,7 @@ def prepare_data(
         "offline_suite_paragraphs_sharing_13_words": shared_ngrams("\n".join(texts), paragraphs()),
     }
     # the samples are independent draws: the last ones are as good a held-out set as any
-    return DistillData(sequences[:needed], sequences[needed:], first_predicted(start_tokens), record)
+    return DistillData(sequences[:needed], sequences[needed:], first_predicted(first), record)
 
 
 def check_text(folder: Path, settings: DistillSettings) -> None:
@@ -117,81 +104,6 @@ def text_data(tokenizer: Any, settings: DistillSettings) -> DistillData:
         "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, paragraphs()),
     }
     return DistillData(sequences[~is_held_out], sequences[is_held_out], first_predicted(prefix), record)
-
-
-def _start_tokens(tokenizer: Any) -> tuple[int, ...]:
-    """What a generated sequence starts from: the tokens the tokenizer puts before every text (BOS), else its BOS
-    or end-of-text token (SmolLM2 adds none, and a sequence needs one to start from)."""
-    prefix = special_prefix(tokenizer)
-    if prefix:
-        return prefix
-    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if token is not None:
-            return (int(token),)
-    raise CriterionError("the tokenizer has no BOS or end-of-text token to generate from: give --distill-text")
-
-
-def generate(
-    model: Any, tokenizer: Any, count: int, seq_len: int, seed: int, on_progress: ProgressCallback | None = None
-) -> torch.Tensor:
-    """`count` sequences of `seq_len` tokens sampled from `model` (temperature 1, the whole distribution), each
-    from the start tokens; end of text is suppressed so every sequence has its full length. Batch b is sampled
-    with seed `seed` + b, so the sequences depend on the seed alone."""
-    from transformers import GenerationConfig
-
-    start = torch.tensor(_start_tokens(tokenizer))
-    device = next(model.parameters()).device
-    new = seq_len - len(start)
-    # built from nothing, not from the model's generation_config.json, whose penalties and filters would bend the
-    # distribution away from the model's own
-    sampling = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=new,
-        min_new_tokens=new,
-        pad_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    batch = GENERATION_BATCH
-    found = []
-    began = time.perf_counter()
-    for b, first in enumerate(range(0, count, batch)):
-        rows = min(batch, count - first)
-        inputs = start.repeat(rows, 1).to(device)
-        torch.manual_seed(seed + b)
-        with torch.no_grad():
-            out = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=sampling)
-        found.append(out.cpu())
-        done = first + rows
-        rate = done * seq_len / (time.perf_counter() - began)
-        report(
-            on_progress,
-            Progress("distill", f"generating, {rate:.0f} tok/s", "data", done * seq_len, count * seq_len, "tok"),
-        )
-    return torch.cat(found)
-
-
-def _cached(cache: Path | None, identity: dict[str, str]) -> torch.Tensor | None:
-    from safetensors import safe_open
-
-    if cache is None or not cache.exists():
-        return None
-    with safe_open(cache, framework="pt") as f:
-        if f.metadata() != {"format": "pt", **identity}:
-            return None
-        return f.get_tensor("input_ids")
-
-
-def _save_cache(cache: Path, identity: dict[str, str], sequences: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_name(f".{cache.name}.tmp")
-    metadata = {"format": "pt", **identity}
-    save_file({"input_ids": sequences.contiguous()}, str(temporary), metadata=metadata)
-    temporary.replace(cache)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -8,7 +8,7 @@ A method acts in one of two phases of a build:
   the member (distill). They run in the order given, after every pass method.
 
 What a method's module provides, by phase (apply.py calls them):
-- pass: `member_updates(down_weights, grams, kept) -> Refits`, the update of the kept down_proj columns of every
+- pass: `member_updates(inputs: PassInputs, kept) -> Refits`, the update of the kept down_proj columns of every
   layer for one member width, and its record;
 - member: `recover_folder(folder, teacher, settings, roles, run) -> record` on a member on disk (written back in
   place), `recover_model(student, teacher, settings, roles, run) -> record` on a pruned model in memory, and
@@ -28,9 +28,10 @@ class Method:
     name: str
     summary: str  # one line for --help
     phase: str  # "pass" or "member"
-    reads_calibration: bool  # needs the calibration text's Gram matrices (pass methods)
+    reads_calibration: bool  # reads the calibration data (pass methods)
     record_key: str  # the key of its record in the member's hubprune.json
     module: str  # the module that does the work (imported when used: methods.py stays cheap to import)
+    runs_model: bool = False  # runs the loaded model over the calibration windows (else: reads Gram matrices)
 
     def load(self) -> Any:
         import importlib
@@ -49,6 +50,16 @@ METHODS = {
             True,
             "recovery",
             "hubprune.recover.refit",
+        ),
+        Method(
+            "sequential",
+            "the refit done layer by layer in order, each layer fitted on the inputs the member's own refit layers "
+            "below give it, to the unpruned model's outputs (no training; about 3 forward passes per width)",
+            "pass",
+            True,
+            "recovery",
+            "hubprune.recover.sequential",
+            runs_model=True,
         ),
         Method(
             "distill",
@@ -79,7 +90,10 @@ def check_steps(steps: tuple[str, ...]) -> tuple[str, ...]:
     if len(set(steps)) != len(steps):
         raise CriterionError(f"recovery {SEPARATOR.join(steps)} names a step twice: give each step once")
     if len(of_phase(steps, "pass")) > 1:  # the pass writes one update of the kept columns per layer
-        raise CriterionError(f"recovery {SEPARATOR.join(steps)} has two steps that change the pass: give one")
+        raise CriterionError(
+            f"recovery {SEPARATOR.join(steps)} has two steps that change the pass "
+            f"({', '.join(_of_phase('pass'))}): give one"
+        )
     phases = [METHODS[step].phase for step in steps]
     if phases != sorted(phases, key=lambda phase: phase != "pass"):
         raise CriterionError(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -127,11 +127,43 @@ def refit_layer(
 
 
 @dataclass(frozen=True)
+class NewColumns:
+    """A member's kept down_proj columns computed whole (hidden x |K|, float32): the update of a method whose result
+    is not W_K + W_R M for one M (the sequential refit)."""
+
+    columns: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Refits:
     """Every layer's update for one member width, and the record hubprune.json keeps of how it was chosen."""
 
-    updates: dict[int, torch.Tensor]  # layer -> M (float32, |R| x |K|)
+    updates: dict[int, torch.Tensor | NewColumns]  # layer -> M (float32, |R| x |K|), or the new columns
     record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    """What a pass method computes a member width's updates from: the unpruned down_proj weights, the calibration's
+    Gram matrices (refit), and for a method that runs the model, the loaded model, the calibration windows and each
+    layer's down_proj module name."""
+
+    down_weights: dict[int, torch.Tensor]
+    grams: Grams | None = None
+    model: Any = None
+    windows: tuple[torch.Tensor, ...] = ()
+    down_modules: dict[int, str] = field(default_factory=dict)
+
+    def loaded_downs(self) -> dict[int, torch.nn.Module]:
+        from hubprune.model_inputs import loaded_modules
+
+        return loaded_modules(self.model, self.down_modules)
+
+
+def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor]) -> Refits:
+    """The registry's call of a pass method (methods.py): the refit of one member width."""
+    assert inputs.grams is not None, "the refit reads the calibration's Gram matrices"
+    return refit_member(inputs.down_weights, inputs.grams, kept)
 
 
 def refit_member(
@@ -164,8 +196,6 @@ def refit_member(
     return Refits({layer: refit.update.float() for layer, refit in layers.items()}, record)
 
 
-member_updates = refit_member  # the registry's name for a pass method's work (methods.py)
-
 FORMULA = (
     "W'_K = W_K + W_R G_RK (G_KK + lambda I)^-1, lambda = alpha * mean(diag G_KK), G = sum_t h(t) h(t)^T of "
     "down_proj's input h over the calibration tokens; alpha chosen per layer on held-out windows"
@@ -178,9 +208,15 @@ def _mean(values: Any) -> float:
 
 
 def apply_update(
-    down_rows: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor, update: torch.Tensor
+    down_rows: torch.Tensor,
+    kept: torch.Tensor,
+    removed: torch.Tensor,
+    update: torch.Tensor | NewColumns,
+    start: int = 0,
 ) -> torch.Tensor:
-    """A row chunk of down_proj (rows x n, any float dtype) -> its refit kept columns (rows x |K|), computed in
-    float64 and returned in the chunk's dtype."""
+    """A row chunk of down_proj (rows `start`.. of it, rows x n, any float dtype) -> its refit kept columns
+    (rows x |K|), computed in float64 and returned in the chunk's dtype."""
+    if isinstance(update, NewColumns):
+        return update.columns[start : start + len(down_rows)].to(down_rows.dtype)
     rows = down_rows.double()
     return (rows[:, kept] + rows[:, removed] @ update.double()).to(down_rows.dtype)

@@ -48,6 +48,16 @@ class RecoverySettings:
         return any(methods.METHODS[step].reads_calibration for step in self.steps)
 
     @property
+    def reads_grams(self) -> bool:
+        """Whether a step reads the calibration's Gram matrices (the refit), rather than running the model."""
+        return any(methods.METHODS[s].reads_calibration and not methods.METHODS[s].runs_model for s in self.steps)
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether a pass step runs the loaded model over the calibration windows (the sequential refit)."""
+        return any(methods.METHODS[step].runs_model for step in self.steps)
+
+    @property
     def refits(self) -> bool:
         return bool(methods.of_phase(self.steps, "pass"))
 

@@ -1,0 +1,243 @@
+"""Sequential refit: each layer's kept down_proj columns fitted, in layer order, on the inputs the member's own
+already-refit layers below give it, to the outputs the unpruned model gives.
+
+The refit (refit.py) fits every layer on the unpruned model's inputs: each layer is right for a model it is not
+part of, and the errors of the layers below add up. Here, layer l is fitted after layers 0..l-1 are pruned and
+refit, so it also makes up for what they lost (the sequential scheme of SparseGPT and OBC, here with the
+closed-form ridge of one layer's kept columns). With a(t) the unpruned model's down_proj input at token t, ã(t)
+the member's, W the unpruned weight, K the kept neurons, W'_K minimises
+
+    sum_t || W a(t) - W'_K ã_K(t) ||^2  +  lambda || W'_K - W_K ||^2
+
+    W'_K = (W E[a ã_K^T] + lambda W_K) (E[ã_K ã_K^T] + lambda I)^-1,    lambda = alpha x mean(diag E[ã_K ã_K^T])
+
+(sums, not means, in the code: the same solution). alpha is chosen per layer from ALPHAS on every third calibration
+window, held out from a fit on the others, then solved again on every window; in float64. Where no alpha beats
+the plain kept columns on the held-out windows, the layer keeps them (alpha recorded as None).
+
+How it runs: the model is loaded once (calibration's), every decoder layer's call is recorded once per window
+(the hidden states entering layer 0 and each layer's other arguments: position embeddings, masks), and then the
+layers are run one at a time on two streams of hidden states, the unpruned model's and the member's. Per member
+width that costs about three forward passes of the model over the calibration windows, plus one solve per layer
+and alpha; memory: the model, both streams (windows x tokens x hidden floats each) and one layer's sums.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hubprune.errors import CriterionError
+from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits
+
+TARGET = "member"
+HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
+FORMULA = (
+    "W'_K = (W E[a ã_K^T] + lambda W_K) (E[ã_K ã_K^T] + lambda I)^-1, lambda = alpha * mean(diag E[ã_K ã_K^T]); "
+    "a = down_proj's input in the unpruned model, ã = in the member, whose layers below are already refit; "
+    "layers in order; alpha chosen per layer on held-out windows"
+)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once it has what it records."""
+
+
+@dataclass
+class _Call:
+    """One decoder layer's call for one window: the arguments after the hidden states."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+def decoder_layers(model: Any, down_modules: dict[int, torch.nn.Module]) -> dict[int, torch.nn.Module]:
+    """Each layer's decoder block: the module whose path is the down_proj's up to `layers.N`."""
+    names = {id(module): name for name, module in model.named_modules()}
+    found = {}
+    for layer, down in down_modules.items():
+        match = re.match(rf"^(.*layers\.{layer})\.", names.get(id(down), ""))
+        if match is None:
+            raise CriterionError(
+                "the sequential refit cannot find the decoder layers of this architecture: use `recover` refit"
+            )
+        found[layer] = model.get_submodule(match.group(1))
+    return found
+
+
+def record_calls(
+    model: Any, layers: dict[int, torch.nn.Module], windows: tuple[torch.Tensor, ...]
+) -> tuple[list[torch.Tensor], list[dict[int, _Call]]]:
+    """Per window, the hidden states entering the first layer, and each layer's call (its other arguments)."""
+    first, last = min(layers), max(layers)
+    hidden: list[torch.Tensor] = []
+    calls: list[dict[int, _Call]] = []
+
+    def hook(layer: int):  # noqa: ANN202 - a forward pre-hook with keyword arguments
+        def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            kwargs = dict(kwargs)
+            states = args[0] if args else kwargs.pop("hidden_states")
+            if layer == first:
+                hidden.append(states.detach())
+            calls[-1][layer] = _Call(tuple(args[1:]), kwargs)
+            if layer == last:
+                raise _Stop
+
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(layer), with_kwargs=True) for layer, module in layers.items()]
+    try:
+        with torch.no_grad():
+            for window in windows:
+                calls.append({})
+                try:
+                    model(window[None], use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return hidden, calls
+
+
+def _run(layer: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Tensor:
+    out = layer(states, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _Sums:
+    """One layer's sums over a set of windows: G = sum ã_K ã_K^T, T = sum y ã_K^T (y = W a, the unpruned MLP's
+    output), and sum ||y||^2, in float64."""
+
+    def __init__(self) -> None:
+        self.gram: torch.Tensor | float = 0.0
+        self.cross: torch.Tensor | float = 0.0
+        self.total = 0.0
+        self.tokens = 0
+
+    def add(self, member_kept: torch.Tensor, dense_out: torch.Tensor) -> None:
+        h, y = member_kept.double(), dense_out.double()
+        self.gram = self.gram + h.T @ h
+        self.cross = self.cross + y.T @ h
+        self.total += float(y.square().sum())
+        self.tokens += len(h)
+
+    def error(self, columns: torch.Tensor) -> float:
+        """sum ||y - W' ã_K||^2 / sum ||y||^2 = (sum||y||^2 - 2 <W', T> + <W' G, W'>) / sum||y||^2."""
+        fitted = float((columns * self.cross).sum())
+        spread = float((columns @ self.gram * columns).sum())  # type: ignore[operator]
+        return (self.total - 2 * fitted + spread) / max(self.total, 1e-300)
+
+
+def _solve(gram: torch.Tensor, cross: torch.Tensor, plain: torch.Tensor, alpha: float) -> torch.Tensor:
+    ridge = alpha * gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    system = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
+    # W' (G + lambda I) = T + lambda W_K, with G + lambda I symmetric positive definite: solved by Cholesky
+    return torch.cholesky_solve((cross + ridge * plain).T, torch.linalg.cholesky(system)).T
+
+
+def fit_layer(
+    fit: _Sums, held_out: _Sums, plain: torch.Tensor, alphas: tuple[float, ...]
+) -> tuple[torch.Tensor, float | None, float, float]:
+    """The layer's kept columns, alpha (None: the plain columns kept), and the held-out errors with and without."""
+    plain = plain.double()
+    plain_error = best_error = held_out.error(plain)
+    best_alpha: float | None = None
+    for alpha in alphas:
+        error = held_out.error(_solve(fit.gram, fit.cross, plain, alpha))  # type: ignore[arg-type]
+        if error < best_error:
+            best_alpha, best_error = alpha, error
+    if best_alpha is None:
+        return plain, None, plain_error, plain_error
+    every_gram, every_cross = fit.gram + held_out.gram, fit.cross + held_out.cross
+    return _solve(every_gram, every_cross, plain, best_alpha), best_alpha, best_error, plain_error  # type: ignore[arg-type]
+
+
+def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tuple[float, ...] = ALPHAS) -> Refits:
+    """The kept down_proj columns of every layer of one member width (`kept`: layer -> ascending kept indices),
+    fitted in layer order, and the record of how. The model in `inputs` is left as it was."""
+    started = time.perf_counter()
+    model, windows = inputs.model, inputs.windows
+    downs = inputs.loaded_downs()
+    layers = decoder_layers(model, downs)
+    dense, calls = record_calls(model, layers, windows)
+    member = [states.clone() for states in dense]
+    updates: dict[int, NewColumns] = {}
+    chosen: dict[str, float | None] = {}
+    errors: list[tuple[float, float]] = []
+    tokens = (0, 0)
+    with torch.no_grad():
+        for layer in sorted(layers):
+            down, block = downs[layer], layers[layer]
+            weight = down.weight.data
+            sums = (_Sums(), _Sums())
+            for i, call in enumerate(w[layer] for w in calls):
+                held_out = i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+                dense_next, _, dense_out = _capture(down, block, dense[i], call, stop=False)
+                member_in = _capture(down, block, member[i], call, stop=True)[1]
+                target = dense_out if TARGET == "dense" else member_in @ weight.T.float()
+                sums[held_out].add(member_in[:, kept[layer]], target)
+                dense[i] = dense_next
+            columns, alpha, error, plain_error = fit_layer(sums[0], sums[1], weight[:, kept[layer]], alphas)
+            chosen[str(layer)], tokens = alpha, (sums[0].tokens, sums[1].tokens)
+            errors.append((plain_error, error))
+            updates[layer] = NewColumns(columns.float())
+            pruned = torch.zeros_like(weight)
+            pruned[:, kept[layer]] = columns.to(weight.dtype)
+            down.weight.data = pruned  # the member's layer, to make the member's inputs of the layer above
+            try:
+                for i, call in enumerate(w[layer] for w in calls):
+                    member[i] = _run(block, member[i], call)
+            finally:
+                down.weight.data = weight
+    record = {
+        "method": "sequential",
+        "formula": FORMULA,
+        "alphas_tried": list(alphas),
+        "alpha": chosen,
+        "held_out_error": {
+            "plain": _mean(e[0] for e in errors),
+            "refit": _mean(e[1] for e in errors),
+            "meaning": "mean over layers of the relative error of the MLP's output on held-out calibration windows, "
+            "the member's layers below already refit: sum ||W a - W'_K ã_K||^2 / sum ||W a||^2 (plain: W'_K = W_K)",
+        },
+        "tokens": {"fit": tokens[0], "held_out": tokens[1]},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return Refits(updates, record)  # type: ignore[arg-type]
+
+
+def _capture(
+    down: torch.nn.Module, block: torch.nn.Module, states: torch.Tensor, call: _Call, *, stop: bool
+) -> tuple[Any, torch.Tensor, Any]:
+    """Run the decoder layer `block` on `states`: its output, and down_proj's input (tokens x n) and output (tokens x
+    hidden) caught on the way; with `stop`, the layer stops at down_proj's input: (None, input, None)."""
+    caught: list[torch.Tensor] = []
+
+    def pre(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        caught.append(args[0].reshape(-1, args[0].shape[-1]).float())
+        if stop:
+            raise _Stop
+
+    def post(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        caught.append(out.reshape(-1, out.shape[-1]).float())
+
+    handles = [down.register_forward_pre_hook(pre), down.register_forward_hook(post)]
+    try:
+        result = _run(block, states, call)
+    except _Stop:
+        return None, caught[0], None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, caught[0], caught[1]
+
+
+def _mean(values: Any) -> float:
+    found = list(values)
+    return sum(found) / len(found) if found else math.nan

@@ -1,0 +1,79 @@
+"""Calibration on text the base generates itself (#23), the default: what is read is exactly what the shared
+generator samples with the calibration's seed, it is recorded as such, kept in one cache that a second build reads
+instead of sampling again, and a family calibrated so refuses to be resumed with another calibration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from test_cli import assert_clean_error, invoke
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hubprune import generated
+from hubprune.pruning.calibrate import CALIBRATION_SEED, GENERATED, CalibrationSettings
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
+
+TOKENS, WINDOW = 256, 32  # eight sequences of 32 tokens
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HUBPRUNE_CACHE", str(folder))
+    return folder
+
+
+def build(source, family, calibration=GENERATED):
+    settings = PruneSettings("activation", calibration=CalibrationSettings(calibration, TOKENS, WINDOW))
+    build_family(open_source(str(source)), family, [Target("size", "40")], settings)
+    member = next(p for p in family.iterdir() if p.is_dir())
+    provenance = json.loads((member / "hubprune.json").read_text())
+    return provenance, (member / "hubprune-kept-indices.json").read_text()
+
+
+def test_the_default_calibration_reads_what_the_base_samples_itself_and_says_so(tmp_path, tiny_dir, cache):
+    assert CalibrationSettings().text == GENERATED
+    source = tiny_dir("llama")
+    provenance, _ = build(source, tmp_path / "fam")
+    record = provenance["calibration"]
+    # the same sequences, sampled by this test from the base with the calibration's seed
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    expected = generated.generate(model, tokenizer, TOKENS // WINDOW, WINDOW, CALIBRATION_SEED)
+    text = "\n\n".join(tokenizer.batch_decode(expected[:, 1:]))
+    assert record["sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert record["source"].startswith(generated.SELF_GENERATED) and f"seed {CALIBRATION_SEED}" in record["source"]
+    assert record["tokens"] == TOKENS and record["sequences"] == TOKENS // WINDOW and record["seq_len"] == WINDOW
+    assert len(list((cache / "generated").glob("*.safetensors"))) == 1
+    family = json.loads((tmp_path / "fam" / "family.json").read_text())
+    assert family["calibration"] == {"source": GENERATED, "seed": CALIBRATION_SEED, "max_tokens": TOKENS,
+                                     "window": WINDOW}  # fmt: skip
+
+
+def test_a_second_build_reads_the_cache_instead_of_sampling_again(tmp_path, tiny_dir, cache, monkeypatch):
+    source = tiny_dir("llama")
+    first, kept = build(source, tmp_path / "one")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(generated, "generate", refuse)
+    second, kept_again = build(source, tmp_path / "two")
+    assert second["calibration"] == first["calibration"] and kept_again == kept
+
+
+def test_shipped_and_a_file_stay_choices_and_a_family_is_one_calibration(tmp_path, tiny_dir, cache):
+    source, family = tiny_dir("llama"), tmp_path / "fam"
+    provenance, _ = build(source, tmp_path / "shipped", "shipped")
+    assert "paragraphs" in provenance["calibration"]["source"]  # the shipped text's second half, as before
+    base = ("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "40")
+    given = ("--criterion", "activation", "--calibration-tokens", TOKENS)
+    assert invoke(*base, *given).exit_code == 0
+    assert_clean_error(invoke(*base, *given, "--calibration", "shipped"), "calibrated on generated data (256 tokens)")
+    assert_clean_error(invoke(*base, *given, "--calibration", tmp_path / "missing.txt"), "missing.txt")
+    assert "--calibration GENERATED|SHIPPED|FILE" in invoke("prune", "--help").output
