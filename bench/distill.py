@@ -64,7 +64,7 @@ def main() -> None:
     base = {name: _perplexity(model, ids, WINDOW, prefix) for name, ids in texts.items()}
 
     names = down_modules(layout)
-    stats = collect_activations(model, tokenizer, names, CalibrationSettings(), grams=args.refit)
+    stats = collect_activations(model, tokenizer, names, CalibrationSettings("shipped"), grams=args.refit)
     scores = _scores(checkpoint, layout, args.criterion, stats)
     kept = {layer: keep(rank(s), width.intermediate_size) for layer, s in scores.items()}
     updates = None

@@ -1,25 +1,29 @@
 """Sequential refit: each layer's kept down_proj columns fitted, in layer order, on the inputs the member's own
-already-refit layers below give it, to the outputs the unpruned model gives.
+already pruned and refit layers below give it.
 
 The refit (refit.py) fits every layer on the unpruned model's inputs: each layer is right for a model it is not
-part of, and the errors of the layers below add up. Here, layer l is fitted after layers 0..l-1 are pruned and
-refit, so it also makes up for what they lost (the sequential scheme of SparseGPT and OBC, here with the
-closed-form ridge of one layer's kept columns). With a(t) the unpruned model's down_proj input at token t, ã(t)
-the member's, W the unpruned weight, K the kept neurons, W'_K minimises
+part of, and the errors of the layers below add up. Here layer l is fitted after layers 0..l-1 are pruned and
+refit, on the down_proj inputs ã(t) the member itself gives it, toward what the layer's unpruned weights W give on
+those inputs (the sequential scheme of SparseGPT, Frantar & Alistarh 2023, and OBC, here with the closed-form ridge
+of one layer's kept columns; K the kept neurons, R the removed ones):
 
-    sum_t || W a(t) - W'_K ã_K(t) ||^2  +  lambda || W'_K - W_K ||^2
+    W'_K = argmin sum_t || W ã(t) - W'_K ã_K(t) ||^2 + lambda || W'_K - W_K ||^2
+         = (W G~_:K + lambda W_K) (G~_KK + lambda I)^-1 = W_K + W_R G~_RK (G~_KK + lambda I)^-1
 
-    W'_K = (W E[a ã_K^T] + lambda W_K) (E[ã_K ã_K^T] + lambda I)^-1,    lambda = alpha x mean(diag E[ã_K ã_K^T])
+with G~ = sum_t ã(t) ã(t)^T and lambda = alpha x mean(diag G~_KK). alpha is chosen per layer from ALPHAS on every
+third calibration window, held out from a fit on the others, then solved again on every window; in float64. Where
+no alpha beats the plain kept columns on the held-out windows, the layer keeps them (alpha recorded as None).
 
-(sums, not means, in the code: the same solution). alpha is chosen per layer from ALPHAS on every third calibration
-window, held out from a fit on the others, then solved again on every window; in float64. Where no alpha beats
-the plain kept columns on the held-out windows, the layer keeps them (alpha recorded as None).
+Fitted toward the unpruned model's outputs on the unpruned model's inputs instead (W a), the same scheme was much
+worse on SmolLM2 (docs/recovery.md): one layer's kept columns then try to undo the drift every layer below left in
+the residual stream, and over-fit it.
 
-How it runs: the model is loaded once (calibration's), every decoder layer's call is recorded once per window
-(the hidden states entering layer 0 and each layer's other arguments: position embeddings, masks), and then the
-layers are run one at a time on two streams of hidden states, the unpruned model's and the member's. Per member
-width that costs about three forward passes of the model over the calibration windows, plus one solve per layer
-and alpha; memory: the model, both streams (windows x tokens x hidden floats each) and one layer's sums.
+How it runs: the model is loaded once, every decoder layer's call is recorded once per window (the hidden states
+entering the first layer and each layer's other arguments: position embeddings, masks), and then the member's
+hidden states are run through one layer at a time: once up to down_proj to take the layer's statistics, and once
+whole with the refit columns to give the next layer its inputs. Per member width that costs about two forward
+passes of the model over the calibration windows, plus one solve per layer and alpha; memory: the model, the
+member's hidden states (windows x tokens x hidden floats) and one layer's sums (n x n).
 """
 
 from __future__ import annotations
@@ -35,12 +39,11 @@ import torch
 from hubprune.errors import CriterionError
 from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits
 
-TARGET = "member"
 HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
 FORMULA = (
-    "W'_K = (W E[a ã_K^T] + lambda W_K) (E[ã_K ã_K^T] + lambda I)^-1, lambda = alpha * mean(diag E[ã_K ã_K^T]); "
-    "a = down_proj's input in the unpruned model, ã = in the member, whose layers below are already refit; "
-    "layers in order; alpha chosen per layer on held-out windows"
+    "W'_K = (W G~_:K + lambda W_K) (G~_KK + lambda I)^-1, G~ = sum_t ã(t) ã(t)^T of down_proj's input ã in the "
+    "member, whose layers below are already pruned and refit; lambda = alpha * mean(diag G~_KK); layers in order; "
+    "alpha chosen per layer on held-out windows"
 )
 
 
@@ -111,8 +114,8 @@ def _run(layer: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Ten
 
 
 class _Sums:
-    """One layer's sums over a set of windows: G = sum ã_K ã_K^T, T = sum y ã_K^T (y = W a, the unpruned MLP's
-    output), and sum ||y||^2, in float64."""
+    """One layer's sums over a set of windows: G = sum ã_K ã_K^T, T = sum y ã_K^T (y = W ã, what the unpruned
+    layer's weights give on the member's inputs), and sum ||y||^2, in float64."""
 
     def __init__(self) -> None:
         self.gram: torch.Tensor | float = 0.0
@@ -162,37 +165,30 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
     """The kept down_proj columns of every layer of one member width (`kept`: layer -> ascending kept indices),
     fitted in layer order, and the record of how. The model in `inputs` is left as it was."""
     started = time.perf_counter()
-    model, windows = inputs.model, inputs.windows
     downs = inputs.loaded_downs()
-    layers = decoder_layers(model, downs)
-    dense, calls = record_calls(model, layers, windows)
-    member = [states.clone() for states in dense]
+    layers = decoder_layers(inputs.model, downs)
+    member, calls = record_calls(inputs.model, layers, inputs.windows)
     updates: dict[int, NewColumns] = {}
     chosen: dict[str, float | None] = {}
     errors: list[tuple[float, float]] = []
     tokens = (0, 0)
     with torch.no_grad():
         for layer in sorted(layers):
-            down, block = downs[layer], layers[layer]
-            weight = down.weight.data
+            down, block, weight = downs[layer], layers[layer], downs[layer].weight.data
             sums = (_Sums(), _Sums())
-            for i, call in enumerate(w[layer] for w in calls):
-                held_out = i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-                dense_next, _, dense_out = _capture(down, block, dense[i], call, stop=False)
-                member_in = _capture(down, block, member[i], call, stop=True)[1]
-                target = dense_out if TARGET == "dense" else member_in @ weight.T.float()
-                sums[held_out].add(member_in[:, kept[layer]], target)
-                dense[i] = dense_next
+            for i, window in enumerate(calls):
+                member_in = _down_input(down, block, member[i], window[layer])
+                sums[i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1].add(member_in[:, kept[layer]], member_in @ weight.T)
             columns, alpha, error, plain_error = fit_layer(sums[0], sums[1], weight[:, kept[layer]], alphas)
             chosen[str(layer)], tokens = alpha, (sums[0].tokens, sums[1].tokens)
             errors.append((plain_error, error))
             updates[layer] = NewColumns(columns.float())
             pruned = torch.zeros_like(weight)
             pruned[:, kept[layer]] = columns.to(weight.dtype)
-            down.weight.data = pruned  # the member's layer, to make the member's inputs of the layer above
+            down.weight.data = pruned  # the member's layer, to give the layer above the member's inputs
             try:
-                for i, call in enumerate(w[layer] for w in calls):
-                    member[i] = _run(block, member[i], call)
+                for i, window in enumerate(calls):
+                    member[i] = _run(block, member[i], window[layer])
             finally:
                 down.weight.data = weight
     record = {
@@ -204,7 +200,7 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
             "plain": _mean(e[0] for e in errors),
             "refit": _mean(e[1] for e in errors),
             "meaning": "mean over layers of the relative error of the MLP's output on held-out calibration windows, "
-            "the member's layers below already refit: sum ||W a - W'_K ã_K||^2 / sum ||W a||^2 (plain: W'_K = W_K)",
+            "on the member's own inputs: sum ||W ã - W'_K ã_K||^2 / sum ||W ã||^2 (plain: W'_K = W_K)",
         },
         "tokens": {"fit": tokens[0], "held_out": tokens[1]},
         "seconds": round(time.perf_counter() - started, 2),
@@ -212,30 +208,23 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
     return Refits(updates, record)  # type: ignore[arg-type]
 
 
-def _capture(
-    down: torch.nn.Module, block: torch.nn.Module, states: torch.Tensor, call: _Call, *, stop: bool
-) -> tuple[Any, torch.Tensor, Any]:
-    """Run the decoder layer `block` on `states`: its output, and down_proj's input (tokens x n) and output (tokens x
-    hidden) caught on the way; with `stop`, the layer stops at down_proj's input: (None, input, None)."""
+def _down_input(down: torch.nn.Module, block: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Tensor:
+    """down_proj's input (tokens x n, float32) when the decoder layer `block` runs on `states`; the layer stops
+    there."""
     caught: list[torch.Tensor] = []
 
     def pre(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         caught.append(args[0].reshape(-1, args[0].shape[-1]).float())
-        if stop:
-            raise _Stop
+        raise _Stop
 
-    def post(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        caught.append(out.reshape(-1, out.shape[-1]).float())
-
-    handles = [down.register_forward_pre_hook(pre), down.register_forward_hook(post)]
+    handle = down.register_forward_pre_hook(pre)
     try:
-        result = _run(block, states, call)
+        _run(block, states, call)
     except _Stop:
-        return None, caught[0], None
+        pass
     finally:
-        for handle in handles:
-            handle.remove()
-    return result, caught[0], caught[1]
+        handle.remove()
+    return caught[0]
 
 
 def _mean(values: Any) -> float:
