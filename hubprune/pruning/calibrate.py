@@ -36,7 +36,7 @@ from hubprune.generated import SELF_GENERATED, cache_name, generated, start_toke
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import ProgressCallback
 from hubprune.recover.refit import Grams
-from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text
+from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
 DEFAULT_TOKENS = 4096
 DEFAULT_WINDOW = 512
@@ -320,6 +320,8 @@ def collect_activations(
         "tokens": tokens,
         "window": settings.window,
         "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
+        # the offline suite scores the shipped text: a calibration that read part of it flatters its figures
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, paragraphs()),
     }
     if settings.text == GENERATED:
         record |= {"sequences": len(inputs), "seq_len": int(inputs[0].numel())}

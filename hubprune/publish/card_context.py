@@ -14,6 +14,7 @@ from hubprune import manifest, provenance
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
+from hubprune.publish import recovery_context
 from hubprune.publish.formatting import (
     bytes_text,
     change_text,
@@ -82,8 +83,8 @@ def common_context(
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
-        "recovery": _recovery(family, written),
-        "distillation": _distillation(family, written),
+        "recovery": recovery_context.family_recovery(family, written),
+        "distillation": recovery_context.family_distillation(family, written),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -115,8 +116,8 @@ def member_context(
         },
         "table": _family_table([base, *members], namespace, current=member.name),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
-        "member_recovery": _member_recovery(written),
-        "member_distillation": _member_distillation(written),
+        "member_recovery": recovery_context.member_recovery(written),
+        "member_distillation": recovery_context.member_distillation(written),
         "eval_settings": _eval_settings_line(member),
     }
 
@@ -370,84 +371,6 @@ def _provenances(members: list[ModelResults]) -> list[provenance.MemberProvenanc
     """The members' hubprune.json, as typed views (a model without one, such as the base, has none)."""
     found = [provenance.read(m.folder) for m in members if m.folder]
     return [p for p in found if p is not None]
-
-
-def _recovery(family: manifest.Family, members: list[provenance.MemberProvenance]) -> dict[str, Any] | None:
-    """The refit every member went through, for the method section, as the members record it; None without one."""
-    refit = next((m.refit for m in members if m.refit is not None), None)
-    if refit is None:
-        return None
-    read = next((m.calibration for m in members if m.calibration), None) or {}  # what the calibration read
-    asked = family.calibration or {}
-    return {
-        "sequential": refit.method == "sequential",
-        "formula": f"    {refit.formula}",
-        "alphas": ", ".join(f"{a:g}" for a in refit.alphas_tried),
-        "text": f"{read.get('source', asked.get('source'))} (sha256 `{str(read.get('sha256'))[:12]}`), "
-        f"{read.get('tokens', asked.get('max_tokens'))} tokens in windows of {asked.get('window')}",
-    }
-
-
-def _distillation(family: manifest.Family, members: list[provenance.MemberProvenance]) -> dict[str, Any] | None:
-    """The distillation every member went through, for the method section; None when there was none."""
-    record = next((m.distillation for m in members if m.distillation is not None), None)
-    if family.distill is None or record is None:
-        return None
-    settings = family.distill
-    text = settings.get("text")
-    return {
-        "objective": record.objective,
-        "trained": record.trained,
-        "data": f"{text['source']} (sha256 `{text['sha256'][:12]}`)" if text else record.data["source"],
-        "budget": f"{settings['tokens']:,} tokens"
-        + (f", at most {settings['steps']} steps" if settings.get("steps") else "")
-        + f", batches of {settings['batch']} sequences of {settings['seq_len']} tokens",
-        "optimizer": record.optimizer,
-    }
-
-
-def _member_distillation(written: provenance.MemberProvenance | None) -> dict[str, Any] | None:
-    """This member's distillation, as its hubprune.json records it: the KL on held-out sequences before and after."""
-    record = written.distillation if written else None
-    if record is None:
-        return None
-    return {
-        "before": f"{record.held_out_kl['before']:.4g}",
-        "after": f"{record.held_out_kl['after']:.4g}",
-        "held_out": record.data["sequences"]["held_out"],
-        "steps": record.steps,
-        "tokens": f"{record.tokens:,}",
-        "seconds": f"{record.seconds:.0f}",
-        "device": _distilled_on(record),
-    }
-
-
-def _distilled_on(record: provenance.DistillRecord) -> str:
-    """Where a member was distilled: `cpu`, or `2 cpu processes (MULTI_CPU)`, with any mixed precision."""
-    engine = record.engine  # members distilled before hubprune recorded it ran in one process
-    where = record.device
-    if engine.get("processes", 1) > 1:
-        where = f"{engine['processes']} {where} processes ({engine['distributed_type']})"
-    if engine.get("mixed_precision", "no") != "no":
-        where += f", mixed precision {engine['mixed_precision']}"
-    return where
-
-
-def _member_recovery(written: provenance.MemberProvenance | None) -> dict[str, Any] | None:
-    """This member's refit, as its hubprune.json records it: how much it closed the gap on held-out windows."""
-    record = written.refit if written else None
-    if record is None:
-        return None
-    chosen = sorted(a for a in record.alpha.values() if a is not None)
-    left = len(record.alpha) - len(chosen)
-    return {
-        "error_plain": f"{record.held_out_error['plain']:.3g}",
-        "error_refit": f"{record.held_out_error['refit']:.3g}",
-        "alphas": f"{chosen[0]:g} to {chosen[-1]:g} (median {chosen[len(chosen) // 2]:g})" if chosen else "none",
-        "left": f"; {left} layer(s) left as pruned, where no α beat the plain columns" if left else "",
-        "tokens": f"{record.tokens['fit']} fitting and {record.tokens['held_out']} held-out tokens",
-        "seconds": f"{record.seconds:.1f}",
-    }
 
 
 def _provenance(family: manifest.Family, base_id: str | None, models: list[ModelResults]) -> list[tuple[str, str]]:
