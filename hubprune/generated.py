@@ -29,12 +29,21 @@ SELF_GENERATED = (
 )
 
 
+DOCUMENT_SEPARATOR = "<|endoftext|>"  # what GPT-2-style vocabularies (SmolLM, Qwen) put between pretraining documents
+
+
 def start_tokens(tokenizer: Any) -> tuple[int, ...]:
-    """What a generated sequence starts from: the tokens the tokenizer puts before every text (BOS), else its BOS
-    or end-of-text token (SmolLM2 adds none, and a sequence needs one to start from)."""
+    """What a generated sequence starts from: the start of a document as the model saw documents in pretraining.
+    That is the tokens the tokenizer puts before every text (Llama 3's and Gemma's BOS); else the vocabulary's
+    end-of-text token, which separates documents (SmolLM2's BOS is `<|im_start|>`, the start of a chat turn: from
+    it the base writes chat, and members fitted on that measured worse on other text, DESIGN.md); else its BOS or
+    EOS token."""
     prefix = special_prefix(tokenizer)
     if prefix:
         return prefix
+    separator = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
+    if separator is not None:
+        return (int(separator),)
     for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token is not None:
             return (int(token),)

@@ -77,3 +77,14 @@ def test_shipped_and_a_file_stay_choices_and_a_family_is_one_calibration(tmp_pat
     assert_clean_error(invoke(*base, *given, "--calibration", "shipped"), "calibrated on generated data (256 tokens)")
     assert_clean_error(invoke(*base, *given, "--calibration", tmp_path / "missing.txt"), "missing.txt")
     assert "--calibration GENERATED|SHIPPED|FILE" in invoke("prune", "--help").output
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_generation_starts_where_a_pretraining_document_starts(tiny_dir, bos):
+    """The tokens the tokenizer puts before every text; else the document separator <|endoftext|>, not a chat BOS
+    (SmolLM2's BOS is <|im_start|>); else BOS."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir("llama", bos=bos))
+    assert generated.start_tokens(tokenizer) == (tokenizer.bos_token_id,)  # <s>: the prefix, or the BOS fallback
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert generated.start_tokens(tokenizer) == ((tokenizer.bos_token_id,) if bos else (separator,))

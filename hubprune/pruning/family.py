@@ -29,7 +29,7 @@ from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.provenance import PROVENANCE
 from hubprune.pruning.calibrate import GENERATED, CalibrationSettings, LoadSettings, calibrate
 from hubprune.pruning.checkpoint import Checkpoint
-from hubprune.pruning.importance import CRITERIA, DATA_CRITERIA, check_criterion, keep, rank
+from hubprune.pruning.importance import CRITERIA, DATA_CRITERIA, GRAM_CRITERIA, check_criterion, keep, rank
 from hubprune.pruning.member import (
     add_records,
     calibration_identity,
@@ -239,7 +239,8 @@ def _prepare(
     """Score every layer under the criterion, and with a pass step compute each width's down_proj updates; raises
     (CriterionError) for weights or activations that cannot be ranked, such as NaN or inf, before any folder is
     made."""
-    data_aware, grams = settings.criterion in DATA_CRITERIA, settings.recovery.reads_grams
+    data_aware = settings.criterion in DATA_CRITERIA
+    grams = settings.recovery.reads_grams or settings.criterion in GRAM_CRITERIA
     if settings.recovery.runs_model and runtime.max_memory is not None:
         raise CriterionError(
             "the sequential refit runs the whole model in memory, and `max_memory` asks for it not to be: leave out "
@@ -251,7 +252,7 @@ def _prepare(
         w
         for w, on in (
             (f"activations for {settings.criterion}", data_aware),
-            ("Gram matrices for the refit", grams),
+            ("Gram matrices", grams),
             ("windows for the sequential refit", settings.recovery.runs_model),
         )
         if on

@@ -29,6 +29,7 @@ from hubprune.pruning.importance import (
     activation,
     hybrid,
     keep,
+    obs,
     peak_to_peak,
     random_scores,
     rank,
@@ -401,6 +402,10 @@ def data_scores(
             low = torch.minimum(low, rows.amin(dim=0))
         if criterion == "activation":
             scores = activation(stats.abs_mean[layer], sq_sum.sqrt())
+        elif criterion == "obs":
+            assert stats.grams is not None, "the obs criterion reads the calibration's Gram matrices"
+            gram = stats.grams.fit[layer].double() + stats.grams.held_out[layer].double()
+            scores = obs(read_tensor(info, 0, info.shape[0]).float(), gram)
         else:
             gate_ptp, up_ptp = _gate_up_peak_to_peak(checkpoint, layout, layer)
             scores = hybrid(gate_ptp, up_ptp, high + low.abs(), stats.l2[layer])

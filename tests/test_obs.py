@@ -1,0 +1,76 @@
+"""The compensation-aware criterion `obs` (structured OBS, #23) against an independent float64 implementation: the
+greedy order in which neurons leave, each step taking the neuron whose removal, with every remaining column re-solved
+by least squares, costs the least in total, each cost computed from scratch by torch.linalg.lstsq (no inverse,
+no update formula); then through a build on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_data_criteria import words
+
+from hubprune.pruning.calibrate import CalibrationSettings
+from hubprune.pruning.family import PruneSettings, build_family
+from hubprune.pruning.importance import OBS_DAMP, obs, rank
+from hubprune.pruning.plan import Target
+from hubprune.pruning.source import open_source
+
+
+def removal_cost(weight: torch.Tensor, h: torch.Tensor, removed: list[int]) -> float:
+    """min over the kept columns of ||(W - W') A^T||^2 with W'_removed = 0, A = [H; sqrt(lambda) I] (so that
+    A^T A = G + lambda I): the output error plus the dampening, as a stacked least-squares problem."""
+    width = weight.shape[1]
+    gram = h.T @ h
+    a = torch.cat([h, (OBS_DAMP * gram.diagonal().mean()).sqrt() * torch.eye(width, dtype=torch.float64)])
+    kept = [j for j in range(width) if j not in removed]
+    fixed = a[:, removed] @ weight[:, removed].T  # the removed columns' part of (W - W') A^T, which nothing can undo
+    if not kept:
+        return float(fixed.square().sum())
+    solution = torch.linalg.lstsq(a[:, kept], -fixed).solution
+    return float((fixed + a[:, kept] @ solution).square().sum())
+
+
+def greedy_order(weight: torch.Tensor, h: torch.Tensor) -> list[int]:
+    removed: list[int] = []
+    while len(removed) < weight.shape[1]:
+        costs = {j: removal_cost(weight, h, removed + [j]) for j in range(weight.shape[1]) if j not in removed}
+        removed.append(min(costs, key=costs.get))
+    return removed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_obs_removes_neurons_in_the_order_exact_least_squares_gives(seed):
+    generator = torch.Generator().manual_seed(seed)
+    width, hidden, tokens = 10, 6, 40
+    # correlated inputs, so that compensation matters: a neuron another one can stand in for is cheap to remove
+    mix = torch.randn(width, width, generator=generator, dtype=torch.float64)
+    h = torch.randn(tokens, width, generator=generator, dtype=torch.float64) @ mix
+    weight = torch.randn(hidden, width, generator=generator, dtype=torch.float64)
+    scores = obs(weight.float(), (h.T @ h).float(), group=1)
+    expected = greedy_order(weight, h)
+    assert rank(scores).flip(0).tolist() == expected  # the first removed ranks last
+    # and not what ignoring compensation would give: the plain cost ||W_:,j||^2 G_jj orders them otherwise
+    plain = (weight.square().sum(dim=0) * (h.T @ h).diagonal()).argsort().tolist()
+    assert plain != expected
+
+
+def test_groups_remove_the_cheapest_neurons_of_each_step_together(seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    h = torch.randn(50, 12, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 12, generator=generator, dtype=torch.float64)
+    scores = obs(weight.float(), (h.T @ h).float(), group=4)
+    first = set(rank(scores).flip(0)[:4].tolist())
+    singles = {j: removal_cost(weight, h, [j]) for j in range(12)}
+    assert first == set(sorted(singles, key=singles.get)[:4])
+
+
+def test_obs_is_a_criterion_of_a_build(tmp_path, tiny_dir):
+    text = tmp_path / "calibration.txt"
+    text.write_text(words(7, 400))
+    settings = PruneSettings("obs", calibration=CalibrationSettings(text=text, max_tokens=300, window=50))
+    family = tmp_path / "fam"
+    build_family(open_source(str(tiny_dir("llama"))), family, [Target("size", "40")], settings)
+    member = next(p for p in family.iterdir() if p.is_dir())
+    assert json.loads((member / "hubprune.json").read_text())["criterion"] == "obs"
