@@ -151,7 +151,9 @@ def child(args: argparse.Namespace) -> None:
     from hubprune.pruning.source import open_source
 
     source = open_source(str(args.folder))
-    settings = CalibrationSettings("shipped", max_tokens=args.tokens, window=args.window)  # as its figures were measured
+    settings = CalibrationSettings(
+        "shipped", max_tokens=args.tokens, window=args.window
+    )  # as its figures were measured
     load = LoadSettings(max_memory=args.max_memory, scratch=args.root) if args.max_memory else LoadSettings()
     peaks = {"RssAnon": 0, "RssFile": 0}
     running = threading.Event()
