@@ -20,7 +20,7 @@ from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_
 from hubprune.measure.offline_tasks import evaluated_documents
 from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
-from hubprune.pruning.calibrate import CalibrationSettings, calibration_text
+from hubprune.pruning.calibrate import GENERATED, CalibrationSettings, calibration_text
 from hubprune.pruning.check import CheckOutcome, CheckSettings, check_criteria
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.gguf import is_embedded_default
@@ -134,6 +134,8 @@ def _warn_if_calibration_is_evaluated(
 ) -> None:
     """Calibration text that the benchmarks also score flatters the data-aware criteria: say so. Only the offline
     suite's texts are on this machine to compare with; Hub tasks are not checked."""
+    if calibration.text == GENERATED:  # not sampled yet: each member's hubprune.json and card give its overlap
+        return
     documents = evaluated_documents(tasks)
     shared = shared_ngrams(calibration_text(calibration)[0], documents) if documents else 0
     if shared:

@@ -88,3 +88,30 @@ def test_generation_starts_where_a_pretraining_document_starts(tiny_dir, bos):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
     separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert generated.start_tokens(tokenizer) == ((tokenizer.bos_token_id,) if bos else (separator,))
+
+
+def test_the_eval_stage_takes_generated_calibration(monkeypatch):
+    """The warning about calibration text the benchmarks also score has no text to compare before the base samples
+    it: it says nothing then (the member's hubprune.json and card give the overlap once it is sampled)."""
+    from hubprune import pipeline
+
+    said = []
+    tasks = [("hubprune_jargon_ppl", None)]
+    pipeline._warn_if_calibration_is_evaluated(CalibrationSettings(), tasks, said.append)
+    pipeline._warn_if_calibration_is_evaluated(CalibrationSettings("shipped"), tasks, said.append)
+    assert len(said) == 1 and "shares 13-word sequences" in said[0].message
+
+
+def test_the_card_says_whether_the_benchmarks_score_text_the_calibration_read(tmp_path, tiny_dir, cache):
+    source = tiny_dir("llama")
+    for calibration, said in (("shipped", "flatter this model"), ("generated", "text the calibration did not read")):
+        family = tmp_path / calibration
+        given = ("--calibration", calibration, "--calibration-tokens", 1600, "--recover", "refit")
+        assert (
+            invoke(
+                "build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "40", *given
+            ).exit_code
+            == 0
+        )
+        card = next(p for p in family.iterdir() if p.is_dir()) / "README.md"
+        assert said in " ".join(card.read_text().split()), calibration
