@@ -2,8 +2,8 @@
 the criteria check and the offline benchmarks all read them.
 
 The shipped text is the Jargon File 4.4.7, chapters 1-8 (public domain). The offline suite scores its first
-paragraphs; calibration reads, by default, the paragraphs from SHIPPED_CALIBRATION_START on, which the
-disjointness check (shared_ngrams) confirms share no 13-word sequence with them.
+paragraphs; `--calibration shipped` reads the paragraphs from SHIPPED_CALIBRATION_START on, and check-criteria holds
+out the ones before (shared_ngrams counts the 13-word sequences two texts share).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Activations from a calibration text, for the data-aware criteria (activation, hybrid) and for recovery.
+"""Activations from calibration data, for the data-aware criteria (activation, hybrid, obs) and for recovery.
+
+The data (CalibrationSettings.text): by default sequences the base model samples itself (generated.py), kept in
+the cache; `shipped`, the second half of the text hubprune ships; or a text file of the user's.
 
 The one stage besides GGUF conversion that loads the model: the activations of down_proj's input need a
 forward pass. It runs once, before the streaming prune pass, over at most `max_tokens` tokens of the text in

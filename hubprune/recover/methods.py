@@ -53,8 +53,8 @@ METHODS = {
         ),
         Method(
             "sequential",
-            "the refit done layer by layer in order, each layer fitted on the inputs the member's own refit layers "
-            "below give it, to the unpruned model's outputs (no training; about 3 forward passes per width)",
+            "the refit done layer by layer in order, each layer fitted on the inputs the member's own pruned and "
+            "refit layers below give it (no training; about 2 forward passes over the calibration per width)",
             "pass",
             True,
             "recovery",
