@@ -7,10 +7,10 @@ sequential refit, as a ratio to the base's, on four texts:
 - news, fiction, faq: English texts of other domains from registry packages (bench/other_texts.py names them and
   their licences). No default was chosen on fiction or faq; news was read by the probe that chose generated data.
 It also gives each step's time and the process's peak memory after it. The calibration is hubprune's default
-(sequences the base generates itself) unless --calibration says otherwise.
+(the shipped text's second half) unless --calibration says otherwise (generated: sequences the base samples itself).
 
     python bench/recovery.py [SOURCE ...] [--pcts 10,20,40] [--criteria maw,activation] [--tokens 4096]
-        [--recoveries none,refit,sequential] [--calibration generated|shipped|FILE] [--calibration-tokens 4096]
+        [--recoveries none,refit,sequential] [--calibration shipped|generated|FILE] [--calibration-tokens 4096]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--criteria", default="maw,activation")
     parser.add_argument("--recoveries", default="none,refit,sequential")
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of each evaluation text")
-    parser.add_argument("--calibration", default="generated")
+    parser.add_argument("--calibration", default="shipped")
     parser.add_argument("--calibration-tokens", type=int, default=4096)
     args = parser.parse_args()
     for source in args.sources:

@@ -101,7 +101,7 @@ def _distill_file(path: Path) -> object:
     return DistillSettings(text=path).identity()
 
 
-CALIBRATION_FILE = TextFile(_calibration_file, (GENERATED, SHIPPED))
+CALIBRATION_FILE = TextFile(_calibration_file, (SHIPPED, GENERATED))
 DISTILL_FILE = TextFile(_distill_file)
 HELD_OUT_FILE = TextFile(_held_out_file)
 
