@@ -73,15 +73,27 @@ def held_out_error(h: torch.Tensor, weight: torch.Tensor, kept: list[int], refit
     return float(((h @ weight.T - h[:, kept] @ refit.T) ** 2).sum() / ((h @ weight.T) ** 2).sum())
 
 
-def build_refit_member(tmp_path, source, calibration, criterion="maw"):
+def build_refit_member(tmp_path, source, calibration, criterion="maw", recover="refit"):
     settings = PruneSettings(
         criterion,
         calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
-        recovery=RecoverySettings("refit"),
+        recovery=RecoverySettings(recover),
     )
     family = tmp_path / "fam"
     build_family(open_source(str(source)), family, [Target("size", str(WIDTH_KEPT))], settings)
     return next(p for p in family.iterdir() if p.is_dir())
+
+
+def assert_member_is_the_base_with(pruned, base, kept, written) -> None:
+    """The member's logits equal the base's with each layer's down_proj kept columns set to `written` and the removed
+    ones zeroed (the oracle; `base` is changed)."""
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    with torch.no_grad():
+        for layer, module in down_projs(base).items():
+            removed = sorted(set(range(module.weight.shape[1])) - set(kept[layer]))
+            module.weight[:, kept[layer]] = written[layer].float()
+            module.weight[:, removed] = 0
+        assert torch.allclose(pruned(ids).logits, base(ids).logits, atol=1e-5)
 
 
 # How far the written columns may be from the float64 solve: the product sums its Gram matrices in float32, and the
@@ -125,14 +137,8 @@ def test_refit_down_proj_equals_an_independent_ridge_solve(tmp_path, tiny_dir, c
     assert changed > 0  # the refit changed something: the test would notice plain kept columns
 
     # the member computes exactly the base with that down_proj: refit kept columns, removed ones zeroed
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    with torch.no_grad():
-        for layer, module in down_projs(base).items():
-            removed = sorted(set(range(module.weight.shape[1])) - set(kept[layer]))
-            module.weight[:, kept[layer]] = written[layer].float()
-            module.weight[:, removed] = 0
-        assert torch.allclose(pruned(ids).logits, base(ids).logits, atol=1e-5)
-        assert provenance["recovery"]["method"] == "refit" and "G_KK + lambda I" in recovery["formula"]
+    assert_member_is_the_base_with(pruned, base, kept, written)
+    assert provenance["recovery"]["method"] == "refit" and "G_KK + lambda I" in recovery["formula"]
 
 
 def test_the_refit_brings_the_held_out_error_down_and_the_member_closer_to_the_base(tmp_path, tiny_dir, calibration):

@@ -13,12 +13,20 @@ import torch
 from support.tiny_models import FAMILIES
 from test_cli import assert_clean_error, invoke
 from test_data_criteria import words
-from test_recovery import TOKENS, WIDTH_KEPT, WINDOW, down_projs, held_out_error, ridge_solve
+from test_recovery import (
+    TOKENS,
+    WIDTH_KEPT,
+    WINDOW,
+    assert_member_is_the_base_with,
+    build_refit_member,
+    down_projs,
+    held_out_error,
+    ridge_solve,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.device import RuntimeSettings
 from hubprune.errors import CriterionError
-from hubprune.pruning.calibrate import CalibrationSettings
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
@@ -34,15 +42,8 @@ def calibration(tmp_path):
     return path
 
 
-def build_member(tmp_path, source, calibration, criterion="maw"):
-    settings = PruneSettings(
-        criterion,
-        calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
-        recovery=RecoverySettings("sequential"),
-    )
-    family = tmp_path / "fam"
-    build_family(open_source(str(source)), family, [Target("size", str(WIDTH_KEPT))], settings)
-    return next(p for p in family.iterdir() if p.is_dir())
+def build_member(tmp_path, source, calibration):
+    return build_refit_member(tmp_path, source, calibration, recover="sequential")
 
 
 def member_inputs(model, layer: int, windows: list[list[int]]) -> list[torch.Tensor]:
@@ -104,13 +105,7 @@ def test_each_layer_is_refit_on_the_members_own_inputs_as_an_independent_solve_g
 
     # the member computes exactly the base with those columns and the removed ones zeroed (the oracle)
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    with torch.no_grad():
-        for layer, module in down_projs(base).items():
-            removed = sorted(set(range(module.weight.shape[1])) - set(kept[layer]))
-            module.weight[:, kept[layer]] = written[layer].float()
-            module.weight[:, removed] = 0
-        assert torch.allclose(pruned(ids).logits, base(ids).logits, atol=1e-5)
+    assert_member_is_the_base_with(pruned, base, kept, written)
 
 
 def test_the_layers_below_change_what_each_layer_is_fitted_on(tmp_path, tiny_dir, calibration):
