@@ -102,16 +102,14 @@ def test_the_eval_stage_takes_generated_calibration(monkeypatch):
     assert len(said) == 1 and "shares 13-word sequences" in said[0].message
 
 
-def test_the_card_says_whether_the_benchmarks_score_text_the_calibration_read(tmp_path, tiny_dir, cache):
-    source = tiny_dir("llama")
-    for calibration, said in (("shipped", "flatter this model"), ("generated", "text the calibration did not read")):
-        family = tmp_path / calibration
-        given = ("--calibration", calibration, "--calibration-tokens", 1600, "--recover", "refit")
-        assert (
-            invoke(
-                "build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "40", *given
-            ).exit_code
-            == 0
-        )
-        card = next(p for p in family.iterdir() if p.is_dir()) / "README.md"
-        assert said in " ".join(card.read_text().split()), calibration
+def test_the_card_says_whether_the_benchmarks_score_text_the_calibration_read(tmp_path, tiny_dir):
+    from hubprune.publish.recovery_context import calibration_overlap
+
+    assert "text the calibration did not read" in calibration_overlap({"offline_suite_paragraphs_sharing_13_words": 0})
+    assert calibration_overlap({}) == ""  # a member calibrated before the count was kept: nothing is claimed
+    family = tmp_path / "fam"
+    given = ("--calibration", "shipped", "--calibration-tokens", 1600, "--recover", "refit")
+    assert invoke("build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", family, "--sizes", "40",
+                  *given).exit_code == 0  # fmt: skip
+    card = " ".join((next(p for p in family.iterdir() if p.is_dir()) / "README.md").read_text().split())
+    assert "paragraph(s) of the offline suite's text share a 13-word sequence" in card and "flatter this model" in card

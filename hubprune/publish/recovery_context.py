@@ -21,11 +21,11 @@ def family_recovery(family: manifest.Family, members: list[provenance.MemberProv
         "alphas": ", ".join(f"{a:g}" for a in refit.alphas_tried),
         "text": f"{read.get('source', asked.get('source'))} (sha256 `{str(read.get('sha256'))[:12]}`), "
         f"{read.get('tokens', asked.get('max_tokens'))} tokens in windows of {asked.get('window')}",
-        "overlap": _calibration_overlap(read),
+        "overlap": calibration_overlap(read),
     }
 
 
-def _calibration_overlap(read: dict[str, Any]) -> str:
+def calibration_overlap(read: dict[str, Any]) -> str:
     """Whether the offline suite's text, which the benchmarks score, is of another domain than the calibration."""
     shared = read.get("offline_suite_paragraphs_sharing_13_words")
     if shared is None:  # a member calibrated before hubprune counted it
