@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from hubprune.errors import CriterionError
-from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits
+from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits, apply_update, refit_layer, removed_of
 
 HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
 FORMULA = (
@@ -113,54 +113,6 @@ def _run(layer: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Ten
     return out[0] if isinstance(out, tuple) else out
 
 
-class _Sums:
-    """One layer's sums over a set of windows: G = sum ã_K ã_K^T, T = sum y ã_K^T (y = W ã, what the unpruned
-    layer's weights give on the member's inputs), and sum ||y||^2, in float64."""
-
-    def __init__(self) -> None:
-        self.gram: torch.Tensor | float = 0.0
-        self.cross: torch.Tensor | float = 0.0
-        self.total = 0.0
-        self.tokens = 0
-
-    def add(self, member_kept: torch.Tensor, dense_out: torch.Tensor) -> None:
-        h, y = member_kept.double(), dense_out.double()
-        self.gram = self.gram + h.T @ h
-        self.cross = self.cross + y.T @ h
-        self.total += float(y.square().sum())
-        self.tokens += len(h)
-
-    def error(self, columns: torch.Tensor) -> float:
-        """sum ||y - W' ã_K||^2 / sum ||y||^2 = (sum||y||^2 - 2 <W', T> + <W' G, W'>) / sum||y||^2."""
-        fitted = float((columns * self.cross).sum())
-        spread = float((columns @ self.gram * columns).sum())  # type: ignore[operator]
-        return (self.total - 2 * fitted + spread) / max(self.total, 1e-300)
-
-
-def _solve(gram: torch.Tensor, cross: torch.Tensor, plain: torch.Tensor, alpha: float) -> torch.Tensor:
-    ridge = alpha * gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-    system = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
-    # W' (G + lambda I) = T + lambda W_K, with G + lambda I symmetric positive definite: solved by Cholesky
-    return torch.cholesky_solve((cross + ridge * plain).T, torch.linalg.cholesky(system)).T
-
-
-def fit_layer(
-    fit: _Sums, held_out: _Sums, plain: torch.Tensor, alphas: tuple[float, ...]
-) -> tuple[torch.Tensor, float | None, float, float]:
-    """The layer's kept columns, alpha (None: the plain columns kept), and the held-out errors with and without."""
-    plain = plain.double()
-    plain_error = best_error = held_out.error(plain)
-    best_alpha: float | None = None
-    for alpha in alphas:
-        error = held_out.error(_solve(fit.gram, fit.cross, plain, alpha))  # type: ignore[arg-type]
-        if error < best_error:
-            best_alpha, best_error = alpha, error
-    if best_alpha is None:
-        return plain, None, plain_error, plain_error
-    every_gram, every_cross = fit.gram + held_out.gram, fit.cross + held_out.cross
-    return _solve(every_gram, every_cross, plain, best_alpha), best_alpha, best_error, plain_error  # type: ignore[arg-type]
-
-
 def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tuple[float, ...] = ALPHAS) -> Refits:
     """The kept down_proj columns of every layer of one member width (`kept`: layer -> ascending kept indices),
     fitted in layer order, and the record of how. The model in `inputs` is left as it was."""
@@ -175,14 +127,20 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
     with torch.no_grad():
         for layer in sorted(layers):
             down, block, weight = downs[layer], layers[layer], downs[layer].weight.data
-            sums = (_Sums(), _Sums())
+            grams: list[Any] = [0.0, 0.0]  # G~ over the fitting and the held-out windows, float64
+            counts = [0, 0]
             for i, window in enumerate(calls):
-                member_in = _down_input(down, block, member[i], window[layer])
-                sums[i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1].add(member_in[:, kept[layer]], member_in @ weight.T)
-            columns, alpha, error, plain_error = fit_layer(sums[0], sums[1], weight[:, kept[layer]], alphas)
-            chosen[str(layer)], tokens = alpha, (sums[0].tokens, sums[1].tokens)
-            errors.append((plain_error, error))
-            updates[layer] = NewColumns(columns.float())
+                member_in = _down_input(down, block, member[i], window[layer]).double()
+                held_out = i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+                grams[held_out] = grams[held_out] + member_in.T @ member_in
+                counts[held_out] += len(member_in)
+            # toward W ã on the member's own inputs, the fit is the refit's, with the member's Gram matrices
+            fitted = refit_layer(weight, grams[0], grams[1], kept[layer], alphas)
+            removed = removed_of(kept[layer], weight.shape[1])
+            columns = apply_update(weight.double(), kept[layer], removed, fitted.update).float()
+            chosen[str(layer)], tokens = fitted.alpha if math.isfinite(fitted.alpha) else None, (counts[0], counts[1])
+            errors.append((fitted.plain_error, fitted.held_out_error))
+            updates[layer] = NewColumns(columns)
             pruned = torch.zeros_like(weight)
             pruned[:, kept[layer]] = columns.to(weight.dtype)
             down.weight.data = pruned  # the member's layer, to give the layer above the member's inputs
