@@ -60,3 +60,8 @@ class CardError(HubpruneError, ValueError):
 
 class PushError(HubpruneError, RuntimeError):
     """Publishing failed or was refused: no token, a foreign repo in the way, or a Hub that keeps failing."""
+
+
+class ExportError(HubpruneError, ValueError):
+    """A member cannot be written as a GGUF file faithfully (its architecture, tokenizer or type), or a type is
+    unknown."""

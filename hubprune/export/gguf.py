@@ -1,0 +1,289 @@
+"""One member as a GGUF file for llama.cpp, Ollama and LM Studio, written tensor by tensor from its safetensors.
+
+Two routes to the metadata:
+- from a GGUF source (the embedded default, or any .gguf the family was built from): every key of the source is
+  copied (the whole tokenizer, the chat template, the hyperparameters llama.cpp reads), except the general.*
+  naming keys, which describe the member, and `{arch}.feed_forward_length`, which is the member's width;
+- from a safetensors or Hub source: the hyperparameters from config.json (gguf_model.py) and the tokenizer from
+  tokenizer.json (gguf_vocab.py), refused where llama.cpp would run or tokenize the member differently.
+
+Either way the tensors come from the member's safetensors, one at a time (the model is never built), converted to
+llama.cpp's layout and written in the chosen type. The gguf package quantizes F16, BF16, Q8_0 and the legacy
+4- and 5-bit types; the K-quants (Q4_K_M...) need llama.cpp's llama-quantize, run on the F16 file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubprune.errors import ExportError
+from hubprune.export.gguf_model import TensorNames, hyperparameters, layout
+from hubprune.export.gguf_vocab import read_vocabulary
+from hubprune.pruning.checkpoint import TensorInfo, open_checkpoint, read_tensor
+
+WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+# written by llama.cpp's llama-quantize only (the gguf package reads them but cannot quantize to them)
+NEEDS_LLAMA_QUANTIZE = (
+    "Q2_K",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ3_XXS",
+    "IQ3_S",
+    "IQ4_NL",
+    "IQ4_XS",
+)
+# the tensors llama.cpp's llama-quantize keeps at higher precision in 4- and 5-bit files: the embeddings (also the
+# output layer when tied) and the output layer lose most from 4 bits; Q8_0 keeps them close to F16
+KEPT_AT_Q8_0 = ("token_embd.weight", "output.weight")
+NAMING_PREFIX = "general."
+
+
+def parse_types(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """'f16,q8_0' (any case, commas or repeats) -> ('F16', 'Q8_0'); an unknown or unwritable type is refused."""
+    if text is None:
+        return ()
+    parts = [text] if isinstance(text, str) else list(text)
+    types: list[str] = []
+    for part in parts:
+        for item in part.split(","):
+            name = item.strip().upper()
+            if not name:
+                continue
+            if name in NEEDS_LLAMA_QUANTIZE:
+                raise ExportError(
+                    f"GGUF type {name} is written by llama.cpp's llama-quantize, not by the gguf package: write F16 "
+                    f"here, then run `{quantize_command('MEMBER', name)}`"
+                )
+            if name not in WRITABLE:
+                raise ExportError(f"unknown GGUF type {item.strip()!r}: choose from {', '.join(WRITABLE)}")
+            if name not in types:
+                types.append(name)
+    return tuple(types)
+
+
+def file_name(member: str, kind: str) -> str:
+    return f"{member}-{kind}.gguf"
+
+
+def quantize_command(member: str, kind: str) -> str:
+    """The llama.cpp command that makes a K-quant from the member's F16 file."""
+    return f"llama-quantize {file_name(member, 'F16')} {file_name(member, kind)} {kind}"
+
+
+@dataclass(frozen=True)
+class Naming:
+    """What the general.* keys say: the member, its base, and the licence when known."""
+
+    member: str
+    base: str
+    base_repo: str | None = None  # the base's Hub repo id, when built from one
+    licence: str | None = None
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    """One written file: its type, name, size, seconds to write, and the tensors kept in F16 because their rows do
+    not fill whole quantization blocks (a width that is not a multiple of 32)."""
+
+    kind: str
+    file: str
+    bytes: int
+    seconds: float
+    route: str  # "gguf-source" (metadata copied from the source GGUF) or "safetensors"
+    unquantized: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "file": self.file,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 2),
+            "metadata_from": self.route,
+            "kept_f16": list(self.unquantized),
+        }
+
+
+def write_member_gguf(folder: Path, kind: str, naming: Naming, source_gguf: Path | None = None) -> GgufFile:
+    """Write `folder`'s member as `<member>-<kind>.gguf` in `folder`, through a temporary file renamed when
+    complete. `source_gguf`: the GGUF file the family was built from, whose metadata is copied."""
+    import gguf
+
+    started = time.perf_counter()
+    (kind,) = parse_types(kind)
+    member = open_checkpoint(folder)
+    names = TensorNames(member.config)
+    plan = _tensor_plan(member.tensors.values(), names, kind)
+    target = folder / file_name(naming.member, kind)
+    tmp = target.with_name(f".{target.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), names.spec.arch)
+    try:
+        keys = _source_keys(source_gguf) if source_gguf else _converted_keys(folder, member.config)
+        keys[f"{names.spec.arch}.feed_forward_length"] = (
+            hyperparameters(member.config)[f"{names.spec.arch}.feed_forward_length"],
+            gguf.GGUFValueType.UINT32,
+            None,
+        )
+        for key, (value, value_type, sub_type) in keys.items():
+            writer.add_key_value(key, value, value_type, sub_type)
+        _add_naming(writer, naming, kind)
+        for entry in plan:
+            writer.add_tensor_info(entry.name, entry.shape, np.dtype(np.float32), entry.nbytes, entry.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for entry in plan:
+            writer.write_tensor_data(entry.data(names))
+        writer.close()
+        os.replace(tmp, target)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    unquantized = tuple(e.name for e in plan if e.fell_back)
+    route = "gguf-source" if source_gguf else "safetensors"
+    return GgufFile(kind, target.name, target.stat().st_size, time.perf_counter() - started, route, unquantized)
+
+
+@dataclass
+class _PlannedTensor:
+    name: str  # GGUF name
+    shape: tuple[int, ...]
+    qtype: Any  # gguf.GGMLQuantizationType
+    nbytes: int
+    fell_back: bool  # F16 because its rows do not fill whole blocks of the file's type
+    source: TensorInfo | None  # None for a tensor made here (rope_freqs)
+    made: np.ndarray | None = None
+
+    def data(self, names: TensorNames) -> np.ndarray:
+        import gguf
+
+        if self.source is None:
+            values = self.made
+        else:
+            converted = names.convert(self.source.name, read_tensor(self.source).float().numpy())
+            values = converted[1]
+        return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), self.qtype)
+
+
+def _tensor_plan(tensors: Iterable[TensorInfo], names: TensorNames, kind: str) -> list[_PlannedTensor]:
+    """Every GGUF tensor with its type and size, decided from the shapes alone (nothing is read yet)."""
+    planned = []
+    for info in tensors:
+        target = names.target(info.name)
+        if target is not None:
+            planned.append(_planned(target, tuple(info.shape), kind, info, None))
+    for target, made in names.extra_tensors():
+        planned.append(_planned(target, made.shape, kind, None, made))
+    return planned
+
+
+def _planned(target: str, shape: tuple[int, ...], kind: str, info: TensorInfo | None, made) -> _PlannedTensor:
+    import gguf
+
+    qtypes = gguf.GGMLQuantizationType
+    wanted = kind
+    if len(shape) == 1 or target == "rope_freqs.weight":
+        wanted = "F32"  # norms and biases: llama.cpp reads them as F32 in every file type
+    elif kind in LOW_BIT and target in KEPT_AT_Q8_0:
+        wanted = "Q8_0"
+    qtype = qtypes[wanted]
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    fell_back = shape[-1] % block != 0
+    if fell_back:
+        qtype = qtypes.F16
+    nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, qtype)))
+    return _PlannedTensor(target, shape, qtype, nbytes, fell_back, info, made)
+
+
+def _converted_keys(folder: Path, config: dict[str, Any]) -> dict[str, tuple[Any, Any, Any]]:
+    """The hyperparameter and tokenizer keys of a member from a safetensors source."""
+    from hubprune.export.gguf_model import text_config
+
+    keys: dict[str, Any] = hyperparameters(config)
+    keys |= read_vocabulary(folder, int(text_config(config)["vocab_size"])).key_values()
+    return {key: _typed(key, value) for key, value in keys.items()}
+
+
+def _typed(key: str, value: Any) -> tuple[Any, Any, Any]:
+    import gguf
+
+    types = gguf.GGUFValueType
+    if isinstance(value, list):
+        first = value[0] if value else ""
+        sub = types.STRING if isinstance(first, str) else types.FLOAT32 if isinstance(first, float) else types.INT32
+        return value, types.ARRAY, sub
+    if isinstance(value, bool):
+        return value, types.BOOL, None
+    if isinstance(value, int):
+        return value, types.UINT32, None
+    if isinstance(value, float):
+        return value, types.FLOAT32, None
+    return value, types.STRING, None
+
+
+def _source_keys(source: Path) -> dict[str, tuple[Any, Any, Any]]:
+    """Every key of the source GGUF but its own header counts and general.* naming keys (licence kept)."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    keys = {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or (name.startswith(NAMING_PREFIX) and name != "general.license"):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        keys[name] = (field.contents(), value_type, sub_type)
+    return keys
+
+
+def _add_naming(writer, naming: Naming, kind: str) -> None:
+    import gguf
+
+    writer.add_type("model")
+    writer.add_name(naming.member)
+    writer.add_basename(naming.base)
+    writer.add_file_type(_file_type(kind))
+    if kind not in ("F32", "F16", "BF16"):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if naming.licence:
+        writer.add_string("general.license", naming.licence)
+    writer.add_uint32("general.base_model.count", 1)
+    writer.add_string("general.base_model.0.name", naming.base)
+    if naming.base_repo:
+        writer.add_string("general.base_model.0.repo_url", f"https://huggingface.co/{naming.base_repo}")
+
+
+def _file_type(kind: str) -> int:
+    import gguf
+
+    files = gguf.LlamaFileType
+    return {"F32": files.ALL_F32, "F16": files.MOSTLY_F16, "BF16": files.MOSTLY_BF16}.get(kind) or files[
+        f"MOSTLY_{kind}"
+    ]
+
+
+def check_convertible(folder: Path, source_gguf: Path | None) -> None:
+    """Refuse, before anything is written, a member whose architecture or tokenizer cannot be converted."""
+    member = open_checkpoint(folder)
+    layout(member.config)
+    hyperparameters(member.config)
+    if source_gguf is None:
+        from hubprune.export.gguf_model import text_config
+
+        read_vocabulary(folder, int(text_config(member.config)["vocab_size"]))
