@@ -15,6 +15,7 @@ from pathlib import Path
 from hubprune import manifest
 from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings, on_runtime
 from hubprune.errors import CriterionError
+from hubprune.export.members import MemberFiles, check_gguf_source, export_gguf, source_gguf_of
 from hubprune.measure.efficiency import ProfileSettings, resolved
 from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
 from hubprune.measure.offline_tasks import evaluated_documents
@@ -48,6 +49,7 @@ class FamilyOutcome:
     evaluation: EvalOutcome | None
     profiles: tuple[ModelProfile, ...] | None
     cards: CardOutcome
+    gguf: list[MemberFiles]  # the GGUF files of every member ([] when none was asked for)
 
 
 def run_family(
@@ -61,6 +63,7 @@ def run_family(
     profile: ProfileSettings | None = DEFAULT_PROFILE,
     cards: CardSettings = DEFAULT_CARDS,
     check_first: bool = False,
+    gguf_types: Sequence[str] = (),
     revision: str | None = None,
     force: bool = False,
     command: str | None = None,
@@ -70,6 +73,7 @@ def run_family(
     default) at every target width into `output`, then benchmark (unless `evaluation` is None), profile (unless
     `profile` is None) and render the cards; calibration, distillation, eval and profile run on `runtime`.
 
+    `gguf_types` (e.g. ("Q8_0",)) writes every member also as GGUF files of those types, before the benchmarks.
     `check_first` compares the criterion with random pruning at every width once the build's own checks have
     passed and before anything is written, and the table goes into the cards. `command` is the command line
     recorded in family.json for the cards' reproducibility section. A stopped run, run again, finishes what is
@@ -82,6 +86,8 @@ def run_family(
     if profile is not None:  # a GPU or energy counter this machine lacks stops the job before anything is written
         resolved(on_runtime(profile, runtime))
     checkpoint = open_source(source, revision=revision)
+    if gguf_types:  # an architecture or tokenizer that GGUF cannot hold faithfully is refused before pruning
+        check_gguf_source(checkpoint)
     if evaluation is not None:  # bad settings, unknown tasks or missing task data stop the job before it writes
         evaluation = on_runtime(evaluation, runtime)  # a dtype eval refuses (float16) is refused here
         planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
@@ -122,11 +128,13 @@ def run_family(
         manifest.record_analysis(output, criteria_check=check[0].to_dict())
     if command is not None:
         manifest.record_command(output, "build-family", command)
+    source_gguf = source_gguf_of(checkpoint)
+    gguf = export_gguf(output, gguf_types, source=source_gguf, on_progress=on_progress) if gguf_types else []
     evaluated = evaluate(output, evaluation, runtime, on_progress=on_progress) if evaluation is not None else None
     profiles = profile_path(output, profile, runtime, on_progress=on_progress) if profile is not None else None
     rendered = render_cards(output, cards)
     outcome = check[0] if check else None
-    return FamilyOutcome(output, plans[0], manifest.load(output), outcome, evaluated, profiles, rendered)
+    return FamilyOutcome(output, plans[0], manifest.load(output), outcome, evaluated, profiles, rendered, gguf)
 
 
 def _warn_if_calibration_is_evaluated(

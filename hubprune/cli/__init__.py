@@ -11,6 +11,7 @@ import click
 
 from hubprune._version import __version__
 from hubprune.cli.build import build_family_command, check_criteria_command, plan, prune
+from hubprune.cli.export import gguf_command
 from hubprune.cli.measure import eval_command, profile_command
 from hubprune.cli.options import as_command_line
 from hubprune.cli.publish import card_command, push_command
@@ -79,6 +80,7 @@ for command in (
     check_criteria_command,
     eval_command,
     profile_command,
+    gguf_command,
     card_command,
     push_command,
 ):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hubprune.cli import output
+from hubprune.cli.export import gguf_option
 from hubprune.cli.options import (
     StagedCommand,
     option,
@@ -24,6 +25,7 @@ from hubprune.cli.prune_options import (
     source_argument,
 )
 from hubprune.device import RuntimeSettings
+from hubprune.export.members import check_gguf_source, export_gguf, source_gguf_of
 from hubprune.measure.efficiency import ProfileSettings
 from hubprune.measure.evaluate import EvalSettings
 from hubprune.pipeline import run_family
@@ -51,6 +53,7 @@ def plan(source: str | None, targets: list[Target], multiple_of: int | None, rev
 @option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="New folder to write.")
 @member_target_options
 @prune_options
+@gguf_option
 @runtime_options("device", "max_memory")
 @revision_option
 def prune(
@@ -58,13 +61,21 @@ def prune(
     out: Path,
     target: Target,
     prune_settings: PruneSettings,
+    gguf_types: tuple[str, ...],
     runtime: RuntimeSettings,
     revision: str | None,
 ) -> None:
     """Write one pruned checkpoint."""
     with output.progress_display() as show:
         checkpoint = open_source(source, revision=revision)
+        if gguf_types:  # an architecture or tokenizer GGUF cannot hold is refused before the pruning
+            check_gguf_source(checkpoint)
         member = prune_one(checkpoint, out, target, prune_settings, runtime, on_progress=show)
+        written = (
+            export_gguf(out, gguf_types, source=source_gguf_of(checkpoint), on_progress=show) if gguf_types else []
+        )
+    if written:
+        click.echo(output.gguf_table(written))
     click.echo(
         f"wrote {out}: intermediate size {member.intermediate_size} (ratio {member.ratio:.2f}), "
         f"{member.params_total / 1e6:.2f}M parameters, {bytes_text(member.weight_bytes)}"
@@ -76,6 +87,7 @@ def prune(
 @option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Family folder.")
 @family_target_options
 @prune_options
+@gguf_option
 @revision_option
 @option("--force", is_flag=True, help="Write into a non-empty folder that is not a hubprune family.")
 @option("--skip-eval", is_flag=True, help="Do not run the benchmarks stage.")
@@ -96,6 +108,7 @@ def build_family_command(
     out: Path,
     targets: list[Target],
     prune_settings: PruneSettings,
+    gguf_types: tuple[str, ...],
     runtime: RuntimeSettings,
     revision: str | None,
     force: bool,
@@ -119,6 +132,7 @@ def build_family_command(
             profile=None if skip_profile else profile_settings,
             cards=card_settings,
             check_first=check_first,
+            gguf_types=gguf_types,
             revision=revision,
             force=force,
             command=typed_command(),
@@ -132,6 +146,8 @@ def build_family_command(
         scores = output.headline_scores(outcome.evaluation)
     if outcome.profiles is not None:
         click.echo(output.profile_table(outcome.profiles))
+    if outcome.gguf:
+        click.echo(output.gguf_table(outcome.gguf))
     paths = {m.name: str(out / m.name) for m in outcome.plan.members}
     click.echo(output.plan_table(outcome.plan, paths, scores))
     output.card_report(outcome.cards)

@@ -159,6 +159,7 @@ STAGE_TITLES = {
     "calibration": "Calibration (data-aware criteria and the refit)",
     "recovery": "Recovery",
     "check": "Criteria check",
+    "gguf": "GGUF files (llama.cpp, Ollama)",
     "runtime": "Runtime (calibration with --max-memory, distillation, eval, profile)",
     "eval": "Benchmarks (eval stage)",
     "profile": "Efficiency (profile stage)",

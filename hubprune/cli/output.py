@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hubprune.export.members import MemberFiles
 from hubprune.measure.evaluate import EvalOutcome
 from hubprune.measure.profile import ModelProfile
 from hubprune.progress import Progress
@@ -278,3 +279,15 @@ def push_report(outcome: PushOutcome) -> None:
     if outcome.collection_url:
         click.echo(f"collection: {outcome.collection_url}")
     click.echo(f'load one: AutoModelForCausalLM.from_pretrained("{outcome.members[0].repo_id}")')
+
+
+def gguf_table(members: list[MemberFiles]) -> str:
+    """Every GGUF file written or found: member, type, size, seconds to write, and tensors kept in F16."""
+    rows = [["member", "type", "file", "size", "seconds", "kept in F16"]]
+    for member in members:
+        for made in member.files:
+            seconds = f"{made.seconds:.1f}" if made.kind in member.written else "(earlier)"
+            rows.append(
+                [member.member, made.kind, made.file, bytes_text(made.bytes), seconds, str(len(made.unquantized))]
+            )
+    return table(rows)

@@ -14,6 +14,7 @@ llama.cpp's layout and written in the chosen type. The gguf package quantizes F1
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hubprune.errors import ExportError
+from hubprune.export.gguf_metadata import read_metadata
 from hubprune.export.gguf_model import TensorNames, hyperparameters, layout
 from hubprune.export.gguf_vocab import read_vocabulary
 from hubprune.pruning.checkpoint import TensorInfo, open_checkpoint, read_tensor
@@ -238,18 +240,21 @@ def _typed(key: str, value: Any) -> tuple[Any, Any, Any]:
 
 
 def _source_keys(source: Path) -> dict[str, tuple[Any, Any, Any]]:
-    """Every key of the source GGUF but its own header counts and general.* naming keys (licence kept)."""
+    """Every key of the source GGUF but its general.* naming keys (its licence is kept)."""
     import gguf
 
-    reader = gguf.GGUFReader(source)
     keys = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or (name.startswith(NAMING_PREFIX) and name != "general.license"):
+    for name, (value, kind, element) in _source_metadata(source).items():
+        if (name.startswith(NAMING_PREFIX) and name != "general.license") or (isinstance(value, list) and not value):
             continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        keys[name] = (field.contents(), value_type, sub_type)
+        keys[name] = (value, gguf.GGUFValueType(kind), None if element is None else gguf.GGUFValueType(element))
     return keys
+
+
+@functools.lru_cache(maxsize=2)
+def _source_metadata(source: Path) -> dict[str, Any]:
+    """Read once for every member and type of an export (the tokenizer arrays are most of a small model's header)."""
+    return read_metadata(source)
 
 
 def _add_naming(writer, naming: Naming, kind: str) -> None:
@@ -278,12 +283,13 @@ def _file_type(kind: str) -> int:
     ]
 
 
-def check_convertible(folder: Path, source_gguf: Path | None) -> None:
-    """Refuse, before anything is written, a member whose architecture or tokenizer cannot be converted."""
-    member = open_checkpoint(folder)
-    layout(member.config)
-    hyperparameters(member.config)
-    if source_gguf is None:
-        from hubprune.export.gguf_model import text_config
+def check_convertible(folder: Path, config: dict[str, Any], copies_source_metadata: bool) -> None:
+    """Refuse, before anything is written, a model whose architecture or tokenizer cannot be converted faithfully.
+    `folder` holds its config and tokenizer files; with `copies_source_metadata` the tokenizer comes from the
+    source GGUF and is not read here."""
+    from hubprune.export.gguf_model import text_config
 
-        read_vocabulary(folder, int(text_config(member.config)["vocab_size"]))
+    layout(config)
+    hyperparameters(config)
+    if not copies_source_metadata:
+        read_vocabulary(folder, int(text_config(config)["vocab_size"]))

@@ -14,9 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from support.tiny_models import QWEN2_SPLIT, SPECIAL_TOKENS, build_tiny
 
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SENTENCEPIECE_VOCAB = 4 + 256 + 1 + 26 + 10 + 4 + 26 + 10  # special, bytes, "▁", letters, digits, punctuation, merges
 # which tokenizer each family's tiny GGUF-ready model gets (the kinds its real models use)
@@ -69,9 +67,7 @@ def sentencepiece_style(prepend: bool) -> Tokenizer:
     ]
     assert len(symbols) == SENTENCEPIECE_VOCAB
     backend = Tokenizer(
-        models.BPE(
-            vocab={s: i for i, s in enumerate(symbols)}, merges=merges, byte_fallback=True, unk_token="<unk>"
-        )
+        models.BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=merges, byte_fallback=True, unk_token="<unk>")
     )
     steps = [normalizers.Prepend("\u2581")] if prepend else []
     backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])

@@ -1,0 +1,198 @@
+"""The GGUF stage: every member of a family (or one member, or one pruned checkpoint) written as GGUF files of the
+types asked for, recorded in the member's hubprune.json and in family.json; a file already written and recorded
+is kept, so a stopped export resumes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubprune import manifest
+from hubprune.errors import ExportError
+from hubprune.export.gguf import GgufFile, Naming, check_convertible, file_name, parse_types, write_member_gguf
+from hubprune.progress import Progress, ProgressCallback, report
+from hubprune.pruning.checkpoint import Checkpoint, open_checkpoint
+from hubprune.pruning.gguf import base_name, embedded_default, is_embedded_default, sha256_of
+
+PROVENANCE = "hubprune.json"
+
+
+@dataclass(frozen=True)
+class MemberFiles:
+    """The GGUF files of one member, with a note when the source's own metadata could not be copied."""
+
+    member: str
+    folder: Path
+    files: tuple[GgufFile, ...]
+    written: tuple[str, ...]  # the types written by this call (the others were already there)
+
+
+def export_gguf(
+    path: Path,
+    types: Sequence[str] | str,
+    *,
+    source: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[MemberFiles]:
+    """Write `types` for the family, member or pruned checkpoint at `path`. `source`: the .gguf file the family was
+    built from, when it is not the embedded default (its metadata and tokenizer are then copied as they are)."""
+    kinds = parse_types(types)
+    if not kinds:
+        raise ExportError("no GGUF type given: pass one or more of F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1")
+    where = manifest.locate(Path(path))
+    if where.kind == "family":
+        family = manifest.load(Path(path))
+        folders = [Path(path) / m.path for m in family.built_members()]
+        if not folders:
+            raise ExportError(f"{path} has no built member yet: run build-family first")
+    elif where.kind in ("member", "checkpoint") and (Path(path) / PROVENANCE).is_file():
+        folders = [Path(path)]
+    else:
+        raise ExportError(
+            f"{path} is not a hubprune family, member or pruned checkpoint (no {PROVENANCE} or family.json)"
+        )
+    origin = _provenance(folders[0])["source"].get("origin")
+    source_gguf = find_source_gguf(origin, source)
+    if origin and origin.get("format") == "gguf" and source_gguf is None:
+        message = (
+            f"the source GGUF {origin.get('file')} is not on this machine: metadata converted from the members' "
+            "tokenizer.json and config.json (pass --source FILE.gguf to copy the source's own)"
+        )
+        report(on_progress, Progress("gguf", message, status="warning"))
+    for folder in folders:  # refuse an architecture or tokenizer before the first file is written
+        check_convertible(folder, open_checkpoint(folder).config, source_gguf is not None)
+    return [_export_member(folder, kinds, source_gguf, where, on_progress) for folder in folders]
+
+
+def source_gguf_of(checkpoint: Checkpoint) -> Path | None:
+    """The .gguf file a source checkpoint was dequantized from, or None."""
+    origin = checkpoint.origin or {}
+    return Path(checkpoint.source) if origin.get("format") == "gguf" else None
+
+
+def check_gguf_source(checkpoint: Checkpoint) -> None:
+    """Refuse, before pruning, a source whose members could not be written as GGUF files faithfully."""
+    check_convertible(checkpoint.folder, checkpoint.config, source_gguf_of(checkpoint) is not None)
+
+
+def find_source_gguf(origin: dict[str, Any] | None, given: Path | None) -> Path | None:
+    """The GGUF file a member was built from, when it is here: `given` (checked by sha256), else the embedded
+    default's file; None for a member of a safetensors or Hub source."""
+    if not origin or origin.get("format") != "gguf":
+        if given is not None:
+            raise ExportError(
+                "--source names the .gguf file a family was built from, and this one was not built from a GGUF file"
+            )
+        return None
+    candidates = [Path(given)] if given is not None else []
+    if given is None and is_embedded_default(origin):
+        candidates.append(embedded_default())
+    for candidate in candidates:
+        if not candidate.is_file():
+            raise ExportError(f"--source {candidate} is not a file: give the .gguf file the family was built from")
+        if sha256_of(candidate) == origin.get("sha256"):
+            return candidate
+        if given is not None:
+            raise ExportError(
+                f"{candidate.name} is not the file the members were built from ({origin.get('file')}, sha256 "
+                f"{str(origin.get('sha256'))[:12]}...): give that file"
+            )
+    return None
+
+
+def _export_member(
+    folder: Path,
+    kinds: tuple[str, ...],
+    source_gguf: Path | None,
+    where: manifest.Location,
+    on_progress: ProgressCallback | None,
+) -> MemberFiles:
+    provenance = _provenance(folder)
+    recorded: dict[str, dict[str, Any]] = dict(provenance.get("gguf") or {})
+    naming = _naming(folder, provenance, source_gguf)
+    files, written = [], []
+    for kind in kinds:
+        previous = recorded.get(kind)
+        target = folder / file_name(naming.member, kind)
+        if previous and target.is_file() and target.stat().st_size == previous["bytes"]:
+            files.append(_from_record(previous))
+            report(on_progress, Progress("gguf", f"{target.name} already written", item=naming.member, status="reused"))
+            continue
+        report(on_progress, Progress("gguf", f"writing {target.name}", item=naming.member, status="start"))
+        made = write_member_gguf(folder, kind, naming, source_gguf)
+        files.append(made)
+        written.append(kind)
+        recorded[kind] = made.to_dict()
+        _save_provenance(folder, {**_provenance(folder), "gguf": recorded})
+        report(on_progress, Progress("gguf", _written_line(made), item=naming.member, status="done"))
+    family_dir = where.family_dir
+    if family_dir is not None:
+        manifest.record_stage(family_dir, folder.name, "gguf", status="done", files=dict(sorted(recorded.items())))
+    return MemberFiles(naming.member, folder, tuple(files), tuple(written))
+
+
+def _written_line(made: GgufFile) -> str:
+    from hubprune.publish.formatting import bytes_text
+
+    line = f"wrote {made.file} ({bytes_text(made.bytes)}, {made.seconds:.1f} s)"
+    if made.unquantized:
+        line += (
+            f"; {len(made.unquantized)} tensors kept in F16: their rows are not a multiple of 32 "
+            "(build with --multiple-of 32 to quantize them all)"
+        )
+    return line
+
+
+def _from_record(record: dict[str, Any]) -> GgufFile:
+    return GgufFile(
+        record["type"],
+        record["file"],
+        record["bytes"],
+        record["seconds"],
+        record["metadata_from"],
+        tuple(record.get("kept_f16") or ()),
+    )
+
+
+def _naming(folder: Path, provenance: dict[str, Any], source_gguf: Path | None) -> Naming:
+    """The general.* keys: the member, its base by name and Hub repo (never a local path), its licence."""
+    source = provenance["source"]
+    origin = source.get("origin") or {}
+    identity = str(source.get("id", ""))
+    from hubprune.publish.licence import EMBEDDED_DEFAULT_BASE
+
+    if origin.get("format") == "gguf":
+        base = base_name(Path(identity))
+        repo = EMBEDDED_DEFAULT_BASE if is_embedded_default(origin) else None
+    else:
+        base = identity.rstrip("/").split("/")[-1]
+        repo = identity if source.get("revision") else None  # a Hub source records the commit it was read at
+    licence = None if source_gguf else _licence(folder)
+    return Naming(member=folder.name, base=base, base_repo=repo, licence=licence)
+
+
+def _licence(folder: Path) -> str | None:
+    """The base's licence id as the cards find it (card, config), for a family member; None when not known."""
+    from hubprune.errors import CardError
+    from hubprune.publish.licence import resolve_license
+
+    where = manifest.locate(folder)
+    if where.family_dir is None:
+        return None
+    try:
+        return resolve_license(manifest.load(where.family_dir), folder).id
+    except CardError:
+        return None
+
+
+def _provenance(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
+
+
+def _save_provenance(folder: Path, provenance: dict[str, Any]) -> None:
+    from hubprune.files import write_json_atomic
+
+    write_json_atomic(folder / PROVENANCE, provenance)
