@@ -75,3 +75,12 @@ class _Cursor:
                 values = [self.value(element) for _ in range(length)]
             found[key] = (values, kind, element)
         return found
+
+
+def metadata_text(path: Path) -> str:
+    """Every string in the GGUF file's metadata, one per line: what a leak scan reads (the tensors are numbers)."""
+    lines = []
+    for key, (value, _kind, _element) in read_metadata(path).items():
+        values = value if isinstance(value, list) else [value]
+        lines.extend(f"{key}: {v}" for v in values if isinstance(v, str))
+    return "\n".join(lines)

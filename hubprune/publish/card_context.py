@@ -14,7 +14,7 @@ from hubprune import manifest, provenance
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
-from hubprune.publish import recovery_context
+from hubprune.publish import gguf_context, recovery_context
 from hubprune.publish.formatting import (
     bytes_text,
     change_text,
@@ -90,6 +90,7 @@ def common_context(
         "limitations": _limitations(family, models),
         "license": licence_text(license_info),
         "plots": plots,
+        "gguf_files": gguf_context.family_gguf(members),
     }
 
 
@@ -119,6 +120,7 @@ def member_context(
         "member_recovery": recovery_context.member_recovery(written),
         "member_distillation": recovery_context.member_distillation(written),
         "eval_settings": _eval_settings_line(member),
+        "gguf": gguf_context.member_gguf(member.folder, f"{namespace or 'YOUR-NAMESPACE'}/{member.name}", member.width),
     }
 
 

@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from hubprune import manifest
 from hubprune._version import __version__
 from hubprune.errors import HubpruneError, PushError
+from hubprune.export.gguf_metadata import metadata_text
 from hubprune.fields import REQUIRED, setting
-from hubprune.local_paths import machine_names_in_folder, machine_needles
+from hubprune.local_paths import machine_names_in, machine_names_in_folder, machine_needles
 from hubprune.measure.base_model import base_label
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.checkpoint import open_checkpoint
@@ -264,11 +265,21 @@ def _check_no_machine_names(
         return (relative == Path(CARD_FILE)) == cards and relative.suffix not in BINARY
 
     found = machine_names_in_folder(family_dir / member.path, needles, wanted)
+    if not found and not cards:  # a GGUF file is binary, but its metadata holds names and paths as text
+        found = _machine_names_in_gguf(family_dir / member.path, needles)
     if found:
         raise PushError(
             f"{member.name}/{found[0]} names this machine ({found[1]!r}): nothing was sent; remove the local path "
             "from it (or rebuild with this hubprune, which records sources and results by name)"
         )
+
+
+def _machine_names_in_gguf(folder: Path, needles: list[str]) -> tuple[Path, str] | None:
+    for path in sorted(folder.glob("*.gguf")):
+        needle = machine_names_in(metadata_text(path), needles)
+        if needle:
+            return path.relative_to(folder), needle
+    return None
 
 
 def _commit_message(member: manifest.MemberRecord, settings: PushSettings) -> str:
