@@ -29,8 +29,8 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DBUILD_SHARED_LIBS=OFF",
 ]  # fmt: skip
 # llama-simple is the greedy generator: model, prompt, -n tokens, argmax sampling, no chat mode, no stdin, exits.
-# (llama-cli is chat-only in this llama.cpp; llama-completion can do it too with -no-cnv --temp 0, but adds
-# sampler chains, a " [end of text]" marker and an interactive mode to keep switched off.)
+# (llama-cli here is the server code's chat front end and builds only with it; llama-completion can do it too,
+# with -no-cnv --temp 0, but adds sampler chains, an " [end of text]" marker and an interactive mode to keep off.)
 TARGETS = {"perplexity": "llama-perplexity", "tokenize": "llama-tokenize", "generate": "llama-simple"}
 
 
@@ -83,7 +83,7 @@ def binaries() -> dict[str, Path]:
 
 
 def version() -> str:
-    """llama.cpp's build number and commit, as the binaries report them (e.g. "1 (0c1e570)")."""
+    """llama.cpp's version, build and commit as the binaries report them: "0.5.0-dev (build 1, commit 0c1e570)"."""
     done = subprocess.run([binaries()["perplexity"], "--version"], capture_output=True, text=True)
     found = re.search(r"version: (.+)", done.stdout + done.stderr)
     return found.group(1).strip() if found else "unknown"

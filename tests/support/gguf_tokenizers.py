@@ -31,11 +31,12 @@ KIND = {
 
 
 def byte_level(split: str) -> Tokenizer:
-    """Bytes as characters ("Ġ" a space), the given word split, merges of a space and a letter, then of "w" and
-    each digit; a word that is a whole token is taken as it is (ignore_merges), as Llama 3's tokenizer does."""
+    """Bytes as characters ("Ġ" a space), the given word split, merges of "w" and each digit, two digit pairs,
+    then a space and a letter; a word that is a whole token is taken as it is (ignore_merges), as Llama 3's tokenizer does."""
     space_letters = [("Ġ", letter) for letter in LETTERS]
     w_digits = [("w", digit) for digit in "0123456789"]
-    merges = [*space_letters, *w_digits]
+    # digit pairs: a split that keeps "17" together (Llama 3's) makes the token "17", one that splits digits not
+    merges = [*w_digits, ("1", "7"), ("2", "0"), *space_letters]
     symbols = [*SPECIAL_TOKENS, "Ġ", "Ċ", ".", ",", "'", *"0123456789", *LETTERS, *(a + b for a, b in merges)]
     backend = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=merges, ignore_merges=True))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -49,10 +50,11 @@ def byte_level(split: str) -> Tokenizer:
 
 
 def sentencepiece_style(prepend: bool) -> Tokenizer:
-    """Pieces with "▁" for spaces and byte fallback, merges of "▁" and a letter, then of "w" and a digit."""
+    """Pieces with "▁" for spaces and byte fallback, merges of "w" and a digit, then of "▁" and a letter."""
     space_letters = [("\u2581", letter) for letter in LETTERS]
     w_digits = [("w", digit) for digit in "0123456789"]
-    merges = [*space_letters, *w_digits]
+    # "▁w1": "w1" ranks before "▁w", so only a converter that keeps the merge order gives "▁", "w1"
+    merges = [*w_digits, *space_letters]
     symbols = [
         *SPECIAL_TOKENS,
         *(f"<0x{b:02X}>" for b in range(256)),
