@@ -14,11 +14,10 @@ import shutil
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from support.gguf_tokenizers import build_convertible
+from support.gguf_ready import build_convertible, round_like_a_gguf_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.cli import main
@@ -31,7 +30,6 @@ IDS = torch.tensor([[5, 9, 17, 33, 60, 2, 44, 70, 71, 80, 90, 11]])
 # largest |logit - member's logit| / largest |member logit|, over the 8 tiny members (25 % removed, weights
 # N(0, 0.3)), measured: F16 1.1e-3, BF16 7e-3, Q8_0 3.6e-2, Q4_0 0.19; bounds a little above
 LOSS_BOUND = {"F16": 2e-3, "BF16": 1.5e-2, "Q8_0": 6e-2, "Q4_0": 0.3, "Q4_1": 0.3, "Q5_0": 0.2, "Q5_1": 0.2}
-LOW_BIT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
 
 def _member(tmp_path: Path, model_type: str, types: tuple[str, ...]) -> Path:
@@ -64,22 +62,6 @@ def _read_back(member: Path, kind: str, model_type: str, tmp_path: Path):
     return alone, name, model.eval()
 
 
-def _rounded_like_the_file(model: torch.nn.Module, kind: str) -> torch.nn.Module:
-    """The oracle: every weight matrix of the language model rounded through the block format it gets in the file."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() != 2 or "vision" in name or "multi_modal" in name:
-                continue
-            wanted = "Q8_0" if kind in LOW_BIT and ("embed_tokens" in name or "lm_head" in name) else kind
-            qtype = gguf.GGMLQuantizationType[wanted]
-            if param.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
-                qtype = gguf.GGMLQuantizationType.F16
-            values = param.detach().numpy().astype(np.float32)
-            rounded = gguf.quants.dequantize(gguf.quants.quantize(values, qtype), qtype)
-            param.copy_(torch.from_numpy(np.asarray(rounded, dtype=np.float32).reshape(param.shape)))
-    return model
-
-
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_every_family_reads_back_as_the_member(tmp_path, model_type):
     types = EVERY_TYPE if model_type == "llama" else TYPES
@@ -90,7 +72,7 @@ def test_every_family_reads_back_as_the_member(tmp_path, model_type):
             alone, name, model = _read_back(member, kind, model_type, tmp_path)
             got = model(IDS).logits
             oracle = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()
-            exact = _rounded_like_the_file(oracle, kind)(IDS).logits
+            exact = round_like_a_gguf_file(oracle, kind)(IDS).logits
             assert torch.allclose(got, exact, atol=2e-4, rtol=1e-4), (kind, (got - exact).abs().max())
             loss = ((got - want).abs().max() / want.abs().max()).item()
             assert loss < LOSS_BOUND[kind], (kind, loss)

@@ -73,7 +73,10 @@ def machine(tmp_path_factory, task_dir) -> Machine:
     project = home / PROJECT
     folder = build_tiny(project / "models" / "Tiny-Llama", "llama")
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Tiny-Llama\n")
-    gguf = write_tiny_gguf(project / "models" / "gguf" / "Tiny-Llama.F32.gguf", folder)
+    # converted from the local folder, as the file's naming keys say (llama.cpp's converter records such keys):
+    # the members' GGUF files describe the member instead
+    where = {"general.source.url": str(folder)}
+    gguf = write_tiny_gguf(project / "models" / "gguf" / "Tiny-Llama.F32.gguf", folder, strings=where)
     texts = project / "texts"
     texts.mkdir()
     (texts / "calibration.txt").write_text(words(5, 1600))
@@ -91,6 +94,8 @@ def machine(tmp_path_factory, task_dir) -> Machine:
             families[kind] = project / "families" / kind
             # every stage once, on the folder; the stages whose records depend on the source, on the other two
             stages = FOLDER_STAGES if kind == "folder" else OTHER_STAGES
+            if kind == "gguf":  # its metadata and tokenizer are copied from the source GGUF into the members'
+                stages = (*stages, "--gguf", "f16")
             result = CliRunner().invoke(
                 main,
                 [
@@ -204,6 +209,7 @@ def test_nothing_push_sends_names_the_builders_machine(kind, machine, hub, monke
     files = hub.files(repo)
     assert {"README.md", "hubprune.json", "results/eval.json", "results/lm_eval/tiny_ppl.json"} <= set(files)
     assert "results/profile.json" not in files  # profiled families are test_push.py's measured family
+    assert (f"{member.name}-F16.gguf" in files) == (kind == "gguf")  # its metadata is read on the wire below
     [collection] = hub.collections.values()
     assert collection.description and [i.item_id for i in collection.items] == [repo] and collection.items[0].note
     assert any("/commit/" in s.what for s in sent) and any("collections" in s.what for s in sent)

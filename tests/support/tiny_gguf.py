@@ -36,8 +36,11 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     return weights.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
-def write_tiny_gguf(path: Path, llama_folder: Path, *, licence: str | None = "apache-2.0") -> Path:
-    """The float32 Llama checkpoint in `llama_folder` (support/tiny_models.build_tiny) as the GGUF file `path`."""
+def write_tiny_gguf(
+    path: Path, llama_folder: Path, *, licence: str | None = "apache-2.0", strings: dict[str, str] | None = None
+) -> Path:
+    """The float32 Llama checkpoint in `llama_folder` (support/tiny_models.build_tiny) as the GGUF file `path`;
+    `strings`: more string keys (e.g. where the file was converted from)."""
     import gguf
 
     config = json.loads((llama_folder / "config.json").read_text())
@@ -49,6 +52,8 @@ def write_tiny_gguf(path: Path, llama_folder: Path, *, licence: str | None = "ap
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     if licence:
         writer.add_string("general.license", licence)
+    for key, value in (strings or {}).items():
+        writer.add_string(key, value)
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])

@@ -1,14 +1,19 @@
-"""Tiny tokenizers of the two kinds llama.cpp runs, for tiny models that must convert to GGUF: byte-level BPE with
-Llama 3's or Qwen 2's word split, and SentencePiece-style BPE ("▁" for spaces, <0xNN> byte pieces, byte fallback)
+"""Tiny models ready for GGUF, and an oracle for quantized GGUF files.
+
+The tokenizers are of the two kinds llama.cpp runs (the tiny models' word-level one has no counterpart there):
+byte-level BPE with Llama 3's or Qwen 2's word split, and SentencePiece-style BPE ("▁" for spaces, <0xNN> byte pieces, byte fallback)
 with or without the leading "▁" (Llama 2 / Mistral / Phi-3 put one before the text, Gemma does not).
 
-Each has merges that matter (a letter after a space, then "w" with a digit), so a converter that loses the merge
-order or the split tokenizes differently."""
+Each has merges that matter ("w" with a digit before a space with a letter; two digit pairs in the byte-level
+one), so a converter that loses the merge order or the word split tokenizes differently."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
+import numpy as np
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -94,3 +99,22 @@ def build_convertible(folder: Path, model_type: str, **overrides) -> Path:
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(folder)
     return folder
+
+
+def round_like_a_gguf_file(model: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """An oracle for a GGUF file of `kind`: every weight matrix of the language model rounded through the block
+    format it gets in the file (norms and biases stay F32; embeddings and output are Q8_0 in 4- and 5-bit files;
+    F16 where a row does not fill whole 32-value blocks), in place."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() != 2 or "vision" in name or "multi_modal" in name:
+                continue
+            low_bit = kind in ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+            wanted = "Q8_0" if low_bit and ("embed_tokens" in name or "lm_head" in name) else kind
+            qtype = gguf.GGMLQuantizationType[wanted]
+            if param.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+                qtype = gguf.GGMLQuantizationType.F16
+            values = param.detach().numpy().astype(np.float32)
+            rounded = gguf.quants.dequantize(gguf.quants.quantize(values, qtype), qtype)
+            param.copy_(torch.from_numpy(np.asarray(rounded, dtype=np.float32).reshape(param.shape)))
+    return model
