@@ -38,6 +38,8 @@ _API = {
     "evaluate": "hubprune.measure.evaluate",
     "ProfileSettings": "hubprune.measure.efficiency",
     "profile_path": "hubprune.measure.profile",
+    # export: GGUF files for llama.cpp and Ollama
+    "export_gguf": "hubprune.export.members",
     # publish: cards and the Hub
     "CardSettings": "hubprune.publish.cards",
     "render_cards": "hubprune.publish.cards",
@@ -71,6 +73,7 @@ __all__ = [
     "evaluate",
     "ProfileSettings",
     "profile_path",
+    "export_gguf",
     "CardSettings",
     "render_cards",
     "PushSettings",
@@ -96,6 +99,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from hubprune.device import RuntimeSettings
     from hubprune.errors import HubpruneError
+    from hubprune.export.members import export_gguf
     from hubprune.manifest import load as load_family
     from hubprune.measure.efficiency import ProfileSettings
     from hubprune.measure.evaluate import EvalSettings, evaluate
