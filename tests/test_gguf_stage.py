@@ -104,3 +104,11 @@ def test_push_refuses_a_gguf_file_whose_metadata_names_this_machine(family, tmp_
         leaky.unlink()
     assert result.exit_code == 1
     assert f"{MEMBER}/leaky.gguf names this machine" in result.output and "nothing was sent" in result.output
+
+
+def test_a_source_gguf_for_a_family_built_from_safetensors_is_refused(family, tmp_path):
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    result = CliRunner().invoke(main, ["gguf", str(family), "--types", "f16", "--source", str(other)])
+    assert result.exit_code == 1
+    assert "error: --source names the .gguf file a family was built from, and this one was not" in result.output

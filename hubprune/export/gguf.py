@@ -54,6 +54,7 @@ NEEDS_LLAMA_QUANTIZE = (
 # output layer when tied) and the output layer lose most from 4 bits; Q8_0 keeps them close to F16
 KEPT_AT_Q8_0 = ("token_embd.weight", "output.weight")
 NAMING_PREFIX = "general."
+CHUNK_BYTES = 64 * 1024 * 1024  # of the member's tensor read at a time
 
 
 def parse_types(text: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -173,14 +174,29 @@ class _PlannedTensor:
     made: np.ndarray | None = None
 
     def data(self, names: TensorNames) -> np.ndarray:
-        import gguf
+        """The tensor as the file stores it, converted and quantized in blocks of rows of about CHUNK_BYTES (the
+        embeddings of a 262k-token vocabulary are 671 MB in float32), or whole where rows move between heads."""
+        info = self.source
+        if info is None:
+            return _quantized(self.made, self.qtype)
+        rows = info.shape[0] if info.shape else 1
+        step = max(1, CHUNK_BYTES // max(1, info.nbytes // rows))
+        if names.reorders_rows(self.name) or step >= rows:
+            return _quantized(names.convert(info.name, read_tensor(info).float().numpy())[1], self.qtype)
+        stored = None
+        for start in range(0, rows, step):
+            part = read_tensor(info, start, min(rows, start + step)).float().numpy()
+            block = _quantized(names.convert(info.name, part)[1], self.qtype)
+            if stored is None:
+                stored = np.empty((rows, *block.shape[1:]), dtype=block.dtype)
+            stored[start : start + len(block)] = block
+        return stored
 
-        if self.source is None:
-            values = self.made
-        else:
-            converted = names.convert(self.source.name, read_tensor(self.source).float().numpy())
-            values = converted[1]
-        return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), self.qtype)
+
+def _quantized(values: np.ndarray, qtype: Any) -> np.ndarray:
+    import gguf
+
+    return gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
 
 
 def _tensor_plan(tensors: Iterable[TensorInfo], names: TensorNames, kind: str) -> list[_PlannedTensor]:

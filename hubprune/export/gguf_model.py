@@ -212,7 +212,7 @@ class TensorNames:
         target = self.target(name)
         if target is None:
             return None
-        data = data.astype(np.float32)
+        data = data.astype(np.float32, copy=False)
         heads = int(self.text["num_attention_heads"])
         kv_heads = int(self.text.get("num_key_value_heads") or heads)
         if self.spec.rotary_rows_interleaved and target.endswith(("attn_q.weight", "attn_q.bias")):
@@ -222,6 +222,10 @@ class TensorNames:
         elif self.spec.norms_plus_one and target.endswith("norm.weight"):
             data = data + 1.0
         return target, data
+
+    def reorders_rows(self, target: str) -> bool:
+        """Whether converting the tensor moves rows within a head (so it must be converted whole)."""
+        return self.spec.rotary_rows_interleaved and target.split(".")[-2] in ("attn_q", "attn_k")
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         """Tensors llama.cpp needs that the checkpoint has none of: Llama 3's RoPE frequency divisors."""
