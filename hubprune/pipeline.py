@@ -23,11 +23,13 @@ from hubprune.measure.profile import ModelProfile, profile_path
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.calibrate import GENERATED, CalibrationSettings, calibration_text
 from hubprune.pruning.check import CheckOutcome, CheckSettings, check_criteria
+from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.gguf import is_embedded_default
 from hubprune.pruning.plan import FamilyPlan, Target
 from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardOutcome, CardSettings, render_cards
+from hubprune.publish.licence import known_licence
 from hubprune.texts import shared_ngrams
 
 DEFAULT_PRUNE, DEFAULT_EVAL, DEFAULT_PROFILE, DEFAULT_CARDS = (
@@ -89,14 +91,7 @@ def run_family(
     if gguf_types:  # an architecture or tokenizer that GGUF cannot hold faithfully is refused before pruning
         check_gguf_source(checkpoint)
     if evaluation is not None:  # bad settings, unknown tasks or missing task data stop the job before it writes
-        evaluation = on_runtime(evaluation, runtime)  # a dtype eval refuses (float16) is refused here
-        planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
-        if planned.choice is not None:  # `auto` is decided once, here, and said in one line
-            report(on_progress, Progress("eval", planned.announcement()))
-            evaluation = replace(evaluation, suite=planned.choice.name)
-        if prune.reads_text:  # the data-aware criteria and the refit are fitted to the calibration text
-            tasks = [(t.task, t.limit) for t in planned.tasks]
-            _warn_if_calibration_is_evaluated(prune.calibration, tasks, on_progress)
+        evaluation = _planned_evaluation(evaluation, runtime, checkpoint, prune, on_progress)
     check: list[CheckOutcome] = []
     plans: list[FamilyPlan] = []
 
@@ -128,13 +123,45 @@ def run_family(
         manifest.record_analysis(output, criteria_check=check[0].to_dict())
     if command is not None:
         manifest.record_command(output, "build-family", command)
-    source_gguf = source_gguf_of(checkpoint)
-    gguf = export_gguf(output, gguf_types, source=source_gguf, on_progress=on_progress) if gguf_types else []
+    gguf = _export_gguf(output, checkpoint, gguf_types, cards.license, on_progress) if gguf_types else []
     evaluated = evaluate(output, evaluation, runtime, on_progress=on_progress) if evaluation is not None else None
     profiles = profile_path(output, profile, runtime, on_progress=on_progress) if profile is not None else None
     rendered = render_cards(output, cards)
     outcome = check[0] if check else None
     return FamilyOutcome(output, plans[0], manifest.load(output), outcome, evaluated, profiles, rendered, gguf)
+
+
+def _planned_evaluation(
+    evaluation: EvalSettings,
+    runtime: RuntimeSettings,
+    checkpoint: Checkpoint,
+    prune: PruneSettings,
+    on_progress: ProgressCallback | None,
+) -> EvalSettings:
+    """The eval settings on `runtime` with `auto` decided, once, and said in one line; a dtype eval refuses
+    (float16), unknown tasks or missing task data are refused here, before anything is written."""
+    evaluation = on_runtime(evaluation, runtime)
+    planned = plan_tasks(evaluation, embedded_default=is_embedded_default(checkpoint.origin))
+    if planned.choice is not None:
+        report(on_progress, Progress("eval", planned.announcement()))
+        evaluation = replace(evaluation, suite=planned.choice.name)
+    if prune.reads_text:  # the data-aware criteria and the refit are fitted to the calibration text
+        tasks = [(t.task, t.limit) for t in planned.tasks]
+        _warn_if_calibration_is_evaluated(prune.calibration, tasks, on_progress)
+    return evaluation
+
+
+def _export_gguf(
+    output: Path,
+    checkpoint: Checkpoint,
+    types: Sequence[str],
+    licence: str | None,
+    on_progress: ProgressCallback | None,
+) -> list[MemberFiles]:
+    """Every member as GGUF files of `types`, named with the base's licence as the cards find it."""
+    licence = known_licence(output, licence)
+    source = source_gguf_of(checkpoint)
+    return export_gguf(output, types, source=source, licence=licence, on_progress=on_progress)
 
 
 def _warn_if_calibration_is_evaluated(

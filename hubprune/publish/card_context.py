@@ -13,7 +13,7 @@ from typing import Any
 from hubprune import manifest, provenance
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
-from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, is_embedded_default
+from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, EMBEDDED_DEFAULT_BASE, is_embedded_default
 from hubprune.publish import gguf_context, recovery_context
 from hubprune.publish.formatting import (
     bytes_text,
@@ -28,7 +28,7 @@ from hubprune.publish.formatting import (
     stderr_text,
     timed_text,
 )
-from hubprune.publish.licence import EMBEDDED_DEFAULT_BASE, EMBEDDED_DEFAULT_ORIGINAL, Licence, licence_text
+from hubprune.publish.licence import EMBEDDED_DEFAULT_ORIGINAL, Licence, licence_text
 from hubprune.publish.results import BatchFigures, ModelResults, TaskScore, benchmarks
 
 HUB = "https://huggingface.co"

