@@ -193,6 +193,7 @@ def test_build_family_runs_the_eval_stage_and_prints_the_headline(tmp_path, tiny
             "--include-path",
             str(task_dir),
             *("--batch-sizes", "1", "--prompt-tokens", "6", "--new-tokens", "3", "--min-seconds", "0"),
+            *("--rounds", "1"),  # rounds are test_profile.py's: one fresh process per model here
         ],
     )
     assert result.exit_code == 0, result.output

@@ -109,7 +109,7 @@ def test_gguf_to_hub_end_to_end(tmp_path, gguf_cache, monkeypatch):
     monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
     family = tmp_path / "family"
     build = ["build-family", "-o", str(family), "--pcts", "50", "--limit", "4"]
-    build += ["--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0"]
+    build += ["--batch-sizes", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--min-seconds", "0", "--rounds", "1"]
     result = CliRunner().invoke(main, build)
     assert result.exit_code == 0, result.output
     assert "next, publish it: hubprune push " in result.output
