@@ -25,12 +25,21 @@ from hubprune.export import gguf as export_gguf
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "phi3")
 TYPES = ("F16", "Q8_0", "Q4_0")
-EVERY_TYPE = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+EVERY_TYPE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 SAMPLE = "w17 w4 hello, world. it's 2024\n ok Zz w5!"
 IDS = torch.tensor([[5, 9, 17, 33, 60, 2, 44, 70, 71, 80, 90, 11]])
 # largest |logit - member's logit| / largest |member logit|, over the 8 tiny members (25 % removed, weights
 # N(0, 0.3)), measured: F16 1.1e-3, BF16 7e-3, Q8_0 3.6e-2, Q4_0 0.19; bounds a little above
-LOSS_BOUND = {"F16": 2e-3, "BF16": 1.5e-2, "Q8_0": 6e-2, "Q4_0": 0.3, "Q4_1": 0.3, "Q5_0": 0.2, "Q5_1": 0.2}
+LOSS_BOUND = {
+    "F32": 1e-5,
+    "F16": 2e-3,
+    "BF16": 1.5e-2,
+    "Q8_0": 6e-2,
+    "Q4_0": 0.3,
+    "Q4_1": 0.3,
+    "Q5_0": 0.2,
+    "Q5_1": 0.2,
+}
 
 
 def _member(tmp_path: Path, model_type: str, types: tuple[str, ...]) -> Path:
@@ -78,6 +87,8 @@ def test_every_family_reads_back_as_the_member(tmp_path, model_type, monkeypatch
             assert torch.allclose(got, exact, atol=2e-4, rtol=1e-4), (kind, (got - exact).abs().max())
             loss = ((got - want).abs().max() / want.abs().max()).item()
             assert loss < LOSS_BOUND[kind], (kind, loss)
+            file_type = gguf.GGUFReader(alone / name).fields["general.file_type"].contents()
+            assert gguf.LlamaFileType(file_type).name.endswith(f"_{kind}"), (kind, file_type)  # ALL_F32, MOSTLY_F16..
     tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file=name)
     assert tokenizer(SAMPLE).input_ids == AutoTokenizer.from_pretrained(member)(SAMPLE).input_ids
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from hubprune.errors import ExportError
 from hubprune.export.gguf_metadata import read_metadata
-from hubprune.export.gguf_model import TensorNames, hyperparameters, layout
+from hubprune.export.gguf_model import TensorNames, hyperparameters, layout, text_config
 from hubprune.export.gguf_vocab import read_vocabulary
 from hubprune.pruning.checkpoint import TensorInfo, open_checkpoint, read_tensor
 
@@ -230,15 +230,14 @@ def _planned(target: str, shape: tuple[int, ...], kind: str, info: TensorInfo | 
 
 
 def _converted_keys(folder: Path, config: dict[str, Any]) -> dict[str, tuple[Any, Any, Any]]:
-    """The hyperparameter and tokenizer keys of a member from a safetensors source."""
-    from hubprune.export.gguf_model import text_config
-
+    """The hyperparameter and tokenizer keys of a member from a safetensors source (an empty array is left out:
+    GGUF cannot type it)."""
     keys: dict[str, Any] = hyperparameters(config)
     keys |= read_vocabulary(folder, int(text_config(config)["vocab_size"])).key_values()
-    return {key: _typed(key, value) for key, value in keys.items()}
+    return {key: _typed(value) for key, value in keys.items() if value != []}
 
 
-def _typed(key: str, value: Any) -> tuple[Any, Any, Any]:
+def _typed(value: Any) -> tuple[Any, Any, Any]:
     import gguf
 
     types = gguf.GGUFValueType
@@ -294,17 +293,13 @@ def _file_type(kind: str) -> int:
     import gguf
 
     files = gguf.LlamaFileType
-    return {"F32": files.ALL_F32, "F16": files.MOSTLY_F16, "BF16": files.MOSTLY_BF16}.get(kind) or files[
-        f"MOSTLY_{kind}"
-    ]
+    return files.ALL_F32 if kind == "F32" else files[f"MOSTLY_{kind}"]
 
 
 def check_convertible(folder: Path, config: dict[str, Any], copies_source_metadata: bool) -> None:
     """Refuse, before anything is written, a model whose architecture or tokenizer cannot be converted faithfully.
     `folder` holds its config and tokenizer files; with `copies_source_metadata` the tokenizer comes from the
     source GGUF and is not read here."""
-    from hubprune.export.gguf_model import text_config
-
     layout(config)
     hyperparameters(config)
     if not copies_source_metadata:
