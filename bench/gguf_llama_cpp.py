@@ -66,7 +66,7 @@ def transformers_greedy(member: Path, prompt: str, n_tokens: int) -> str:
     return tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
 
 
-def write_timed(member: Path, kind: str) -> tuple[float, float]:
+def write_timed(member: Path, kind: str, source: str | None) -> tuple[float, float, str]:
     """Seconds to write the file (as hubprune.json records them) and the peak RSS in GB of the whole
     `hubprune gguf MEMBER --types KIND` process, measured by /usr/bin/time: a fresh process's own figure (a child
     of this one would inherit the high-water mark of the models this bench has loaded)."""
@@ -75,8 +75,8 @@ def write_timed(member: Path, kind: str) -> tuple[float, float]:
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
     peak_kb = int(done.stderr.rsplit("peak-kb ", 1)[1].split()[0])
-    seconds = json.loads((member / "hubprune.json").read_text())["gguf"][kind]["seconds"]
-    return float(seconds), peak_kb / 1e6
+    record = json.loads((member / "hubprune.json").read_text())["gguf"][kind]
+    return float(record["seconds"]), peak_kb / 1e6, record["metadata_from"]
 
 
 def safetensors_route(member: Path, work: Path) -> Path:
@@ -118,8 +118,8 @@ def bench_model(source: str | None, label: str, args: argparse.Namespace, text: 
     print("|---|---|---|---|---|---|---|---|")
     files = []
     for kind in args.types.split(","):
-        seconds, peak = write_timed(member, kind)
-        files.append((member / f"{member.name}-{kind}.gguf", "source GGUF", f"{seconds:.1f}", f"{peak:.2f} GB"))
+        seconds, peak, route = write_timed(member, kind, source)
+        files.append((member / f"{member.name}-{kind}.gguf", route, f"{seconds:.1f}", f"{peak:.2f} GB"))
     files.append((safetensors_route(member, work), "safetensors", "-", "-"))
     generations = []
     for path, route, seconds, peak in files:

@@ -15,6 +15,7 @@ from pathlib import Path
 from hubprune import manifest
 from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings, on_runtime
 from hubprune.errors import CriterionError
+from hubprune.export.gguf import parse_types
 from hubprune.export.members import MemberFiles, check_gguf_source, export_gguf, source_gguf_of
 from hubprune.measure.efficiency import ProfileSettings, resolved
 from hubprune.measure.evaluate import EvalOutcome, EvalSettings, evaluate, plan_tasks
@@ -88,7 +89,8 @@ def run_family(
     if profile is not None:  # a GPU or energy counter this machine lacks stops the job before anything is written
         resolved(on_runtime(profile, runtime))
     checkpoint = open_source(source, revision=revision)
-    if gguf_types:  # an architecture or tokenizer that GGUF cannot hold faithfully is refused before pruning
+    if gguf_types:  # a type, architecture or tokenizer that GGUF cannot hold faithfully is refused before pruning
+        gguf_types = parse_types(gguf_types)
         check_gguf_source(checkpoint)
     if evaluation is not None:  # bad settings, unknown tasks or missing task data stop the job before it writes
         evaluation = _planned_evaluation(evaluation, runtime, checkpoint, prune, on_progress)
