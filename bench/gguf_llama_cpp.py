@@ -69,8 +69,10 @@ def transformers_greedy(member: Path, prompt: str, n_tokens: int) -> str:
 def write_timed(member: Path, kind: str, source: str | None) -> tuple[float, float, str]:
     """Seconds to write the file (as hubprune.json records them) and the peak RSS in GB of the whole
     `hubprune gguf MEMBER --types KIND` process, measured by /usr/bin/time: a fresh process's own figure (a child
-    of this one would inherit the high-water mark of the models this bench has loaded)."""
+    of this one would inherit the high-water mark of the models this bench has loaded); and where the metadata
+    came from. `source`: the GGUF the member was pruned from (the embedded default is found without it)."""
     command = ["/usr/bin/time", "-f", "peak-kb %M", "hubprune", "gguf", str(member), "--types", kind]
+    command += ["--source", source] if source else []
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
