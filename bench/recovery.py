@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids
 from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
 from hubprune.pruning.check import CheckSettings, _perplexity, _pruned_perplexity, held_out_text
-from hubprune.pruning.importance import keep, rank
+from hubprune.pruning.importance import DATA_CRITERIA, keep, rank
 from hubprune.pruning.plan import Target, plan_family
 from hubprune.pruning.prune import analyse, data_scores, down_modules, model_shape, weight_scores
 from hubprune.pruning.source import open_source, source_identity
@@ -61,7 +61,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     recoveries = args.recoveries.split(",")
     began = time.perf_counter()
     stats = collect_activations(
-        model, tokenizer, names, calibration, grams="refit" in recoveries,
+        model, tokenizer, names, calibration, grams="refit" in recoveries or "obs" in args.criteria.split(","),
         source=json.dumps(source_identity(checkpoint), sort_keys=True), keep_inputs="sequential" in recoveries,
     )  # fmt: skip
     print(
@@ -77,7 +77,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     targets = [Target("pct", p) for p in args.pcts.split(",")]
     plan = plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets)
     for criterion in args.criteria.split(","):
-        if criterion in ("activation", "hybrid"):
+        if criterion in DATA_CRITERIA:
             scores = data_scores(checkpoint, layout, stats, criterion)
         else:
             scores = {
