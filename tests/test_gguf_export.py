@@ -75,7 +75,8 @@ def _read_back(member: Path, kind: str, model_type: str, tmp_path: Path):
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_every_family_reads_back_as_the_member(tmp_path, model_type, monkeypatch):
     monkeypatch.setattr(export_gguf, "CHUNK_BYTES", 256)  # tensors converted a few rows at a time, as big ones are
-    types = EVERY_TYPE if model_type == "llama" else TYPES
+    # every type once (llama); the 4-bit rule for tied embeddings once more (Gemma ties them); F16 and Q8_0 for all
+    types = EVERY_TYPE if model_type == "llama" else TYPES if model_type == "gemma3_text" else TYPES[:2]
     member = _member(tmp_path, model_type, types)
     with torch.no_grad():
         want = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()(IDS).logits
