@@ -122,9 +122,16 @@ class GgufFile:
         }
 
 
-def write_member_gguf(folder: Path, kind: str, naming: Naming, source_gguf: Path | None = None) -> GgufFile:
+def write_member_gguf(
+    folder: Path,
+    kind: str,
+    naming: Naming,
+    source_gguf: Path | None = None,
+    keys: dict[str, tuple[Any, Any, Any]] | None = None,
+) -> GgufFile:
     """Write `folder`'s member as `<member>-<kind>.gguf` in `folder`, through a temporary file renamed when
-    complete. `source_gguf`: the GGUF file the family was built from, whose metadata is copied."""
+    complete. `source_gguf`: the GGUF file the family was built from, whose metadata is copied. `keys`: the
+    member's metadata_keys, when the caller writing several types has them already."""
     import gguf
 
     started = time.perf_counter()
@@ -136,13 +143,7 @@ def write_member_gguf(folder: Path, kind: str, naming: Naming, source_gguf: Path
     tmp = target.with_name(f".{target.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), names.spec.arch)
     try:
-        keys = _source_keys(source_gguf) if source_gguf else _converted_keys(folder, member.config)
-        keys[f"{names.spec.arch}.feed_forward_length"] = (
-            hyperparameters(member.config)[f"{names.spec.arch}.feed_forward_length"],
-            gguf.GGUFValueType.UINT32,
-            None,
-        )
-        for key, (value, value_type, sub_type) in keys.items():
+        for key, (value, value_type, sub_type) in (keys or metadata_keys(folder, member.config, source_gguf)).items():
             writer.add_key_value(key, value, value_type, sub_type)
         _add_naming(writer, naming, kind)
         for entry in plan:
@@ -229,6 +230,19 @@ def _planned(target: str, shape: tuple[int, ...], kind: str, info: TensorInfo | 
     return _PlannedTensor(target, shape, qtype, nbytes, fell_back, info, made)
 
 
+def metadata_keys(folder: Path, config: dict[str, Any], source_gguf: Path | None) -> dict[str, tuple[Any, Any, Any]]:
+    """Every key of the member's file but the general.* naming ones, typed: copied from `source_gguf` when given
+    (its width set to the member's), else converted from the member's config.json and tokenizer.json."""
+    import gguf
+
+    if source_gguf is None:
+        return _converted_keys(folder, config)
+    keys = _source_keys(source_gguf)
+    width = f"{layout(config).arch}.feed_forward_length"
+    keys[width] = (hyperparameters(config)[width], gguf.GGUFValueType.UINT32, None)
+    return keys
+
+
 def _converted_keys(folder: Path, config: dict[str, Any]) -> dict[str, tuple[Any, Any, Any]]:
     """The hyperparameter and tokenizer keys of a member from a safetensors source (an empty array is left out:
     GGUF cannot type it)."""
@@ -300,7 +314,6 @@ def check_convertible(folder: Path, config: dict[str, Any], copies_source_metada
     """Refuse, before anything is written, a model whose architecture or tokenizer cannot be converted faithfully.
     `folder` holds its config and tokenizer files; with `copies_source_metadata` the tokenizer comes from the
     source GGUF and is not read here."""
-    layout(config)
-    hyperparameters(config)
+    hyperparameters(config)  # the layout and its refusals
     if not copies_source_metadata:
         read_vocabulary(folder, int(text_config(config)["vocab_size"]))

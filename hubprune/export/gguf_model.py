@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hubprune.errors import ExportError
+from hubprune.pruning.arch import resolve
 
 KeyValues = dict[str, Any]  # GGUF key (without the architecture prefix where it starts with ".") -> value
 GEMMA_TEXT_PREFIX = re.compile(r"^(?:model\.language_model\.|language_model\.model\.|language_model\.)")
@@ -152,8 +153,9 @@ LAYOUTS: dict[str, ModelLayout] = {
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The language model's config (Gemma 3 multimodal keeps it under text_config)."""
-    return config["text_config"] if config.get("model_type") == "gemma3" else config
+    """The language model's config, where the architecture's data file says it is (Gemma 3 multimodal keeps it
+    under text_config)."""
+    return resolve(config).text_config(config)
 
 
 def layout(config: dict[str, Any]) -> ModelLayout:
@@ -190,8 +192,8 @@ class TensorNames:
     def __init__(self, config: dict[str, Any]):
         import gguf
 
-        self.config, self.text = config, text_config(config)
         self.spec = layout(config)
+        self.text = text_config(config)
         arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == self.spec.arch)
         self._names = gguf.get_tensor_name_map(arch, int(self.text["num_hidden_layers"]))
 
@@ -245,7 +247,7 @@ def llama3_rope_divisors(text: dict[str, Any]) -> np.ndarray:
     """Llama 3.1's frequency-dependent RoPE scaling as llama.cpp applies it: one divisor per rotary pair (1 for
     high frequencies, `factor` for low ones, a smooth blend between), as transformers' llama3 rope computes."""
     rope = _rope(text)
-    dim = int(text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"])
+    dim = _head_dim(text)
     base, factor = float(rope.get("rope_theta", 10000.0)), float(rope["factor"])
     low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
     context = float(rope.get("original_max_position_embeddings", 8192))

@@ -87,7 +87,7 @@ def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     tokens, added = _tokens(data, vocab_size, folder.name)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     sentencepiece = _is_sentencepiece_style(data)
-    types = _token_types(tokens, added, model.get("unk_token"), sentencepiece, vocab_size)
+    types = _token_types(tokens, added, model.get("unk_token"), sentencepiece)
     encode = _encoder(path)
     special = _special_ids(config, tokens)
     add_bos = "bos" in special and _adds(encode, special["bos"], first=True)
@@ -150,16 +150,20 @@ def _is_sentencepiece_style(data: dict[str, Any]) -> bool:
 
 def _prepends_space(data: dict[str, Any]) -> bool:
     """Whether a "▁" is put before the text (Llama 2, Mistral), or not (Gemma)."""
-    normalizer = json.dumps(data.get("normalizer"))
-    pre = data.get("pre_tokenizer") or {}
-    if "Prepend" in normalizer:
+    if "Prepend" in json.dumps(data.get("normalizer")):
         return True
-    steps = pre.get("pretokenizers", [pre]) if pre else []
+    steps = _pre_tokenizer_steps(data)
     return any(s.get("type") == "Metaspace" and s.get("prepend_scheme", "always") != "never" for s in steps)
 
 
+def _pre_tokenizer_steps(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pre-tokenizer's steps in order (a Sequence's, or the one step; none when there is no pre-tokenizer)."""
+    pre = data.get("pre_tokenizer") or {}
+    return pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre] if pre else []
+
+
 def _token_types(
-    tokens: list[str], added: dict[int, dict[str, Any]], unk: str | None, sentencepiece: bool, used: int
+    tokens: list[str], added: dict[int, dict[str, Any]], unk: str | None, sentencepiece: bool
 ) -> list[int]:
     types = []
     for i, token in enumerate(tokens):
@@ -214,8 +218,7 @@ def _special_ids(config: dict[str, Any], tokens: list[str]) -> dict[str, int]:
 def pre_tokenizer_name(data: dict[str, Any], where: str) -> str:
     """llama.cpp's name for this byte-level tokenizer's word split, read from its tokenizer.json; refused when it
     is not one llama.cpp spells exactly."""
-    pre = data.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    steps = _pre_tokenizer_steps(data)
     kinds = [s.get("type") for s in steps]
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         pattern = (steps[0].get("pattern") or {}).get("Regex")
@@ -228,7 +231,7 @@ def pre_tokenizer_name(data: dict[str, Any], where: str) -> str:
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
         return "gpt-2"
     raise ExportError(
-        f"{where}'s tokenizer splits words in a way llama.cpp has no exact match for ({' + '.join(map(str, kinds))}): "
+        f"{where}'s tokenizer splits words in a way llama.cpp has no exact match for ({' + '.join(map(str, kinds)) or 'none'}): "
         "a GGUF file of it would tokenize differently; convert it with llama.cpp's convert_hf_to_gguf.py, which "
         "refuses or names it"
     )

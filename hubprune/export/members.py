@@ -4,25 +4,33 @@ is kept, so a stopped export resumes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubprune import manifest
+from hubprune import manifest, provenance
 from hubprune.errors import ExportError
-from hubprune.export.gguf import GgufFile, Naming, check_convertible, file_name, parse_types, write_member_gguf
+from hubprune.export.gguf import (
+    GgufFile,
+    Naming,
+    check_convertible,
+    file_name,
+    metadata_keys,
+    parse_types,
+    write_member_gguf,
+)
+from hubprune.files import write_json_atomic
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.checkpoint import Checkpoint, open_checkpoint
 from hubprune.pruning.gguf import EMBEDDED_DEFAULT_BASE, base_name, embedded_default, is_embedded_default, sha256_of
 
-PROVENANCE = "hubprune.json"
+PROVENANCE = provenance.PROVENANCE
 
 
 @dataclass(frozen=True)
 class MemberFiles:
-    """The GGUF files of one member, with a note when the source's own metadata could not be copied."""
+    """The GGUF files of one member: those of every type asked for, and which of them this call wrote."""
 
     member: str
     folder: Path
@@ -114,10 +122,10 @@ def _export_member(
     where: manifest.Location,
     on_progress: ProgressCallback | None,
 ) -> MemberFiles:
-    provenance = _provenance(folder)
-    recorded: dict[str, dict[str, Any]] = dict(provenance.get("gguf") or {})
-    naming = _naming(folder, provenance, None if source_gguf else licence)
-    files, written = [], []
+    written_by = _provenance(folder)
+    recorded: dict[str, dict[str, Any]] = dict(written_by.get("gguf") or {})
+    naming = _naming(folder, written_by, None if source_gguf else licence)
+    files, written, keys = [], [], None
     for kind in kinds:
         previous = recorded.get(kind)
         target = folder / file_name(naming.member, kind)
@@ -126,11 +134,12 @@ def _export_member(
             report(on_progress, Progress("gguf", f"{target.name} already written", item=naming.member, status="reused"))
             continue
         report(on_progress, Progress("gguf", f"writing {target.name}", item=naming.member, status="start"))
-        made = write_member_gguf(folder, kind, naming, source_gguf)
+        keys = keys or metadata_keys(folder, open_checkpoint(folder).config, source_gguf)  # read once a member
+        made = write_member_gguf(folder, kind, naming, source_gguf, keys)
         files.append(made)
         written.append(kind)
         recorded[kind] = made.to_dict()
-        _save_provenance(folder, {**_provenance(folder), "gguf": recorded})
+        write_json_atomic(folder / PROVENANCE, {**written_by, "gguf": recorded})
         report(on_progress, Progress("gguf", _written_line(made), item=naming.member, status="done"))
     family_dir = where.family_dir
     if family_dir is not None:
@@ -159,9 +168,9 @@ def _from_record(record: dict[str, Any]) -> GgufFile:
     )
 
 
-def _naming(folder: Path, provenance: dict[str, Any], licence: str | None) -> Naming:
+def _naming(folder: Path, written_by: dict[str, Any], licence: str | None) -> Naming:
     """The general.* keys: the member, its base by name and Hub repo (never a local path), its licence."""
-    source = provenance["source"]
+    source = written_by["source"]
     origin = source.get("origin") or {}
     identity = str(source.get("id", ""))
     if origin.get("format") == "gguf":
@@ -174,10 +183,8 @@ def _naming(folder: Path, provenance: dict[str, Any], licence: str | None) -> Na
 
 
 def _provenance(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
-
-
-def _save_provenance(folder: Path, provenance: dict[str, Any]) -> None:
-    from hubprune.files import write_json_atomic
-
-    write_json_atomic(folder / PROVENANCE, provenance)
+    """The member's hubprune.json as it stands (the typed view's raw dict: the gguf records are written back)."""
+    found = provenance.read(folder)
+    if found is None:
+        raise ExportError(f"{folder} has no {PROVENANCE}: give a member hubprune wrote")
+    return found.raw

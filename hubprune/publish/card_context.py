@@ -103,11 +103,12 @@ def member_context(
 ) -> dict[str, Any]:
     """A member card's context: the common one, with this member's facts and its row highlighted."""
     written = provenance.read(member.folder) if member.folder else None
+    repo_id = f"{namespace or 'YOUR-NAMESPACE'}/{member.name}"
     return {
         **common,
         "member": {
             "name": member.name,
-            "repo_id": f"{namespace or 'YOUR-NAMESPACE'}/{member.name}",
+            "repo_id": repo_id,
             "width": member.width,
             "ratio": f"{member.ratio:.2f}",
             "pct_removed": f"{(1 - member.width / base.width) * 100:.1f} %",
@@ -120,7 +121,7 @@ def member_context(
         "member_recovery": recovery_context.member_recovery(written),
         "member_distillation": recovery_context.member_distillation(written),
         "eval_settings": _eval_settings_line(member),
-        "gguf": gguf_context.member_gguf(member.folder, f"{namespace or 'YOUR-NAMESPACE'}/{member.name}", member.width),
+        "gguf": gguf_context.member_gguf(member.folder, written, repo_id, member.width),
     }
 
 

@@ -3,30 +3,31 @@ llama.cpp and Ollama; the family card's list of every member's files."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from hubprune import provenance
 from hubprune.export.gguf import WRITABLE, quantize_command
 from hubprune.publish.formatting import bytes_text
 
-PROVENANCE = "hubprune.json"
-# the type the run commands name: the first written, in the order of WRITABLE's preference for running
+# which file the run commands name: the first of these that was written (the most compact that keeps quality)
 PREFERRED = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "F16", "BF16", "F32")
 
 
-def recorded_files(folder: Path | None) -> list[dict[str, Any]]:
-    """The GGUF files recorded in a member's hubprune.json that are still beside it, in WRITABLE order."""
-    if folder is None or not (folder / PROVENANCE).is_file():
+def recorded_files(folder: Path | None, written: provenance.MemberProvenance | None) -> list[dict[str, Any]]:
+    """The GGUF files recorded in a member's hubprune.json (`written`) that are still beside it, in WRITABLE
+    order."""
+    if folder is None or written is None:
         return []
-    recorded = json.loads((folder / PROVENANCE).read_text(encoding="utf-8")).get("gguf") or {}
-    present = [r for r in recorded.values() if (folder / r["file"]).is_file()]
+    present = [r for r in (written.raw.get("gguf") or {}).values() if (folder / r["file"]).is_file()]
     return sorted(present, key=lambda r: WRITABLE.index(r["type"]))
 
 
-def member_gguf(folder: Path | None, repo_id: str, width: int) -> dict[str, Any] | None:
+def member_gguf(
+    folder: Path | None, written: provenance.MemberProvenance | None, repo_id: str, width: int
+) -> dict[str, Any] | None:
     """A member card's "Use with llama.cpp / Ollama" section, or None when no GGUF file was written."""
-    files = recorded_files(folder)
+    files = recorded_files(folder, written)
     if not files:
         return None
     kinds = [f["type"] for f in files]
@@ -51,7 +52,7 @@ def family_gguf(members: list[Any]) -> list[dict[str, str]]:
     """The family card's list: each member with GGUF files, and its files with sizes."""
     rows = []
     for member in members:
-        files = recorded_files(member.folder)
+        files = recorded_files(member.folder, provenance.read(member.folder) if member.folder else None)
         if files:
             listed = ", ".join(f"`{f['file']}` ({bytes_text(f['bytes'])})" for f in files)
             rows.append({"member": member.name, "files": listed})
