@@ -16,6 +16,7 @@ It also gives each step's time and the process's peak memory after it. The calib
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import time
@@ -27,13 +28,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids
 from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
-from hubprune.pruning.check import CheckSettings, _perplexity, _pruned_perplexity, held_out_text
+from hubprune.pruning.check import CheckSettings, _perplexity, _pruned_perplexity, held_out_text, prune_in_memory
 from hubprune.pruning.importance import DATA_CRITERIA, keep, rank
 from hubprune.pruning.plan import Target, plan_family
 from hubprune.pruning.prune import analyse, data_scores, down_modules, model_shape, weight_scores
 from hubprune.pruning.source import open_source, source_identity
 from hubprune.recover import methods
+from hubprune.recover.apply import Recovery
+from hubprune.recover.reconstruct import ReconstructSettings
 from hubprune.recover.refit import PassInputs
+from hubprune.recover.settings import RecoverySettings
 
 
 def peak_gb() -> float:
@@ -59,10 +63,13 @@ def run(source: str | None, args: argparse.Namespace) -> None:
         args.calibration_tokens,
     )
     recoveries = args.recoveries.split(",")
+    reconstruct = ReconstructSettings(
+        tokens=args.reconstruct_tokens, learning_rate=args.reconstruct_lr, batch=args.reconstruct_batch
+    )
     began = time.perf_counter()
     stats = collect_activations(
-        model, tokenizer, names, calibration, grams="refit" in recoveries or "obs" in args.criteria.split(","),
-        source=json.dumps(source_identity(checkpoint), sort_keys=True), keep_inputs="sequential" in recoveries,
+        model, tokenizer, names, calibration, grams=any("refit" in r.split("+") for r in recoveries) or "obs" in args.criteria.split(","),
+        source=json.dumps(source_identity(checkpoint), sort_keys=True), keep_inputs=any(RecoverySettings(steps=r).keeps_windows for r in recoveries),
     )  # fmt: skip
     print(
         f"\n## {checkpoint.source if source else 'embedded default'}\n\ncalibration: {stats.record['source']}, "
@@ -87,14 +94,25 @@ def run(source: str | None, args: argparse.Namespace) -> None:
             kept = {layer: keep(rank(s), member.intermediate_size) for layer, s in scores.items()}
             for recovery in recoveries:
                 began = time.perf_counter()
-                updates = None
-                if recovery != "none":
-                    updates = methods.METHODS[recovery].load().member_updates(inputs, kept).updates
-                seconds = time.perf_counter() - began
-                ratios = [
-                    _pruned_perplexity(model, downs, kept, updates, i, 512, prefix) / base[name]
-                    for name, i in ids.items()
-                ]
+                steps = RecoverySettings(steps=recovery, reconstruct=reconstruct).steps
+                updates, passes = None, methods.of_phase(steps, "pass")
+                if passes:
+                    updates = passes[0].load().member_updates(inputs, kept).updates
+                if methods.of_phase(steps, "member"):  # trains a pruned copy
+                    student = copy.deepcopy(model)
+                    prune_in_memory(student, layout, kept, updates)
+                    found = Recovery(RecoverySettings(steps=recovery, reconstruct=reconstruct))
+                    found.start_in_memory(model, tokenizer, None, stats.inputs)
+                    student = found.recover_model(student, layout.roles, recovery, None)
+                    seconds = time.perf_counter() - began
+                    ratios = [_perplexity(student, i, 512, prefix) / base[name] for name, i in ids.items()]
+                    del student
+                else:
+                    seconds = time.perf_counter() - began
+                    ratios = [
+                        _pruned_perplexity(model, downs, kept, updates, i, 512, prefix) / base[name]
+                        for name, i in ids.items()
+                    ]
                 cells = " | ".join(f"{r:.3f}x" for r in ratios)
                 print(
                     f"| {member.target.value} % | {criterion} | {recovery} | {cells} | {seconds:.0f} | "
@@ -113,6 +131,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of each evaluation text")
     parser.add_argument("--calibration", default="shipped")
     parser.add_argument("--calibration-tokens", type=int, default=4096)
+    parser.add_argument("--reconstruct-tokens", type=int, default=ReconstructSettings.tokens)
+    parser.add_argument("--reconstruct-lr", type=float, default=ReconstructSettings.learning_rate)
+    parser.add_argument("--reconstruct-batch", type=int, default=ReconstructSettings.batch)
     args = parser.parse_args()
     for source in args.sources:
         run(source, args)

@@ -75,6 +75,7 @@ class Family:
     calibration: dict[str, Any] | None = None
     recovery: str = "none"  # what recovered the members after pruning (PruneSettings.recover); part of the family
     distill: dict[str, Any] | None = None  # the distillation's settings (DistillSettings.identity); part of the family
+    reconstruct: dict[str, Any] | None = None  # local reconstruction's settings (ReconstructSettings.identity); too
 
     def built_members(self) -> tuple[MemberRecord, ...]:
         """The members whose weights were written and verified (widest first): the ones later stages use."""

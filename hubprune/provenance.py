@@ -43,12 +43,27 @@ class DistillRecord:
 
 
 @dataclass(frozen=True)
+class ReconstructionRecord:
+    """How a member's MLPs were trained layer by layer (recover/reconstruct.py writes it)."""
+
+    objective: str
+    optimizer: str
+    steps_per_layer: int
+    tokens_per_layer: int
+    calibration_tokens: dict[str, int]  # fit, held_out
+    held_out_error: dict[str, Any]  # before, after: mean relative error of the MLPs on held-out calibration windows
+    seconds: float
+    device: str
+
+
+@dataclass(frozen=True)
 class MemberProvenance:
     source: dict[str, Any]
     criterion: str
     calibration: dict[str, Any] | None
     refit: RefitRecord | None
     distillation: DistillRecord | None
+    reconstruction: ReconstructionRecord | None
     raw: dict[str, Any]  # the whole file, for what no view names yet
 
 
@@ -65,6 +80,7 @@ def read(folder: Path) -> MemberProvenance | None:
         calibration=found.get("calibration"),
         refit=_refit(refit) if refit else None,
         distillation=_distillation(distilled) if distilled else None,
+        reconstruction=_reconstruction(found["reconstruction"]) if found.get("reconstruction") else None,
         raw=found,
     )
 
@@ -93,4 +109,17 @@ def _distillation(record: dict[str, Any]) -> DistillRecord:
         seconds=record["seconds"],
         device=record["device"],
         engine=record.get("engine") or {},
+    )
+
+
+def _reconstruction(record: dict[str, Any]) -> ReconstructionRecord:
+    return ReconstructionRecord(
+        objective=record["objective"],
+        optimizer=record["optimizer"],
+        steps_per_layer=record["steps_per_layer"],
+        tokens_per_layer=record["tokens_per_layer"],
+        calibration_tokens=record["calibration_tokens"],
+        held_out_error=record["held_out_error"],
+        seconds=record["seconds"],
+        device=record["device"],
     )

@@ -166,13 +166,13 @@ def check_criteria(
     downs = loaded_modules(model, names)
     refit = settings.recovery.refits
     stats, shared = None, None
-    if refit or any(c in DATA_CRITERIA for c in criteria):
+    if settings.recovery.reads_calibration or any(c in DATA_CRITERIA for c in criteria):
         stats, shared = _calibrate(model, tokenizer, checkpoint, names, settings, text, on_progress)
     scores = {c: _scores(checkpoint, layout, c, stats) for c in criteria if c != "random"}
     seeds = range(settings.seeds) if "random" in criteria else range(0)
     scores.update({f"random:{s}": _random(layout.num_layers, layout.intermediate_size, s) for s in seeds})
     base = _perplexity(model, ids, settings.window, prefix)
-    recovery.start_in_memory(model, tokenizer, on_progress)
+    recovery.start_in_memory(model, tokenizer, on_progress, stats.inputs if stats else ())
     rows: list[CheckRow] = []
     for member in plan.members:
         removed = (1 - member.intermediate_size / layout.intermediate_size) * 100
@@ -199,7 +199,7 @@ def check_criteria(
                 recoveries[step] = _pruned_perplexity(model, downs, kept, updates, ids, settings.window, prefix)
             if settings.recovery.trains:
                 label = f"{criterion} at width {width}"
-                report(on_progress, Progress("check", f"[check] distilling {label} ({settings.recovery.label})"))
+                report(on_progress, Progress("check", f"[check] recovering {label} ({settings.recovery.label})"))
                 student = copy.deepcopy(model)
                 prune_in_memory(student, layout, kept, updates)
                 student = recovery.recover_model(student, layout.roles, label, on_progress)
@@ -234,7 +234,7 @@ def _calibrate(
         settings.calibration,
         grams=settings.recovery.reads_grams or any(c in GRAM_CRITERIA for c in settings.criteria),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
-        keep_inputs=settings.recovery.runs_model,
+        keep_inputs=settings.recovery.keeps_windows,
         on_progress=on_progress,
     )
     return stats, shared_ngrams(stats.text, [p for p in held_out_text.split("\n\n") if p.strip()])

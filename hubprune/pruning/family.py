@@ -111,12 +111,14 @@ def build_family(
     _refuse_foreign_folder(out, force)
     todo = [m for m in plan.members if not _already_built(out / m.name, m, settings.criterion)]
     recovery = Recovery(settings.recovery, runtime.device)
-    recovery.check_inputs(checkpoint.folder)  # a text too short is refused before calibration runs
+    recovery.check_inputs(
+        checkpoint.folder, -(-settings.calibration.max_tokens // settings.calibration.window)
+    )  # a text too short is refused before calibration runs
     if before_writing is not None:
         before_writing(plan)
     prepared = _prepare(checkpoint, layout, settings, runtime, recovery, todo, on_progress) if todo else None
     if todo:
-        _start_recovery(recovery, checkpoint, out / DISTILL_WORK, on_progress)
+        _start_recovery(recovery, checkpoint, out / DISTILL_WORK, prepared.windows, on_progress)  # type: ignore[union-attr]
     family = _open_family_folder(out, checkpoint, plan, settings, runtime)
     for stale in out.glob(f"{PARTIAL_PREFIX}*"):  # left by a stopped build
         shutil.rmtree(stale)
@@ -163,10 +165,12 @@ def prune_one(
         raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
     member = plan.members[0]
     recovery = Recovery(settings.recovery, runtime.device)
-    recovery.check_inputs(checkpoint.folder)  # a text too short is refused before calibration runs
+    recovery.check_inputs(
+        checkpoint.folder, -(-settings.calibration.max_tokens // settings.calibration.window)
+    )  # a text too short is refused before calibration runs
     prepared = _prepare(checkpoint, layout, settings, runtime, recovery, [member], on_progress)
     work = out.with_name(f"{DISTILL_WORK}-{out.name}")  # kept if stopped: the next run resumes from it
-    _start_recovery(recovery, checkpoint, work, on_progress)
+    _start_recovery(recovery, checkpoint, work, prepared.windows, on_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f"{PARTIAL_PREFIX}{out.name}")
     if partial.exists():
@@ -194,11 +198,16 @@ def check_output(out: Path, checkpoint: Checkpoint) -> None:
 
 
 def _start_recovery(
-    recovery: Recovery, checkpoint: Checkpoint, work: Path, on_progress: ProgressCallback | None
+    recovery: Recovery,
+    checkpoint: Checkpoint,
+    work: Path,
+    windows: tuple[torch.Tensor, ...],
+    on_progress: ProgressCallback | None,
 ) -> None:
-    message = f"[distill] {checkpoint.source}: loading the base model and its distillation data"
+    """Load what the member steps learn from: the base, the distillation's data, the calibration `windows`."""
+    message = f"[{methods.label(tuple(m.name for m in methods.of_phase(recovery.settings.steps, 'member')))}] "
     source = json.dumps(source_identity(checkpoint), sort_keys=True)  # a cache of another base is made again
-    recovery.start(checkpoint.folder, work, source, on_progress, message)
+    recovery.start(checkpoint.folder, work, source, on_progress, message + checkpoint.source, windows)
 
 
 def _recover_member(
@@ -225,6 +234,7 @@ class _Prepared:
     calibration: dict[str, Any] | None
     down_updates: dict[int, dict[int, torch.Tensor | NewColumns]] = field(default_factory=dict)  # width -> layer
     recovery: dict[int, dict[str, Any]] = field(default_factory=dict)  # width -> how its refit was chosen
+    windows: tuple[torch.Tensor, ...] = ()  # the calibration windows, for a member step that runs the model on them
 
 
 def _prepare(
@@ -254,6 +264,7 @@ def _prepare(
             (f"activations for {settings.criterion}", data_aware),
             ("Gram matrices", grams),
             ("windows for the sequential refit", settings.recovery.runs_model),
+            ("windows for local reconstruction", "reconstruct" in settings.recovery.steps),
         )
         if on
     )
@@ -265,7 +276,7 @@ def _prepare(
         announce=lambda: report(on_progress, Progress("prune", f"[calibrate] {checkpoint.source}: {wanted}")),
         load=_calibration_load(runtime),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
-        keep_inputs=settings.recovery.runs_model,
+        keep_inputs=settings.recovery.keeps_windows,
         on_progress=on_progress,
     )
     if data_aware:
@@ -273,7 +284,7 @@ def _prepare(
     else:
         scores = weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0)
     if not settings.recovery.refits:  # no pass step: the kept columns as they are
-        return _Prepared(scores, stats.record)
+        return _Prepared(scores, stats.record, windows=stats.inputs)
     inputs = PassInputs(down_weights(checkpoint, layout), stats.grams, down_modules=down_modules(layout))
     if settings.recovery.runs_model:
         from transformers import AutoModelForCausalLM
@@ -287,7 +298,7 @@ def _prepare(
         kept = {layer: keep(rank(scores[layer]), width) for layer in scores}
         member_refit = recovery.pass_updates(inputs, kept)
         updates[width], records[width] = member_refit.updates, member_refit.record  # type: ignore[union-attr]
-    return _Prepared(scores, stats.record, updates, records)
+    return _Prepared(scores, stats.record, updates, records, stats.inputs)
 
 
 def _write_members(
@@ -356,14 +367,22 @@ def check_family_folder(
                 f"{out} holds a family built with {label} {_shown(built)}; this run asks for {label} {_shown(asked)}: "
                 f"{fix} to resume it, or choose a new folder"
             )
-    built, asked = existing.distill or {}, settings.recovery.distill_identity() or {}
-    if built != asked:
-        differ = sorted(k for k in built.keys() | asked.keys() if built.get(k) != asked.get(k))
-        shown = ", ".join(f"{k} {_shown(built.get(k))} (this run: {_shown(asked.get(k))})" for k in differ)
-        raise OutputError(
-            f"{out} holds a family distilled with {shown}: give the same distillation settings to resume it, or "
-            "choose a new folder"
-        )
+    for done, step, built, asked in (
+        ("distilled", "distillation", existing.distill or {}, settings.recovery.distill_identity() or {}),
+        (
+            "reconstructed",
+            "local reconstruction",
+            existing.reconstruct or {},
+            settings.recovery.reconstruct_identity() or {},
+        ),
+    ):
+        if built != asked:
+            differ = sorted(k for k in built.keys() | asked.keys() if built.get(k) != asked.get(k))
+            shown = ", ".join(f"{k} {_shown(built.get(k))} (this run: {_shown(asked.get(k))})" for k in differ)
+            raise OutputError(
+                f"{out} holds a family {done} with {shown}: give the same {step} settings to resume it, or "
+                "choose a new folder"
+            )
     wanted_calibration = _calibration_identity(settings, runtime)
     if existing.calibration != wanted_calibration:
         was = existing.calibration or {}
@@ -417,6 +436,7 @@ def _open_family_folder(
         calibration=_calibration_identity(settings, runtime),
         recovery=settings.recovery.label,
         distill=settings.recovery.distill_identity(),
+        reconstruct=settings.recovery.reconstruct_identity(),
     )
 
 

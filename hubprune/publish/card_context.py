@@ -85,6 +85,7 @@ def common_context(
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
         "recovery": recovery_context.family_recovery(family, written),
         "distillation": recovery_context.family_distillation(family, written),
+        "reconstruction": recovery_context.family_reconstruction(family, written),
         "commands": _published_commands(family),
         "provenance": _provenance(family, base_id, models),
         "limitations": _limitations(family, models),
@@ -120,6 +121,7 @@ def member_context(
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
         "member_recovery": recovery_context.member_recovery(written),
         "member_distillation": recovery_context.member_distillation(written),
+        "member_reconstruction": recovery_context.member_reconstruction(written),
         "eval_settings": _eval_settings_line(member),
         "gguf": gguf_context.member_gguf(member.folder, written, repo_id, member.width),
     }
@@ -423,6 +425,7 @@ def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[st
         "refit": "refit (down_proj, no training)",
         "sequential": "refit layer by layer (down_proj, no training)",
         "distill": "distilled from the base (see Method)",
+        "reconstruct": "each MLP trained layer by layer toward the unpruned one (see Method)",
     }
     steps = [done.get(step, step) for step in family.recovery.split("+") if step != "none"]
     afterwards = "then " + " and ".join(steps) if steps else "with no retraining or distillation afterwards"

@@ -56,6 +56,50 @@ def family_distillation(family: manifest.Family, members: list[provenance.Member
         + (f", at most {settings['steps']} steps" if settings.get("steps") else "")
         + f", batches of {settings['batch']} sequences of {settings['seq_len']} tokens",
         "optimizer": record.optimizer,
+        "after": _steps_before(family.recovery, "distill"),
+    }
+
+
+def family_reconstruction(family: manifest.Family, members: list[provenance.MemberProvenance]) -> dict[str, Any] | None:
+    """The local reconstruction every member went through, for the method section; None when there was none."""
+    record = next((m.reconstruction for m in members if m.reconstruction is not None), None)
+    if record is None:
+        return None
+    return {
+        "objective": record.objective,
+        "budget": f"{record.steps_per_layer} steps ({record.tokens_per_layer:,} tokens) per layer",
+        "optimizer": record.optimizer,
+        "tokens": f"{record.calibration_tokens['fit']:,} fitting and {record.calibration_tokens['held_out']:,} "
+        "held-out calibration tokens",
+        "after": _steps_before(family.recovery, "reconstruct"),
+    }
+
+
+STEP_NAMES = {
+    "refit": "the refit",
+    "sequential": "the sequential refit",
+    "reconstruct": "local reconstruction",
+    "distill": "distillation",
+}
+
+
+def _steps_before(recovery: str, step: str) -> str:
+    """'After the refit', 'After the refit and distillation', 'After pruning': what ran before `step`."""
+    steps = recovery.split("+")
+    before = [STEP_NAMES.get(s, s) for s in steps[: steps.index(step)]]
+    return "After " + (" and ".join(before) if before else "pruning")
+
+
+def member_reconstruction(written: provenance.MemberProvenance | None) -> dict[str, Any] | None:
+    """This member's local reconstruction: its MLPs' mean relative error on held-out windows, before and after."""
+    record = written.reconstruction if written else None
+    if record is None:
+        return None
+    return {
+        "before": f"{record.held_out_error['before']:.3g}",
+        "after": f"{record.held_out_error['after']:.3g}",
+        "seconds": f"{record.seconds:.0f}",
+        "device": record.device,
     }
 
 

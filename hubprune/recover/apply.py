@@ -10,6 +10,7 @@ to each member, in the order RecoverySettings gives.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillRun
 from hubprune.recover.distill_data import Teacher, check_text, load_teacher, prepare_data
+from hubprune.recover.reconstruct import check_windows
 from hubprune.recover.refit import PassInputs, Refits
 from hubprune.recover.settings import RecoverySettings
 
@@ -35,10 +37,13 @@ class Recovery:
         self.device = device
         self.teacher: Teacher | None = None
 
-    def check_inputs(self, base_folder: Path) -> None:
-        """Refuse, with the tokenizer alone and before calibration runs, a text a step cannot learn from."""
+    def check_inputs(self, base_folder: Path, calibration_windows: int | None = None) -> None:
+        """Refuse, with the tokenizer alone and before calibration runs, a text a step cannot learn from, and a
+        calibration too short to hold windows out for local reconstruction."""
         if "distill" in self.settings.steps:
             check_text(base_folder, self.settings.distill)
+        if "reconstruct" in self.settings.steps and calibration_windows is not None:
+            check_windows(calibration_windows)  # at most: a short text gives fewer, refused once it is read
 
     def pass_updates(self, inputs: PassInputs, kept: dict[int, torch.Tensor]) -> Refits | None:
         """The pass step's updates of one member width (layer -> M or new columns, see refit.py) and its record;
@@ -47,29 +52,50 @@ class Recovery:
         return found[0].load().member_updates(inputs, kept) if found else None
 
     def start(
-        self, base_folder: Path, work: Path, source: str, on_progress: ProgressCallback | None, announce: str
+        self,
+        base_folder: Path,
+        work: Path,
+        source: str,
+        on_progress: ProgressCallback | None,
+        announce: str,
+        windows: tuple[torch.Tensor, ...] = (),
     ) -> None:
-        """Load the base model and the data every member step learns from (the generated data cached in `work`,
-        made again for another `source`, an identity of the base). With a launcher, the launched processes load
-        their own model: only the data is made here."""
+        """Load what the member steps learn from: the base model, the distillation's data (generated data cached
+        in `work`, made again for another `source`, an identity of the base) and the calibration `windows` local
+        reconstruction trains on. With a launcher, the launched processes load their own model for distillation:
+        it is loaded here only to make the data, or for local reconstruction."""
         if not self.settings.trains:
             return
-        self.teacher = load_teacher(
+        steps = self.settings.steps
+        announce = f"{announce}: loading the base model{' and its distillation data' if 'distill' in steps else ''}"
+        if "distill" not in steps:
+            from transformers import AutoModelForCausalLM
+
+            report(on_progress, Progress(steps[-1], announce))
+            model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32).eval()
+            self.teacher = Teacher(model, None, base_folder, windows)
+            return
+        teacher = load_teacher(
             base_folder,
             self.settings.distill,
             cache=work / DATA_CACHE,
             source=source,
             device=self.device,
-            keep_model=self.settings.launcher is None,
+            keep_model=self.settings.launcher is None or "reconstruct" in steps,
             announce=lambda: report(on_progress, Progress("distill", announce)),
             on_progress=on_progress,
         )
+        self.teacher = dataclasses.replace(teacher, windows=windows)
 
-    def start_in_memory(self, base: Any, tokenizer: Any, on_progress: ProgressCallback | None) -> None:
+    def start_in_memory(
+        self, base: Any, tokenizer: Any, on_progress: ProgressCallback | None, windows: tuple[torch.Tensor, ...] = ()
+    ) -> None:
         """As `start`, for a base model already loaded (check-criteria)."""
         if self.settings.trains:
-            data = prepare_data(base, tokenizer, self.settings.distill, on_progress=on_progress)
-            self.teacher = Teacher(base, data, Path("."))
+            data = None
+            if "distill" in self.settings.steps:
+                data = prepare_data(base, tokenizer, self.settings.distill, on_progress=on_progress)
+            self.teacher = Teacher(base, data, Path("."), windows)
 
     def recover_folder(
         self,

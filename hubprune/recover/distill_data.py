@@ -129,12 +129,14 @@ def load_data(path: Path) -> DistillData:
 
 @dataclass(frozen=True)
 class Teacher:
-    """The base model, loaded once (None where launched processes load their own), the data every member of a
-    family learns from, and the folder the base is in."""
+    """What every member of a family learns from, loaded once: the base model (None where launched processes load
+    their own), the distillation's data (None without distillation), the folder the base is in, and the
+    calibration windows (for local reconstruction)."""
 
     model: Any
-    data: DistillData
+    data: DistillData | None
     folder: Path
+    windows: tuple[torch.Tensor, ...] = ()
 
 
 def load_teacher(

@@ -5,7 +5,7 @@ A method acts in one of two phases of a build:
 - "pass": before the streaming pass, from the calibration's statistics; it changes what the pass writes for the
   kept neurons (refit: down_proj's kept columns). Such methods run first.
 - "member": on the member once it is written (or, in check-criteria, on the pruned model in memory); it trains
-  the member (distill). They run in the order given, after every pass method.
+  the member (distill, reconstruct). They run in the order given, after every pass method.
 
 What a method's module provides, by phase (apply.py calls them):
 - pass: `member_updates(inputs: PassInputs, kept) -> Refits`, the update of the kept down_proj columns of every
@@ -28,7 +28,7 @@ class Method:
     name: str
     summary: str  # one line for --help
     phase: str  # "pass" or "member"
-    reads_calibration: bool  # reads the calibration data (pass methods)
+    reads_calibration: bool  # reads the calibration data (its statistics, or with runs_model its windows)
     record_key: str  # the key of its record in the member's hubprune.json
     module: str  # the module that does the work (imported when used: methods.py stays cheap to import)
     runs_model: bool = False  # runs the loaded model over the calibration windows (else: reads Gram matrices)
@@ -68,6 +68,16 @@ METHODS = {
             False,
             "distillation",
             "hubprune.recover.distill",
+        ),
+        Method(
+            "reconstruct",
+            "train each pruned MLP (gate, up, down), layer by layer in order, to give the unpruned MLP's outputs on "
+            "the member's own inputs, on the calibration windows (the best held-out weights kept)",
+            "member",
+            True,
+            "reconstruction",
+            "hubprune.recover.reconstruct",
+            runs_model=True,
         ),
     )
 }

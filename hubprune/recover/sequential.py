@@ -29,14 +29,12 @@ member's hidden states (windows x tokens x hidden floats) and one layer's sums (
 from __future__ import annotations
 
 import math
-import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from hubprune.errors import CriterionError
+from hubprune.recover.layer_calls import decoder_layers, input_of, record_calls, run_layer
 from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits, apply_update, refit_layer, removed_of
 
 HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
@@ -47,78 +45,12 @@ FORMULA = (
 )
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once it has what it records."""
-
-
-@dataclass
-class _Call:
-    """One decoder layer's call for one window: the arguments after the hidden states."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-def decoder_layers(model: Any, down_modules: dict[int, torch.nn.Module]) -> dict[int, torch.nn.Module]:
-    """Each layer's decoder block: the module whose path is the down_proj's up to `layers.N`."""
-    names = {id(module): name for name, module in model.named_modules()}
-    found = {}
-    for layer, down in down_modules.items():
-        match = re.match(rf"^(.*layers\.{layer})\.", names.get(id(down), ""))
-        if match is None:
-            raise CriterionError(
-                "the sequential refit cannot find the decoder layers of this architecture: use `recover` refit"
-            )
-        found[layer] = model.get_submodule(match.group(1))
-    return found
-
-
-def record_calls(
-    model: Any, layers: dict[int, torch.nn.Module], windows: tuple[torch.Tensor, ...]
-) -> tuple[list[torch.Tensor], list[dict[int, _Call]]]:
-    """Per window, the hidden states entering the first layer, and each layer's call (its other arguments)."""
-    first, last = min(layers), max(layers)
-    hidden: list[torch.Tensor] = []
-    calls: list[dict[int, _Call]] = []
-
-    def hook(layer: int):  # noqa: ANN202 - a forward pre-hook with keyword arguments
-        def record(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            kwargs = dict(kwargs)
-            states = args[0] if args else kwargs.pop("hidden_states")
-            if layer == first:
-                hidden.append(states.detach())
-            calls[-1][layer] = _Call(tuple(args[1:]), kwargs)
-            if layer == last:
-                raise _Stop
-
-        return record
-
-    handles = [module.register_forward_pre_hook(hook(layer), with_kwargs=True) for layer, module in layers.items()]
-    try:
-        with torch.no_grad():
-            for window in windows:
-                calls.append({})
-                try:
-                    model(window[None], use_cache=False)
-                except _Stop:
-                    pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return hidden, calls
-
-
-def _run(layer: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Tensor:
-    out = layer(states, *call.args, **call.kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
 def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tuple[float, ...] = ALPHAS) -> Refits:
     """The kept down_proj columns of every layer of one member width (`kept`: layer -> ascending kept indices),
     fitted in layer order, and the record of how. The model in `inputs` is left as it was."""
     started = time.perf_counter()
     downs = inputs.loaded_downs()
-    layers = decoder_layers(inputs.model, downs)
+    layers = decoder_layers(inputs.model, downs, "the sequential refit")
     member, calls = record_calls(inputs.model, layers, inputs.windows)
     updates: dict[int, NewColumns] = {}
     chosen: dict[str, float | None] = {}
@@ -130,7 +62,7 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
             grams: list[Any] = [0.0, 0.0]  # G~ over the fitting and the held-out windows, float64
             counts = [0, 0]
             for i, window in enumerate(calls):
-                member_in = _down_input(down, block, member[i], window[layer]).double()
+                member_in = input_of(down, block, member[i], window[layer]).double()
                 held_out = i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
                 grams[held_out] = grams[held_out] + member_in.T @ member_in
                 counts[held_out] += len(member_in)
@@ -146,7 +78,7 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
             down.weight.data = pruned  # the member's layer, to give the layer above the member's inputs
             try:
                 for i, window in enumerate(calls):
-                    member[i] = _run(block, member[i], window[layer])
+                    member[i] = run_layer(block, member[i], window[layer])
             finally:
                 down.weight.data = weight
     record = {
@@ -164,25 +96,6 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
         "seconds": round(time.perf_counter() - started, 2),
     }
     return Refits(updates, record)  # type: ignore[arg-type]
-
-
-def _down_input(down: torch.nn.Module, block: torch.nn.Module, states: torch.Tensor, call: _Call) -> torch.Tensor:
-    """down_proj's input (tokens x n, float32) when the decoder layer `block` runs on `states`; the layer stops
-    there."""
-    caught: list[torch.Tensor] = []
-
-    def pre(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        caught.append(args[0].reshape(-1, args[0].shape[-1]).float())
-        raise _Stop
-
-    handle = down.register_forward_pre_hook(pre)
-    try:
-        _run(block, states, call)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return caught[0]
 
 
 def _mean(values: Any) -> float:

@@ -10,6 +10,7 @@ from hubprune.fields import nested, setting
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillSettings
 from hubprune.recover.launch import parse_launcher
+from hubprune.recover.reconstruct import ReconstructSettings
 
 LAUNCHED = ("distill",)  # the steps that can run in the processes a launcher starts
 
@@ -18,6 +19,7 @@ LAUNCHED = ("distill",)  # the steps that can run in the processes a launcher st
 class RecoverySettings:
     steps: tuple[str, ...] = setting((), methods.help_text(), flag="--recover", parse="recovery")
     distill: DistillSettings = nested(DistillSettings)  # used when `steps` distil
+    reconstruct: ReconstructSettings = nested(ReconstructSettings)  # used when `steps` reconstruct
     launcher: str | None = setting(
         None,
         'Distil in the processes COMMAND starts, e.g. "accelerate launch --config_file fsdp.yaml" (its config sets '
@@ -50,11 +52,17 @@ class RecoverySettings:
     @property
     def reads_grams(self) -> bool:
         """Whether a step reads the calibration's Gram matrices (the refit), rather than running the model."""
-        return any(methods.METHODS[s].reads_calibration and not methods.METHODS[s].runs_model for s in self.steps)
+        return any(m.reads_calibration and not m.runs_model for m in methods.of_phase(self.steps, "pass"))
 
     @property
     def runs_model(self) -> bool:
         """Whether a pass step runs the loaded model over the calibration windows (the sequential refit)."""
+        return any(m.runs_model for m in methods.of_phase(self.steps, "pass"))
+
+    @property
+    def keeps_windows(self) -> bool:
+        """Whether a step runs a model over the calibration windows (sequential, reconstruct): calibration keeps
+        them."""
         return any(methods.METHODS[step].runs_model for step in self.steps)
 
     @property
@@ -68,3 +76,7 @@ class RecoverySettings:
     def distill_identity(self) -> dict[str, Any] | None:
         """What family.json keeps of the distillation (None without one): every setting, a text by name and sha256."""
         return self.distill.identity() if "distill" in self.steps else None
+
+    def reconstruct_identity(self) -> dict[str, Any] | None:
+        """What family.json keeps of the local reconstruction (None without one): every setting."""
+        return self.reconstruct.identity() if "reconstruct" in self.steps else None
