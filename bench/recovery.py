@@ -103,7 +103,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
                     prune_in_memory(student, layout, kept, updates)
                     found = Recovery(RecoverySettings(steps=recovery, reconstruct=reconstruct))
                     found.start_in_memory(model, tokenizer, None, stats.inputs)
-                    student = found.recover_model(student, layout.roles, recovery, None)
+                    *_, (_, student) = found.recover_model(student, layout.roles, recovery, None)
                     seconds = time.perf_counter() - began
                     ratios = [_perplexity(student, i, 512, prefix) / base[name] for name, i in ids.items()]
                     del student

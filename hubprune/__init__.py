@@ -27,6 +27,7 @@ _API = {
     "CalibrationSettings": "hubprune.pruning.calibrate",
     "RecoverySettings": "hubprune.recover.settings",
     "DistillSettings": "hubprune.recover.distill",
+    "ReconstructSettings": "hubprune.recover.reconstruct",
     "RuntimeSettings": "hubprune.device",
     "make_plan": "hubprune.pruning.family",
     "build_family": "hubprune.pruning.family",
@@ -63,6 +64,7 @@ __all__ = [
     "CalibrationSettings",
     "RecoverySettings",
     "DistillSettings",
+    "ReconstructSettings",
     "RuntimeSettings",
     "make_plan",
     "build_family",
@@ -114,4 +116,5 @@ if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from hubprune.publish.cards import CardSettings, render_cards
     from hubprune.publish.push import PushSettings, push_family
     from hubprune.recover.distill import DistillSettings
+    from hubprune.recover.reconstruct import ReconstructSettings
     from hubprune.recover.settings import RecoverySettings

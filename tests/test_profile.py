@@ -324,8 +324,12 @@ def test_rounds_pool_every_run_and_add_up_the_energy(tiny_dir):
     assert unmeasured["batches"][0]["energy_per_token"]["method"] == "unavailable"
 
 
-def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_dir):
+def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(tiny_dir, tmp_path):
     settings = ProfileSettings(device="cpu", batch_sizes=(1,), energy="off", **{**FAST, "rounds": 2})
+    source = tmp_path / "llama"
+    shutil.copytree(tiny_dir("llama"), source)
+    family_dir = tmp_path / "family"  # the base and one member: two models are enough to take turns
+    build_family(_open(source), family_dir, [Target("size", "48")], PruneSettings())
     family = manifest.load(family_dir)
 
     class Stop(Exception):
@@ -340,7 +344,7 @@ def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_di
 
     with pytest.raises(Stop):
         profile_path(family_dir, settings, force=True, on_progress=stop_before_the_first_members_second_round)
-    assert seen == [(0, 1, "start"), (1, 1, "start"), (2, 1, "start"), (0, 2, "start"), (0, 2, "done"), (1, 2, "start")]
+    assert seen == [(0, 1, "start"), (1, 1, "start"), (0, 2, "start"), (0, 2, "done"), (1, 2, "start")]
     kept = family_dir / family.members[0].path / "results" / ".profile-rounds" / "profile-round-1.json"
     first_round = json.loads(kept.read_text())["document"]["batches"][0]["runs"]
 
@@ -349,13 +353,10 @@ def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(family_di
     assert [(e.done, e.round, e.status) for e in events] == [
         (0, 1, "reused"),  # the base finished both rounds before the stop
         (1, 1, "resumed"),
-        (2, 1, "resumed"),
         (1, 2, "start"),
         (1, 2, "done"),
-        (2, 2, "start"),
-        (2, 2, "done"),
     ]
-    assert [r.status for r in results] == ["reused", "done", "done"]
+    assert [r.status for r in results] == ["reused", "done"]
     for member in manifest.load(family_dir).members:
         folder = family_dir / member.path
         document = json.loads((folder / PROFILE_FILE).read_text())

@@ -194,11 +194,75 @@ def test_reconstruct_is_offered_and_explained_in_help():
     assert "--reconstruct-tokens" in invoke("build-family", "--help").output
 
 
-def test_too_few_calibration_windows_are_refused_before_anything_is_written(tmp_path, tiny_dir, calibration):
-    out = tmp_path / "member"
+def test_a_calibration_too_short_to_hold_windows_out_is_refused_before_the_model_loads(tmp_path, tiny_dir, calibration):
+    out = tmp_path / "member"  # the text gives one window of the command line's 512 tokens: none to hold out
     result = invoke(
-        "prune", tiny_dir("llama"), "-o", out, "--pct", "25", "--recover", "reconstruct", "--calibration",
-        calibration, "--calibration-tokens", "100",
-    )  # fmt: skip
-    assert_clean_error(result, "calibration windows", "--calibration-tokens")
-    assert not out.exists()
+        "prune", tiny_dir("llama"), "-o", out, "--pct", "25", "--recover", "reconstruct", "--calibration", calibration
+    )
+    assert_clean_error(result, "holds out every 3rd calibration window", "1 window(s)")
+    assert "[calibrate]" not in result.output and not out.exists()
+
+
+def test_check_criteria_measures_each_step_and_its_reconstruction_is_the_written_members(
+    tmp_path, tiny_dir, calibration
+):
+    from hubprune.model_inputs import special_prefix, token_ids
+    from hubprune.pruning.check import CheckSettings, _perplexity, check_criteria
+    from hubprune.recover.distill import DistillSettings
+
+    source = tiny_dir("llama")
+    recovery = RecoverySettings(
+        "refit+reconstruct+distill", reconstruct=SETTINGS, distill=DistillSettings(tokens=64, batch=2, seq_len=16)
+    )
+    settings = CheckSettings(
+        text=calibration,
+        targets=(Target("size", str(WIDTH_KEPT)),),
+        criteria=("activation",),
+        max_tokens=TOKENS,
+        window=WINDOW,
+        calibration=CalibrationSettings(text=calibration, max_tokens=TOKENS, window=WINDOW),
+        recovery=recovery,
+    )
+    rows = {r.recovery: r.perplexity for r in check_criteria(open_source(str(source)), settings).rows}
+    assert list(rows) == ["none", "refit", "refit+reconstruct", "refit+reconstruct+distill"]
+    member = build(tmp_path, source, calibration, "refit+reconstruct")
+    tokenizer = AutoTokenizer.from_pretrained(member)
+    model = AutoModelForCausalLM.from_pretrained(member, dtype=torch.float32).eval()
+    written = _perplexity(
+        model, token_ids(tokenizer, calibration.read_text(), TOKENS), WINDOW, special_prefix(tokenizer)
+    )
+    assert rows["refit+reconstruct"] == pytest.approx(written, rel=1e-4)
+    assert rows["refit+reconstruct"] != rows["refit"]
+
+
+class Stopped(Exception):
+    """A stop the test makes, as Ctrl-C would, but one that fails only this test if it escapes."""
+
+
+def test_a_stopped_prune_does_not_resume_from_layers_of_another_calibration(tmp_path, tiny_dir, monkeypatch):
+    from hubprune.pruning.family import prune_one
+
+    source, out = open_source(str(tiny_dir("llama"))), tmp_path / "member"
+    real, trained = reconstruct._train_layer, []
+
+    def run(text: str) -> None:
+        path = tmp_path / f"{text[:3]}.txt"
+        path.write_text(text)
+        settings = PruneSettings(
+            "maw",  # a weight criterion: the same neurons whatever the calibration
+            calibration=CalibrationSettings(text=path, max_tokens=TOKENS, window=WINDOW),
+            recovery=RecoverySettings("reconstruct", reconstruct=SETTINGS),
+        )
+        prune_one(source, out, Target("size", str(WIDTH_KEPT)), settings)
+
+    def stop_the_first_run_at_layer_one(part, inputs, settings, layer):
+        if layer == 1 and trained == [0]:
+            raise Stopped
+        trained.append(layer)
+        return real(part, inputs, settings, layer)
+
+    monkeypatch.setattr(reconstruct, "_train_layer", stop_the_first_run_at_layer_one)
+    with pytest.raises(Stopped):
+        run(words(7, 400))
+    run(words(11, 400))  # another text: layer 0's saved tensors are not this run's
+    assert trained == [0, 0, 1]

@@ -133,7 +133,7 @@ def test_sequential_is_a_recover_value_and_one_pass_step_at_a_time(tmp_path, tin
     base = ("build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "40")
     assert_clean_error(invoke(*base, "--recover", "refit+sequential"), "two steps that change the pass")
     assert not family.exists()
-    with pytest.raises(CriterionError, match="sequential refit runs the whole model in memory"):
+    with pytest.raises(CriterionError, match="recovery sequential runs the whole model in memory"):
         build_family(
             open_source(str(source)),
             family,

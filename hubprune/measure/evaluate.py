@@ -191,13 +191,7 @@ def _cached_task_manager(include_paths: tuple[str, ...], include_defaults: bool)
 
 
 def _check_task_names(names: list[str], include_paths: list[Path]) -> None:
-    """Refuse an unknown task name. Known names are those of the local folders and of lm-eval's own tasks, each
-    indexed once per process (lm-eval's take about 10 s): no index of both together is built just to refuse."""
-    known: set[str] = set()
-    if include_paths:
-        known |= set(_cached_task_manager(tuple(str(p) for p in include_paths), False).all_tasks)
-    if not set(names) <= known:
-        known |= set(_cached_task_manager((), True).all_tasks)
+    known = set(_task_manager(include_paths, names).all_tasks)
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=4)

@@ -38,7 +38,7 @@ from hubprune.fields import setting
 from hubprune.generated import SELF_GENERATED, cache_name, generated, start_tokens
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import ProgressCallback
-from hubprune.recover.refit import Grams
+from hubprune.recover.refit import HELD_OUT_EVERY, Grams
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
 DEFAULT_TOKENS = 4096
@@ -118,9 +118,6 @@ class ActivationStats:
     text: str = ""  # the calibration text (generated sequences decoded), to look for overlaps with other texts
 
 
-HELD_OUT_EVERY = 3  # window i is held out when i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-
-
 def calibration_text(settings: CalibrationSettings) -> tuple[str, str]:
     """The text and a description of where it came from, for a text (not generated) calibration. A file that
     cannot be read as UTF-8 text, or holds fewer than MIN_WORDS words, is refused here, before anything is loaded
@@ -164,7 +161,7 @@ def calibrate(
     device = check_load(load)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if settings.text != GENERATED:
-        calibration_windows(tokenizer, settings, grams=grams)
+        calibration_windows(tokenizer, settings, grams=grams or keep_inputs)
     if announce is not None:
         announce()
     run = functools.partial(
@@ -228,7 +225,8 @@ def calibration_windows(
     on_progress: ProgressCallback | None = None,
 ) -> tuple[list[torch.Tensor], str, str]:
     """The model inputs calibration runs (see windows), the text and its source; refuses a text too short for
-    them, and with `grams` one that gives too few windows to hold some out. Generated data needs the `model`."""
+    them, and with `grams` (or kept windows, which the steps that run the model hold some of out too) one that gives
+    too few windows to hold some out. Generated data needs the `model`."""
     if settings.text == GENERATED:
         return generated_windows(model, tokenizer, settings, source, on_progress)
     text, label = calibration_text(settings)
@@ -241,7 +239,7 @@ def calibration_windows(
     inputs = windows(ids, settings.window, special_prefix(tokenizer))
     if grams and len(inputs) < HELD_OUT_EVERY:
         raise CriterionError(
-            f"recovery holds out every {HELD_OUT_EVERY}rd calibration window to choose its regulariser, and "
+            f"recovery holds out every {HELD_OUT_EVERY}rd calibration window (to choose its regulariser or weights), and "
             f"{label} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
             "`calibration_tokens`"
         )
@@ -288,7 +286,7 @@ def collect_activations(
     also each layer's Gram matrices (see Grams), summed in files under the folder `files` when it is given, else
     in memory. Sums are float32 on the device the activations are on, and end on the CPU."""
     inputs, text, label = calibration_windows(
-        tokenizer, settings, grams=grams, model=model, source=source, on_progress=on_progress
+        tokenizer, settings, grams=grams or keep_inputs, model=model, source=source, on_progress=on_progress
     )
     prefix = special_prefix(tokenizer)
     abs_sum: dict[int, torch.Tensor] = {}

@@ -202,8 +202,8 @@ def check_criteria(
                 report(on_progress, Progress("check", f"[check] recovering {label} ({settings.recovery.label})"))
                 student = copy.deepcopy(model)
                 prune_in_memory(student, layout, kept, updates)
-                student = recovery.recover_model(student, layout.roles, label, on_progress)
-                recoveries[settings.recovery.label] = _perplexity(student, ids, settings.window, prefix)
+                for steps, recovered in recovery.recover_model(student, layout.roles, label, on_progress):
+                    recoveries[steps] = _perplexity(recovered, ids, settings.window, prefix)
             for recovered, value in recoveries.items():
                 worse = None if median is None else value > median
                 rows.append(CheckRow(criterion, pct, width, value, worse_than_random=worse, recovery=recovered))

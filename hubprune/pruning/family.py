@@ -111,9 +111,7 @@ def build_family(
     _refuse_foreign_folder(out, force)
     todo = [m for m in plan.members if not _already_built(out / m.name, m, settings.criterion)]
     recovery = Recovery(settings.recovery, runtime.device)
-    recovery.check_inputs(
-        checkpoint.folder, -(-settings.calibration.max_tokens // settings.calibration.window)
-    )  # a text too short is refused before calibration runs
+    recovery.check_inputs(checkpoint.folder)  # a text too short is refused before calibration runs
     if before_writing is not None:
         before_writing(plan)
     prepared = _prepare(checkpoint, layout, settings, runtime, recovery, todo, on_progress) if todo else None
@@ -165,9 +163,7 @@ def prune_one(
         raise OutputError(f"output folder {out} already exists: choose a new folder or remove it first")
     member = plan.members[0]
     recovery = Recovery(settings.recovery, runtime.device)
-    recovery.check_inputs(
-        checkpoint.folder, -(-settings.calibration.max_tokens // settings.calibration.window)
-    )  # a text too short is refused before calibration runs
+    recovery.check_inputs(checkpoint.folder)  # a text too short is refused before calibration runs
     prepared = _prepare(checkpoint, layout, settings, runtime, recovery, [member], on_progress)
     work = out.with_name(f"{DISTILL_WORK}-{out.name}")  # kept if stopped: the next run resumes from it
     _start_recovery(recovery, checkpoint, work, prepared.windows, on_progress)
@@ -251,10 +247,10 @@ def _prepare(
     made."""
     data_aware = settings.criterion in DATA_CRITERIA
     grams = settings.recovery.reads_grams or settings.criterion in GRAM_CRITERIA
-    if settings.recovery.runs_model and runtime.max_memory is not None:
+    if settings.recovery.keeps_windows and runtime.max_memory is not None:
         raise CriterionError(
-            "the sequential refit runs the whole model in memory, and `max_memory` asks for it not to be: leave out "
-            "`max_memory`, or recover with refit"
+            f"recovery {settings.recovery.label} runs the whole model in memory, and `max_memory` asks for it not to "
+            "be: leave out `max_memory`, or recover with refit"
         )
     if not data_aware and not settings.recovery.reads_calibration:
         return _Prepared(weight_layer_scores(checkpoint, layout, settings.criterion, settings.seed or 0), None)

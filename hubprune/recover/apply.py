@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillRun
 from hubprune.recover.distill_data import Teacher, check_text, load_teacher, prepare_data
-from hubprune.recover.reconstruct import check_windows
 from hubprune.recover.refit import PassInputs, Refits
 from hubprune.recover.settings import RecoverySettings
 
@@ -37,13 +37,10 @@ class Recovery:
         self.device = device
         self.teacher: Teacher | None = None
 
-    def check_inputs(self, base_folder: Path, calibration_windows: int | None = None) -> None:
-        """Refuse, with the tokenizer alone and before calibration runs, a text a step cannot learn from, and a
-        calibration too short to hold windows out for local reconstruction."""
+    def check_inputs(self, base_folder: Path) -> None:
+        """Refuse, with the tokenizer alone and before calibration runs, a text a step cannot learn from."""
         if "distill" in self.settings.steps:
             check_text(base_folder, self.settings.distill)
-        if "reconstruct" in self.settings.steps and calibration_windows is not None:
-            check_windows(calibration_windows)  # at most: a short text gives fewer, refused once it is read
 
     def pass_updates(self, inputs: PassInputs, kept: dict[int, torch.Tensor]) -> Refits | None:
         """The pass step's updates of one member width (layer -> M or new columns, see refit.py) and its record;
@@ -85,6 +82,8 @@ class Recovery:
             announce=lambda: report(on_progress, Progress("distill", announce)),
             on_progress=on_progress,
         )
+        if self.settings.launcher is not None and teacher.model is not None:
+            teacher.model.to("cpu")  # kept for local reconstruction, which moves it back while it runs
         self.teacher = dataclasses.replace(teacher, windows=windows)
 
     def start_in_memory(
@@ -122,11 +121,15 @@ class Recovery:
 
     def recover_model(
         self, student: Any, roles: dict[str, tuple[int, str]], item: str, on_progress: ProgressCallback | None
-    ) -> Any:
-        """Run the member steps on `student`, a pruned model in memory, on the CPU afterwards and in eval mode."""
+    ) -> Iterator[tuple[str, Any]]:
+        """Run the member steps on `student`, a pruned model in memory, one at a time: after each, yield the label
+        of the steps so far ('refit+reconstruct') and the model, on the CPU and in eval mode (check-criteria
+        measures every step)."""
         assert self.teacher is not None, "start_in_memory() loads what the member steps learn from"
+        done = [m.name for m in methods.of_phase(self.settings.steps, "pass")]
         for method in methods.of_phase(self.settings.steps, "member"):
             run = DistillRun(device=self.device, item=item, on_progress=on_progress)
             method.load().recover_model(student, self.teacher, self.settings, roles, run)
-        self.teacher.model.to("cpu")
-        return student.to("cpu").eval()
+            done.append(method.name)
+            self.teacher.model.to("cpu")
+            yield methods.label(tuple(done)), student.to("cpu").eval()

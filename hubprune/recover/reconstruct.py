@@ -20,6 +20,7 @@ windows). The step's state is one file per layer done, so a stopped build resume
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -29,22 +30,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hubprune.device import resolve_device
 from hubprune.errors import CriterionError
 from hubprune.fields import setting
 from hubprune.model_inputs import loaded_modules
 from hubprune.progress import Progress, report
 from hubprune.recover.distill import DistillRun, mlp_parameters, write_back
 from hubprune.recover.layer_calls import decoder_layers, input_of, record_calls, run_layer
+from hubprune.recover.refit import HELD_OUT_EVERY
 
 if TYPE_CHECKING:
     from hubprune.recover.distill_data import Teacher
     from hubprune.recover.settings import RecoverySettings
 
-DEFAULT_TOKENS = 65_536  # per layer: DEFAULT_STEPS steps of DEFAULT_BATCH tokens
+DEFAULT_TOKENS = 32_768  # per layer: 64 steps of DEFAULT_BATCH tokens
 DEFAULT_BATCH = 512
 DEFAULT_LEARNING_RATE = 1e-4
 CHECK_EVERY = 16  # steps between measurements on the held-out windows
-HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
 STATE = "reconstruct"
 OBJECTIVE = (
     "sum_t ||MLP_dense(x~) - MLP_member(x~)||^2 / sum_t ||MLP_dense(x~)||^2 per layer, x~ the MLP's input in the "
@@ -124,17 +126,18 @@ def reconstruct(
     tensors by checkpoint name (float32, on the CPU). With `run.state`, each layer done is saved there, and a layer
     saved by a run of the same `identity` is loaded instead of trained again."""
     began = time.perf_counter()
-    fit = tuple(w for i, w in enumerate(windows) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1)
-    held_out = tuple(w for i, w in enumerate(windows) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
     check_windows(len(windows))
-    device = torch.device(run.device if run.device != "auto" else "cpu")
+    held_out_tokens = sum(w.numel() for i, w in enumerate(windows) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+    device = torch.device(resolve_device(run.device, CriterionError))
     student.to(device).eval()
     teacher.to(device).eval()
     layers = _layers(student, teacher, roles)
     for parameter in student.parameters():
         parameter.requires_grad_(False)
     member, calls = record_calls(student, {layer: part.block for layer, part in layers.items()}, windows)
-    key = json.dumps(identity or {}, sort_keys=True)
+    # a saved layer is reused only by a run that starts from the same member on the same windows
+    starts = {name: p for part in layers.values() for name, p in part.tensors.items()}
+    key = json.dumps({**(identity or {}), "windows": _sha256(windows), "start": _sha256(starts)}, sort_keys=True)
     records: dict[str, dict[str, Any]] = {}
     for number, layer in enumerate(sorted(layers)):
         part = layers[layer]
@@ -173,7 +176,10 @@ def reconstruct(
         f"drawn from the fitting windows with seed {settings.seed}; the weights of the best held-out check kept",
         "steps_per_layer": settings.planned_steps,
         "tokens_per_layer": settings.planned_steps * settings.batch,
-        "calibration_tokens": {"fit": sum(w.numel() for w in fit), "held_out": sum(w.numel() for w in held_out)},
+        "calibration_tokens": {
+            "fit": sum(w.numel() for w in windows) - held_out_tokens,
+            "held_out": held_out_tokens,
+        },
         "held_out_error": {
             "before": sum(befores) / len(befores),
             "after": sum(afters) / len(afters),
@@ -189,6 +195,14 @@ def reconstruct(
     }
     tensors = {name: p.detach().float().cpu() for part in layers.values() for name, p in part.tensors.items()}
     return record, tensors
+
+
+def _sha256(tensors: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]) -> str:
+    found = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()) if isinstance(tensors, dict) else enumerate(tensors):
+        found.update(str(name).encode())
+        found.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype
+    return found.hexdigest()
 
 
 def _layers(student: Any, teacher: Any, roles: dict[str, tuple[int, str]]) -> dict[int, _Layer]:
@@ -325,6 +339,7 @@ def recover_folder(
         student, teacher.model, teacher.windows, settings.reconstruct, roles, run, _identity(settings, run)
     )
     write_back(folder, tensors)
+    teacher.model.to("cpu")  # off the GPU: a launched distillation may need it next
     return record
 
 

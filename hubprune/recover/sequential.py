@@ -35,9 +35,17 @@ from typing import Any
 import torch
 
 from hubprune.recover.layer_calls import decoder_layers, input_of, record_calls, run_layer
-from hubprune.recover.refit import ALPHAS, NewColumns, PassInputs, Refits, apply_update, refit_layer, removed_of
+from hubprune.recover.refit import (
+    ALPHAS,
+    HELD_OUT_EVERY,
+    NewColumns,
+    PassInputs,
+    Refits,
+    apply_update,
+    refit_layer,
+    removed_of,
+)
 
-HELD_OUT_EVERY = 3  # window i is held out when i % 3 == 2, as calibration holds out the refit's windows
 FORMULA = (
     "W'_K = (W G~_:K + lambda W_K) (G~_KK + lambda I)^-1, G~ = sum_t ã(t) ã(t)^T of down_proj's input ã in the "
     "member, whose layers below are already pruned and refit; lambda = alpha * mean(diag G~_KK); layers in order; "
