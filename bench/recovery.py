@@ -1,8 +1,9 @@
 """What each recovery step gives back, on text of the calibration's domain and on texts of other domains.
 
 For each source, criterion and width: token perplexity of the pruned model (the base with the removed neurons'
-down_proj columns zeroed, which computes what the written member computes) with no recovery, the refit and the
-sequential refit, as a ratio to the base's, on four texts:
+down_proj columns zeroed, which computes what the written member computes) with no recovery and with each recovery
+asked for (`refit`, `sequential`, or steps joined by `+` such as `refit+reconstruct`, whose member steps train a
+pruned copy in memory as check-criteria does), as a ratio to the base's, on four texts:
 - shipped: the held-out paragraphs of the text hubprune ships (the shipped calibration's own domain);
 - news, fiction, faq: English texts of other domains from registry packages (bench/other_texts.py names them and
   their licences). No default was chosen on fiction or faq; news was read by the probe that chose generated data.
@@ -10,7 +11,8 @@ It also gives each step's time and the process's peak memory after it. The calib
 (the shipped text's second half) unless --calibration says otherwise (generated: sequences the base samples itself).
 
     python bench/recovery.py [SOURCE ...] [--pcts 10,20,40] [--criteria maw,activation] [--tokens 4096]
-        [--recoveries none,refit,sequential] [--calibration shipped|generated|FILE] [--calibration-tokens 4096]
+        [--recoveries none,refit,sequential,refit+reconstruct] [--calibration shipped|generated|FILE]
+        [--calibration-tokens 4096] [--reconstruct-tokens 32768] [--reconstruct-lr 1e-4] [--reconstruct-batch 512]
 """
 
 from __future__ import annotations

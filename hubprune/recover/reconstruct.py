@@ -127,7 +127,6 @@ def reconstruct(
     saved by a run of the same `identity` is loaded instead of trained again."""
     began = time.perf_counter()
     check_windows(len(windows))
-    held_out_tokens = sum(w.numel() for i, w in enumerate(windows) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
     device = torch.device(resolve_device(run.device, CriterionError))
     student.to(device).eval()
     teacher.to(device).eval()
@@ -166,9 +165,25 @@ def reconstruct(
                 "layers",
             ),
         )
-    befores = [r["held_out_error"]["before"] for r in records.values()]
-    afters = [r["held_out_error"]["after"] for r in records.values()]
-    record = {
+    seconds = time.perf_counter() - began
+    record = _record(settings, records, windows, device.type, seconds)
+    tensors = {name: p.detach().float().cpu() for part in layers.values() for name, p in part.tensors.items()}
+    return record, tensors
+
+
+def _record(
+    settings: ReconstructSettings,
+    layers: dict[str, dict[str, Any]],
+    windows: tuple[torch.Tensor, ...],
+    device: str,
+    seconds: float,
+) -> dict[str, Any]:
+    """What hubprune.json keeps of one member's reconstruction; `seconds` this run's, to which the layers an earlier,
+    stopped run trained add theirs."""
+    befores = [r["held_out_error"]["before"] for r in layers.values()]
+    afters = [r["held_out_error"]["after"] for r in layers.values()]
+    held_out_tokens = sum(w.numel() for i, w in enumerate(windows) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+    return {
         "method": "reconstruct",
         "objective": OBJECTIVE,
         "trained": TRAINED,
@@ -176,25 +191,17 @@ def reconstruct(
         f"drawn from the fitting windows with seed {settings.seed}; the weights of the best held-out check kept",
         "steps_per_layer": settings.planned_steps,
         "tokens_per_layer": settings.planned_steps * settings.batch,
-        "calibration_tokens": {
-            "fit": sum(w.numel() for w in windows) - held_out_tokens,
-            "held_out": held_out_tokens,
-        },
+        "calibration_tokens": {"fit": sum(w.numel() for w in windows) - held_out_tokens, "held_out": held_out_tokens},
         "held_out_error": {
             "before": sum(befores) / len(befores),
             "after": sum(afters) / len(afters),
             "meaning": "mean over layers of the relative error of the MLP's output on the held-out calibration "
             "windows, on the member's own inputs: sum ||MLP_dense(x~) - MLP_member(x~)||^2 / sum ||MLP_dense(x~)||^2",
         },
-        "layers": records,
-        "device": device.type,
-        # every session's: the layers trained by an earlier, stopped run, and this run
-        "seconds": round(
-            time.perf_counter() - began + sum(r["seconds"] for r in records.values() if "resumed" in r), 1
-        ),
+        "layers": layers,
+        "device": device,
+        "seconds": round(seconds + sum(r["seconds"] for r in layers.values() if "resumed" in r), 1),
     }
-    tensors = {name: p.detach().float().cpu() for part in layers.values() for name, p in part.tensors.items()}
-    return record, tensors
 
 
 def _sha256(tensors: tuple[torch.Tensor, ...] | dict[str, torch.Tensor]) -> str:
