@@ -157,8 +157,9 @@ def reconstruct(
             run.on_progress,
             Progress(
                 "reconstruct",
-                f"layer {layer}: held-out error {record['held_out_error']['before']:.4f} -> "
-                f"{record['held_out_error']['after']:.4f}",
+                f"[reconstruct] {run.item} layer {layer} ({number + 1}/{len(layers)}): MLP error on held-out "
+                f"windows {record['held_out_error']['before']:.4f} -> {record['held_out_error']['after']:.4f}"
+                + (" (saved by a stopped run)" if "resumed" in record else ""),
                 run.item,
                 number + 1,
                 len(layers),
