@@ -61,7 +61,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     names = down_modules(layout)
     downs = loaded_modules(model, names)
     calibration = CalibrationSettings(
-        args.calibration if args.calibration in ("generated", "shipped") else Path(args.calibration),
+        args.calibration if args.calibration in ("generated", "shipped", "mixed") else Path(args.calibration),
         args.calibration_tokens,
     )
     recoveries = args.recoveries.split(",")

@@ -76,7 +76,7 @@ def test_shipped_and_a_file_stay_choices_and_a_family_is_one_calibration(tmp_pat
     assert invoke(*base, *given, "--calibration", "generated").exit_code == 0
     assert_clean_error(invoke(*base, *given), "calibrated on generated data (256 tokens)")
     assert_clean_error(invoke(*base, *given, "--calibration", tmp_path / "missing.txt"), "missing.txt")
-    assert "--calibration SHIPPED|GENERATED|FILE" in invoke("prune", "--help").output
+    assert "--calibration SHIPPED|GENERATED|MIXED|FILE" in invoke("prune", "--help").output
 
 
 @pytest.mark.parametrize("bos", [False, True])
@@ -113,3 +113,29 @@ def test_the_card_says_whether_the_benchmarks_score_text_the_calibration_read(tm
                   *given).exit_code == 0  # fmt: skip
     card = " ".join((next(p for p in family.iterdir() if p.is_dir()) / "README.md").read_text().split())
     assert "paragraph(s) of the offline suite's text share a 13-word sequence" in card and "flatter this model" in card
+
+
+def test_mixed_calibration_reads_the_shipped_part_then_what_the_base_samples(tmp_path, tiny_dir, cache, monkeypatch):
+    import math
+
+    from hubprune.pruning import calibrate
+
+    shipped = ["a paragraph the calibration does not read"] * 65 + ["alpha beta gamma delta epsilon zeta"] * 12
+    monkeypatch.setattr(calibrate, "paragraphs", lambda: shipped)  # a short shipped part: generation fills the rest
+    source = tiny_dir("llama")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    shipped_text = "\n\n".join(shipped[65:])
+    read = len(tokenizer(shipped_text, add_special_tokens=False).input_ids)
+    assert WINDOW < read < TOKENS - 3 * WINDOW
+    provenance, _ = build(source, tmp_path / "fam", calibration=calibrate.MIXED)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    expected = generated.generate(model, tokenizer, math.ceil((TOKENS - read) / WINDOW), WINDOW, CALIBRATION_SEED)
+    text = shipped_text + "\n\n" + "\n\n".join(tokenizer.batch_decode(expected[:, 1:]))
+    record = provenance["calibration"]
+    assert record["sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert record["source"].endswith(
+        f"paragraphs 66-77, then {generated.SELF_GENERATED}; seed 0; start token {tokenizer.convert_ids_to_tokens(int(expected[0, 0]))}"
+    )
+    family = json.loads((tmp_path / "fam" / "family.json").read_text())
+    assert family["calibration"] == {"source": "mixed", "sha256": hashlib.sha256(shipped_text.encode()).hexdigest(),
+                                     "seed": CALIBRATION_SEED, "max_tokens": TOKENS, "window": WINDOW}  # fmt: skip

@@ -23,7 +23,7 @@ import click
 
 from hubprune import fields
 from hubprune.errors import HubpruneError
-from hubprune.pruning.calibrate import GENERATED, SHIPPED, CalibrationSettings, calibration_text
+from hubprune.pruning.calibrate import GENERATED, MIXED, SHIPPED, CalibrationSettings, calibration_text
 from hubprune.recover import methods
 from hubprune.recover.distill import DistillSettings
 from hubprune.texts import read_text
@@ -101,7 +101,7 @@ def _distill_file(path: Path) -> object:
     return DistillSettings(text=path).identity()
 
 
-CALIBRATION_FILE = TextFile(_calibration_file, (SHIPPED, GENERATED))
+CALIBRATION_FILE = TextFile(_calibration_file, (SHIPPED, GENERATED, MIXED))
 DISTILL_FILE = TextFile(_distill_file)
 HELD_OUT_FILE = TextFile(_held_out_file)
 

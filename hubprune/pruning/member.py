@@ -16,7 +16,7 @@ import torch
 from hubprune._version import __version__
 from hubprune.manifest import MemberRecord, SourceRecord
 from hubprune.provenance import KEPT_INDICES, PROVENANCE
-from hubprune.pruning.calibrate import CALIBRATION_SEED, GENERATED, CalibrationSettings, calibration_text
+from hubprune.pruning.calibrate import CALIBRATION_SEED, GENERATED, MIXED, CalibrationSettings, calibration_text
 from hubprune.pruning.checkpoint import Checkpoint
 from hubprune.pruning.plan import FamilyPlan, MemberPlan
 from hubprune.pruning.prune import MlpLayout
@@ -123,6 +123,13 @@ def calibration_identity(calibration: CalibrationSettings | None, capped: bool) 
         return None
     if calibration.text == GENERATED:  # made by the source itself, whose identity the family already checks
         identity = {"source": GENERATED, "seed": CALIBRATION_SEED}
+    elif calibration.text == MIXED:  # the shipped part, then generated as above
+        text, _ = calibration_text(calibration)
+        identity = {
+            "source": MIXED,
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "seed": CALIBRATION_SEED,
+        }
     else:
         text, source = calibration_text(calibration)
         identity = {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
