@@ -233,7 +233,7 @@ def calibration_windows(
     if settings.text == GENERATED:
         return generated_windows(model, tokenizer, settings, source, on_progress)
     if settings.text == MIXED:
-        return mixed_windows(tokenizer, settings, model, source, on_progress)
+        return mixed_windows(tokenizer, settings, grams, model, source, on_progress)
     text, label = calibration_text(settings)
     ids = token_ids(tokenizer, text, settings.max_tokens)
     if ids.numel() < MIN_CALIBRATION_TOKENS:
@@ -252,14 +252,20 @@ def calibration_windows(
 
 
 def mixed_windows(
-    tokenizer: Any, settings: CalibrationSettings, model: Any, source: str, on_progress: ProgressCallback | None
+    tokenizer: Any,
+    settings: CalibrationSettings,
+    grams: bool,
+    model: Any,
+    source: str,
+    on_progress: ProgressCallback | None,
 ) -> tuple[list[torch.Tensor], str, str]:
-    """The shipped part's windows, then, for the tokens `max_tokens` leaves, sequences the base samples itself (as
-    GENERATED makes them; none without a `model`, where only the text is checked). Every third window is held out
-    across both, so both kinds of text are in the held-out windows."""
-    shipped, text, label = calibration_windows(tokenizer, dataclasses.replace(settings, text=SHIPPED))
+    """The shipped part's windows, then, for the tokens `max_tokens` leaves (none where fewer than
+    MIN_CALIBRATION_TOKENS are left), sequences the base samples itself, as GENERATED makes them; none without a
+    `model`, where only the text is checked. Every third window is held out across both, so both kinds of text are
+    among the held-out windows."""
+    shipped, text, label = calibration_windows(tokenizer, dataclasses.replace(settings, text=SHIPPED), grams=grams)
     left = settings.max_tokens - len(token_ids(tokenizer, text, settings.max_tokens))
-    if left <= 0 or model is None:
+    if left < MIN_CALIBRATION_TOKENS or model is None:
         return shipped, text, label
     rest = dataclasses.replace(settings, text=GENERATED, max_tokens=left)
     sampled, sampled_text, sampled_label = generated_windows(model, tokenizer, rest, source, on_progress)
