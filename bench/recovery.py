@@ -8,10 +8,11 @@ pruned copy in memory as check-criteria does), as a ratio to the base's, on four
 - news, fiction, faq: English texts of other domains from registry packages (bench/other_texts.py names them and
   their licences). No default was chosen on fiction or faq; news was read by the probe that chose generated data.
 It also gives each step's time and the process's peak memory after it. The calibration is hubprune's default
-(the shipped text's second half) unless --calibration says otherwise (generated: sequences the base samples itself).
+(the shipped text's second half) unless --calibration says otherwise (generated: sequences the base samples itself;
+mixed: the shipped half, then generated sequences up to --calibration-tokens).
 
     python bench/recovery.py [SOURCE ...] [--pcts 10,20,40] [--criteria maw,activation] [--tokens 4096]
-        [--recoveries none,refit,sequential,refit+reconstruct] [--calibration shipped|generated|FILE]
+        [--recoveries none,refit,sequential,refit+reconstruct] [--calibration shipped|generated|mixed|FILE]
         [--calibration-tokens 4096] [--reconstruct-tokens 32768] [--reconstruct-lr 1e-4] [--reconstruct-batch 512]
 """
 
@@ -64,14 +65,16 @@ def run(source: str | None, args: argparse.Namespace) -> None:
         args.calibration if args.calibration in ("generated", "shipped", "mixed") else Path(args.calibration),
         args.calibration_tokens,
     )
-    recoveries = args.recoveries.split(",")
     reconstruct = ReconstructSettings(
         tokens=args.reconstruct_tokens, learning_rate=args.reconstruct_lr, batch=args.reconstruct_batch
     )
+    recoveries = {r: RecoverySettings(steps=r, reconstruct=reconstruct) for r in args.recoveries.split(",")}
     began = time.perf_counter()
     stats = collect_activations(
-        model, tokenizer, names, calibration, grams=any("refit" in r.split("+") for r in recoveries) or "obs" in args.criteria.split(","),
-        source=json.dumps(source_identity(checkpoint), sort_keys=True), keep_inputs=any(RecoverySettings(steps=r).keeps_windows for r in recoveries),
+        model, tokenizer, names, calibration,
+        grams=any(r.reads_grams for r in recoveries.values()) or "obs" in args.criteria.split(","),
+        source=json.dumps(source_identity(checkpoint), sort_keys=True),
+        keep_inputs=any(r.keeps_windows for r in recoveries.values()),
     )  # fmt: skip
     print(
         f"\n## {checkpoint.source if source else 'embedded default'}\n\ncalibration: {stats.record['source']}, "
@@ -94,16 +97,15 @@ def run(source: str | None, args: argparse.Namespace) -> None:
             }
         for member in plan.members:
             kept = {layer: keep(rank(s), member.intermediate_size) for layer, s in scores.items()}
-            for recovery in recoveries:
+            for recovery, settings in recoveries.items():
                 began = time.perf_counter()
-                steps = RecoverySettings(steps=recovery, reconstruct=reconstruct).steps
-                updates, passes = None, methods.of_phase(steps, "pass")
+                updates, passes = None, methods.of_phase(settings.steps, "pass")
                 if passes:
                     updates = passes[0].load().member_updates(inputs, kept).updates
-                if methods.of_phase(steps, "member"):  # trains a pruned copy
+                if settings.trains:  # a pruned copy
                     student = copy.deepcopy(model)
                     prune_in_memory(student, layout, kept, updates)
-                    found = Recovery(RecoverySettings(steps=recovery, reconstruct=reconstruct))
+                    found = Recovery(settings)
                     found.start_in_memory(model, tokenizer, None, stats.inputs)
                     *_, (_, student) = found.recover_model(student, layout.roles, recovery, None)
                     seconds = time.perf_counter() - began

@@ -39,7 +39,7 @@ from hubprune.fields import setting
 from hubprune.generated import SELF_GENERATED, cache_name, generated, start_tokens
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import ProgressCallback
-from hubprune.recover.refit import HELD_OUT_EVERY, Grams
+from hubprune.recover.refit import HELD_OUT_EVERY, Grams, is_held_out
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
 DEFAULT_TOKENS = 4096
@@ -337,7 +337,7 @@ def collect_activations(
             handles.append(module.register_forward_pre_hook(hook(layer)))
         with torch.no_grad():
             for i, window in enumerate(inputs):
-                held_out[0] = grams and i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+                held_out[0] = grams and is_held_out(i)
                 model(window[None].to(device), **last_logit_only(model))
                 counts[held_out[0]] += window.numel()
     finally:

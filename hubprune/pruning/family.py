@@ -259,7 +259,7 @@ def _prepare(
         for w, on in (
             (f"activations for {settings.criterion}", data_aware),
             ("Gram matrices", grams),
-            ("windows for the sequential refit", settings.recovery.runs_model),
+            ("windows for the sequential refit", settings.recovery.pass_runs_model),
             ("windows for local reconstruction", "reconstruct" in settings.recovery.steps),
         )
         if on
@@ -282,7 +282,7 @@ def _prepare(
     if not settings.recovery.refits:  # no pass step: the kept columns as they are
         return _Prepared(scores, stats.record, windows=stats.inputs)
     inputs = PassInputs(down_weights(checkpoint, layout), stats.grams, down_modules=down_modules(layout))
-    if settings.recovery.runs_model:
+    if settings.recovery.pass_runs_model:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()

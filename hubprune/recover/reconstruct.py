@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from hubprune.model_inputs import loaded_modules
 from hubprune.progress import Progress, report
 from hubprune.recover.distill import DistillRun, mlp_parameters, write_back
 from hubprune.recover.layer_calls import decoder_layers, input_of, record_calls, run_layer
-from hubprune.recover.refit import HELD_OUT_EVERY
+from hubprune.recover.refit import HELD_OUT_EVERY, is_held_out
 
 if TYPE_CHECKING:
     from hubprune.recover.distill_data import Teacher
@@ -124,7 +125,7 @@ def reconstruct(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Train `student`'s MLPs in place, layer by layer (see the module's docstring); its record and the trained
     tensors by checkpoint name (float32, on the CPU). With `run.state`, each layer done is saved there, and a layer
-    saved by a run of the same `identity` is loaded instead of trained again."""
+    saved by a run of the same `identity`, windows and starting MLP tensors is loaded instead of trained again."""
     began = time.perf_counter()
     check_windows(len(windows))
     device = torch.device(resolve_device(run.device, CriterionError))
@@ -183,7 +184,7 @@ def _record(
     stopped run trained add theirs."""
     befores = [r["held_out_error"]["before"] for r in layers.values()]
     afters = [r["held_out_error"]["after"] for r in layers.values()]
-    held_out_tokens = sum(w.numel() for i, w in enumerate(windows) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1)
+    held_out_tokens = sum(w.numel() for w in _split(windows)[1])
     return {
         "method": "reconstruct",
         "objective": OBJECTIVE,
@@ -233,6 +234,15 @@ def _layers(student: Any, teacher: Any, roles: dict[str, tuple[int, str]]) -> di
     }
 
 
+def _split(per_window: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The windows' items to fit on, and those held out."""
+    fit: list[torch.Tensor] = []
+    held_out: list[torch.Tensor] = []
+    for i, item in enumerate(per_window):
+        (held_out if is_held_out(i) else fit).append(item)
+    return fit, held_out
+
+
 def _relative_error(mlp: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
     with torch.no_grad():
         error = sum(float((mlp(x) - y).pow(2).sum()) for x, y in zip(inputs, targets, strict=True))
@@ -244,10 +254,8 @@ def _train_layer(part: _Layer, inputs: list[torch.Tensor], settings: Reconstruct
     started = time.perf_counter()
     with torch.no_grad():
         targets = [part.dense_mlp(x) for x in inputs]
-    fit_x = torch.cat([x for i, x in enumerate(inputs) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1])
-    fit_y = torch.cat([y for i, y in enumerate(targets) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1])
-    held_x = [x for i, x in enumerate(inputs) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
-    held_y = [y for i, y in enumerate(targets) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    (fit_x, held_x), (fit_y, held_y) = _split(inputs), _split(targets)
+    fit_x, fit_y = torch.cat(fit_x), torch.cat(fit_y)
     scale = float(fit_y.pow(2).sum(-1).mean())  # the mean squared norm of a target: the loss is relative
     parameters = list(part.tensors.values())
     for parameter in parameters:

@@ -36,9 +36,13 @@ from typing import Any
 import torch
 
 ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-# Calibration window i is held out when i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1: the refit chooses alpha on those
-# windows, and the steps that run the model (sequential, reconstruct) hold out the same ones.
-HELD_OUT_EVERY = 3
+HELD_OUT_EVERY = 3  # every third calibration window is held out (see is_held_out)
+
+
+def is_held_out(window: int) -> bool:
+    """Whether calibration window number `window` is held out: the refit chooses alpha on those windows, and the
+    steps that run the model (sequential, reconstruct) hold out the same ones."""
+    return window % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ import torch
 from hubprune.recover.layer_calls import decoder_layers, input_of, record_calls, run_layer
 from hubprune.recover.refit import (
     ALPHAS,
-    HELD_OUT_EVERY,
     NewColumns,
     PassInputs,
     Refits,
     apply_update,
+    is_held_out,
     refit_layer,
     removed_of,
 )
@@ -71,7 +71,7 @@ def member_updates(inputs: PassInputs, kept: dict[int, torch.Tensor], alphas: tu
             counts = [0, 0]
             for i, window in enumerate(calls):
                 member_in = input_of(down, block, member[i], window[layer]).double()
-                held_out = i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+                held_out = is_held_out(i)
                 grams[held_out] = grams[held_out] + member_in.T @ member_in
                 counts[held_out] += len(member_in)
             # toward W ã on the member's own inputs, the fit is the refit's, with the member's Gram matrices

@@ -55,8 +55,9 @@ class RecoverySettings:
         return any(m.reads_calibration and not m.runs_model for m in methods.of_phase(self.steps, "pass"))
 
     @property
-    def runs_model(self) -> bool:
-        """Whether a pass step runs the loaded model over the calibration windows (the sequential refit)."""
+    def pass_runs_model(self) -> bool:
+        """Whether a pass step runs the loaded model over the calibration windows (the sequential refit); member
+        steps that do (reconstruct) load their own (keeps_windows covers both)."""
         return any(m.runs_model for m in methods.of_phase(self.steps, "pass"))
 
     @property
