@@ -166,7 +166,19 @@ def test_the_command_line_cap_reaches_calibration(tiny, settings, loaded, tmp_pa
     source, out = tiny("llama", num_hidden_layers=2), tmp_path / "member"
     text = ("--calibration", settings.text, "--calibration-tokens", TOKENS)
     result = invoke(
-        "prune", source, "-o", out, "--intermediate-size", 40, "--criterion", "activation", "--max-memory", "1KB", *text
+        "prune",
+        source,
+        "-o",
+        out,
+        "--intermediate-size",
+        40,
+        "--criterion",
+        "activation",
+        "--recover",
+        "none",
+        "--max-memory",
+        "1KB",
+        *text,
     )
     assert result.exit_code == 0, result.output
     assert "disk" in loaded[0].hf_device_map.values()  # calibration's load: the model dispatched under the cap
@@ -178,7 +190,19 @@ def test_a_family_is_calibrated_one_way(tiny, settings, tmp_path):
     from test_cli import assert_clean_error, invoke
 
     source, family = tiny("llama", num_hidden_layers=2), tmp_path / "fam"
-    base = ("build-family", source, "-o", family, "--sizes", 40, "--criterion", "activation", "--skip-eval")
+    base = (
+        "build-family",
+        source,
+        "-o",
+        family,
+        "--sizes",
+        40,
+        "--criterion",
+        "activation",
+        "--skip-eval",
+        "--recover",
+        "none",
+    )
     text = ("--skip-profile", "--calibration", settings.text, "--calibration-tokens", TOKENS)
     assert invoke(*base, *text, "--max-memory", "1KB").exit_code == 0
     before = (family / "family.json").read_bytes()

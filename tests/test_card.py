@@ -21,6 +21,7 @@ from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
 from hubprune.publish.cards import CardSettings, render_cards
+from hubprune.recover.settings import RecoverySettings
 
 MEMBERS = ["Llama-tiny-er1.5", "Llama-tiny-er1"]
 BASE_CARD = "---\nlicense: llama3.2\nlanguage: en\n---\n# The tiny base\n"
@@ -34,7 +35,12 @@ def measured_family(tmp_path_factory, task_dir) -> Path:
     (source / "README.md").write_text(BASE_CARD)
     (source / "LICENSE").write_text("LLAMA 3.2 COMMUNITY LICENSE AGREEMENT (test copy)")
     family = root / "family"
-    build_family(open_source(str(source)), family, [Target("size", "48"), Target("size", "32")], PruneSettings())
+    build_family(
+        open_source(str(source)),
+        family,
+        [Target("size", "48"), Target("size", "32")],
+        PruneSettings("maw", recovery=RecoverySettings()),
+    )
     suite = str(suite_file(root, ALL_THREE[0], ALL_THREE[1]))
     evaluate(family, EvalSettings(suite=suite, include_paths=(task_dir,), batch_size="1"))
     settings = ProfileSettings(

@@ -121,7 +121,7 @@ def test_existing_family_with_other_settings_is_refused(tiny_dir, tmp_path):
         invoke(
             "build-family", "--skip-eval", "--skip-profile", source, "-o", family, "--sizes", "48", "--criterion", "l2"
         ),
-        "criterion maw",
+        "criterion activation",  # the default
         "choose a new folder",
     )
 

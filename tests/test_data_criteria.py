@@ -21,6 +21,7 @@ from hubprune.pruning.check import CheckSettings, check_criteria
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 from hubprune.texts import shared_ngrams
 
 
@@ -76,7 +77,11 @@ def test_activation_keeps_what_an_independent_computation_ranks_first(tmp_path, 
     calibration, _ = texts
     source = tiny_dir(model_type)
     family = tmp_path / "fam"
-    settings = PruneSettings("activation", calibration=CalibrationSettings(text=calibration, max_tokens=200, window=64))
+    settings = PruneSettings(
+        "activation",
+        calibration=CalibrationSettings(text=calibration, max_tokens=200, window=64),
+        recovery=RecoverySettings(),
+    )
     build_family(open_source(str(source)), family, [Target("size", "40")], settings)
     member = family / f"src-{model_type}0-er1.25"
     kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
@@ -103,7 +108,11 @@ def test_hybrid_is_optipfairs_formula(tmp_path, tiny_dir, texts):
     calibration, _ = texts
     source = tiny_dir("llama")
     family = tmp_path / "fam"
-    settings = PruneSettings("hybrid", calibration=CalibrationSettings(text=calibration, max_tokens=150, window=50))
+    settings = PruneSettings(
+        "hybrid",
+        calibration=CalibrationSettings(text=calibration, max_tokens=150, window=50),
+        recovery=RecoverySettings(),
+    )
     build_family(open_source(str(source)), family, [Target("size", "32")], settings)
     kept = json.loads((family / "src-llama0-er1" / "hubprune-kept-indices.json").read_text())["layers"]
 
@@ -154,7 +163,9 @@ def test_the_zeroed_model_check_measures_equals_the_pruned_checkpoint(tmp_path, 
     settings = CheckSettings(text=held_out, pcts=("50",), criteria=("maw",), seeds=1, window=64)
     [row] = check_criteria(open_source(str(source)), settings).rows
     family = tmp_path / "fam"
-    build_family(open_source(str(source)), family, [Target("pct", "50")], PruneSettings("maw"))
+    build_family(
+        open_source(str(source)), family, [Target("pct", "50")], PruneSettings("maw", recovery=RecoverySettings())
+    )
     from transformers import AutoTokenizer
 
     member = family / "src-llama0-er1"
@@ -209,7 +220,18 @@ def test_unknown_criterion_is_one_line(tiny_dir):
 def test_build_family_check_criteria_puts_the_table_in_the_cards(tmp_path, tiny_dir, texts):
     calibration, _ = texts
     out = tmp_path / "fam"
-    args = ["build-family", str(tiny_dir("llama")), "-o", str(out), "--pcts", "25,50", "--criterion", "activation"]
+    args = [
+        "build-family",
+        str(tiny_dir("llama")),
+        "-o",
+        str(out),
+        "--pcts",
+        "25,50",
+        "--criterion",
+        "activation",
+        "--recover",
+        "none",
+    ]
     args += ["--calibration", str(calibration), "--check-criteria", "--skip-eval", "--skip-profile"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -233,7 +255,18 @@ def test_calibrating_on_benchmark_text_is_warned_about(tmp_path, tiny_dir):
     calibration = tmp_path / "overlap.txt"
     calibration.write_text("\n\n".join(paragraphs()[:3]))  # what the offline tasks score first (both of them)
     out = tmp_path / "fam"
-    args = ["build-family", str(tiny_dir("llama")), "-o", str(out), "--sizes", "48", "--criterion", "activation"]
+    args = [
+        "build-family",
+        str(tiny_dir("llama")),
+        "-o",
+        str(out),
+        "--sizes",
+        "48",
+        "--criterion",
+        "activation",
+        "--recover",
+        "none",
+    ]
     args += ["--calibration", str(calibration), "--suite", "offline", "--limit", "2", "--skip-profile"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -276,7 +309,7 @@ def test_a_family_is_one_calibration_another_is_refused_and_nothing_is_written(t
     calibration, held_out = texts
     family = tmp_path / "fam"
     build = ["build-family", str(tiny_dir("llama")), "-o", str(family), "--skip-eval", "--skip-profile"]
-    build += ["--criterion", "activation", "--calibration", str(calibration)]
+    build += ["--criterion", "activation", "--recover", "none", "--calibration", str(calibration)]
     assert CliRunner().invoke(main, [*build, "--sizes", "48"]).exit_code == 0
     recorded = json.loads((family / "family.json").read_text())["calibration"]
     assert recorded["source"] == "calibration.txt" and recorded["max_tokens"] == 4096 and len(recorded["sha256"]) == 64
@@ -306,7 +339,7 @@ def test_data_aware_criteria_and_check_criteria_work_for_every_family(tmp_path, 
             source,
             tmp_path / criterion,
             [Target("size", "48")],
-            PruneSettings(criterion=criterion, calibration=settings),
+            PruneSettings(criterion=criterion, calibration=settings, recovery=RecoverySettings()),
         )
         assert family.members[0].stages["prune"]["status"] == "done"
     check = CheckSettings(

@@ -62,9 +62,12 @@ def test_a_distilled_member_is_closer_to_its_base_on_unseen_sequences(tiny_dir, 
     source = tiny_dir(model_type, dtype=torch.bfloat16)
     checkpoint = open_source(str(source))
     target = Target("pct", "50")
-    prune_one(checkpoint, tmp_path / "plain", target, PruneSettings())
+    prune_one(checkpoint, tmp_path / "plain", target, PruneSettings("maw", recovery=RecoverySettings()))
     prune_one(
-        checkpoint, tmp_path / "distilled", target, PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+        checkpoint,
+        tmp_path / "distilled",
+        target,
+        PruneSettings("maw", recovery=RecoverySettings("distill", distill=SMALL)),
     )
 
     base, plain, distilled = (load(f) for f in (source, tmp_path / "plain", tmp_path / "distilled"))
@@ -128,7 +131,7 @@ def test_the_data_record_counts_the_offline_paragraphs_it_shares_13_words_with(t
 def test_a_stopped_distillation_resumes_to_the_same_weights(tiny_dir, tmp_path, monkeypatch):
     source = tiny_dir("llama")
     checkpoint = open_source(str(source))
-    settings = PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+    settings = PruneSettings("maw", recovery=RecoverySettings("distill", distill=SMALL))
     build_family(checkpoint, tmp_path / "whole", [Target("pct", "50")], settings)
 
     monkeypatch.setattr(distill_module, "SAVE_EVERY_SECONDS", 0.0)  # save after every step
@@ -154,7 +157,10 @@ def test_a_stopped_distillation_resumes_to_the_same_weights(tiny_dir, tmp_path, 
 def test_a_family_is_one_distillation(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
     build_family(
-        checkpoint, tmp_path, [Target("pct", "50")], PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+        checkpoint,
+        tmp_path,
+        [Target("pct", "50")],
+        PruneSettings("maw", recovery=RecoverySettings("distill", distill=SMALL)),
     )
     other = DistillSettings(tokens=2048, batch=4, seq_len=32, learning_rate=3e-3)
     with pytest.raises(OutputError, match="distilled with tokens 1024 \\(this run: 2048\\)"):
@@ -162,7 +168,7 @@ def test_a_family_is_one_distillation(tiny_dir, tmp_path):
             checkpoint,
             tmp_path,
             [Target("pct", "30")],
-            PruneSettings(recovery=RecoverySettings("distill", distill=other)),
+            PruneSettings("maw", recovery=RecoverySettings("distill", distill=other)),
         )
 
 
@@ -170,7 +176,7 @@ def test_a_family_is_one_distillation(tiny_dir, tmp_path):
 def test_check_criteria_prunes_in_memory_what_the_pass_writes(tiny_dir, tmp_path, model_type):
     source = tiny_dir(model_type)
     checkpoint = open_source(str(source))
-    prune_one(checkpoint, tmp_path / "member", Target("size", "40"), PruneSettings())
+    prune_one(checkpoint, tmp_path / "member", Target("size", "40"), PruneSettings("maw", recovery=RecoverySettings()))
     layout = analyse(checkpoint)
     scores = weight_layer_scores(checkpoint, layout, "maw", 0)
     model = load(source)
@@ -258,6 +264,6 @@ def test_a_diverged_distillation_is_refused_and_nothing_is_written(tiny_dir, tmp
             checkpoint,
             tmp_path / "m",
             Target("pct", "50"),
-            PruneSettings(recovery=RecoverySettings("distill", distill=wild)),
+            PruneSettings("maw", recovery=RecoverySettings("distill", distill=wild)),
         )
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".partial-*"))

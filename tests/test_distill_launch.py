@@ -31,9 +31,9 @@ def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
     target = [Target("pct", "50")]
     build_family(
-        checkpoint, tmp_path / "one", target, PruneSettings(recovery=RecoverySettings("distill", distill=SMALL))
+        checkpoint, tmp_path / "one", target, PruneSettings("maw", recovery=RecoverySettings("distill", distill=SMALL))
     )
-    launched = PruneSettings(recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(2)))
+    launched = PruneSettings("maw", recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(2)))
     build_family(checkpoint, tmp_path / "two", target, launched)
 
     name = next(p.name for p in (tmp_path / "one").iterdir() if p.is_dir())
@@ -62,7 +62,7 @@ def test_two_processes_train_the_member_one_process_trains(tiny_dir, tmp_path):
 def test_processes_that_do_not_divide_the_batch_are_refused(tiny_dir, tmp_path):
     checkpoint = open_source(str(tiny_dir("llama")))
     settings = PruneSettings(
-        recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(3))
+        "maw", recovery=RecoverySettings("distill", distill=SMALL, launcher=torchrun(3))
     )  # 4 sequences a step
     with pytest.raises(CriterionError, match="4 sequences do not split evenly over 3 processes"):
         prune_one(checkpoint, tmp_path / "out", Target("pct", "50"), settings)
@@ -82,7 +82,7 @@ def test_a_failed_launch_leaves_no_member(tiny_dir, tmp_path):
 @pytest.mark.parametrize(
     "extra, fragments",
     [
-        (["--distill-launcher", "torchrun"], ["--distill-launcher is given, but --recover none does not distil"]),
+        (["--distill-launcher", "torchrun"], ["--distill-launcher is given, but --recover refit does not distil"]),
         (
             ["--recover", "distill", "--distill-launcher", "no-such-launcher --x"],
             ["--distill-launcher starts with no-such-launcher, which is not found"],

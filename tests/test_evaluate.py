@@ -19,6 +19,7 @@ from hubprune.measure.suites import SuiteTask, load_suite
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 
 def direct_lm_eval(model_dir: Path, task: str, shots: int, task_dir: Path) -> dict:
@@ -85,7 +86,9 @@ def test_finished_tasks_are_not_run_again_unless_settings_change(tmp_path, tiny_
 def test_family_gets_base_and_members_with_stage_status_and_correlations(tmp_path, tiny_dir, task_dir):
     family_dir = tmp_path / "fam"
     targets = [Target("size", "48"), Target("size", "32")]
-    build_family(open_source(str(tiny_dir("llama"))), family_dir, targets, PruneSettings())
+    build_family(
+        open_source(str(tiny_dir("llama"))), family_dir, targets, PruneSettings("maw", recovery=RecoverySettings())
+    )
     suite = str(suite_file(tmp_path, ALL_THREE[0], ALL_THREE[1]))
     outcome = evaluate(family_dir, EvalSettings(suite=suite, include_paths=(task_dir,)))
     assert list(outcome.results) == ["base", "src-llama0-er1.5", "src-llama0-er1"]

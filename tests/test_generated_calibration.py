@@ -17,6 +17,7 @@ from hubprune.pruning.calibrate import CALIBRATION_SEED, GENERATED, CalibrationS
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 TOKENS, WINDOW = 256, 32  # eight sequences of 32 tokens
 
@@ -29,7 +30,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def build(source, family, calibration=GENERATED):
-    settings = PruneSettings("activation", calibration=CalibrationSettings(calibration, TOKENS, WINDOW))
+    settings = PruneSettings(
+        "activation", calibration=CalibrationSettings(calibration, TOKENS, WINDOW), recovery=RecoverySettings()
+    )
     build_family(open_source(str(source)), family, [Target("size", "40")], settings)
     member = next(p for p in family.iterdir() if p.is_dir())
     provenance = json.loads((member / "hubprune.json").read_text())

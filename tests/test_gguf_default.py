@@ -58,7 +58,20 @@ def test_default_family_from_gguf_matches_the_oracle(tmp_path, gguf_cache, monke
     monkeypatch.setenv("HUBPRUNE_CACHE", str(gguf_cache))
     family = tmp_path / "family"
     result = CliRunner().invoke(
-        main, ["build-family", "--skip-eval", "--skip-profile", "-o", str(family), "--pcts", "10,40"]
+        main,
+        [
+            "build-family",
+            "--skip-eval",
+            "--skip-profile",
+            "-o",
+            str(family),
+            "--pcts",
+            "10,40",
+            "--criterion",
+            "maw",
+            "--recover",
+            "none",
+        ],
     )
     assert result.exit_code == 0, result.output
     converted = next((gguf_cache / "gguf").iterdir())

@@ -16,6 +16,7 @@ from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.importance import OBS_DAMP, obs, rank
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 
 def removal_cost(weight: torch.Tensor, h: torch.Tensor, removed: list[int]) -> float:
@@ -69,7 +70,9 @@ def test_groups_remove_the_cheapest_neurons_of_each_step_together(seed=3):
 def test_obs_is_a_criterion_of_a_build(tmp_path, tiny_dir):
     text = tmp_path / "calibration.txt"
     text.write_text(words(7, 400))
-    settings = PruneSettings("obs", calibration=CalibrationSettings(text=text, max_tokens=300, window=50))
+    settings = PruneSettings(
+        "obs", calibration=CalibrationSettings(text=text, max_tokens=300, window=50), recovery=RecoverySettings()
+    )
     family = tmp_path / "fam"
     build_family(open_source(str(tiny_dir("llama"))), family, [Target("size", "40")], settings)
     member = next(p for p in family.iterdir() if p.is_dir())

@@ -28,6 +28,7 @@ from hubprune.measure.profile import PROFILE_FILE, merge_rounds, profile_model, 
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.publish.results import ProfileView
+from hubprune.recover.settings import RecoverySettings
 
 FAST = dict(prompt_tokens=6, new_tokens=4, min_seconds=0.0, min_runs=3, warmup_runs=1, rounds=1)
 NO_GPU = not torch.cuda.is_available()
@@ -220,7 +221,12 @@ def family_dir(tiny_dir, tmp_path_factory):
     source = tmp_path_factory.mktemp("profiled-source") / "llama"
     shutil.copytree(tiny_dir("llama"), source)
     out = tmp_path_factory.mktemp("profiled") / "family"
-    build_family(_open(source), out, [Target("size", "48"), Target("size", "32")], PruneSettings())
+    build_family(
+        _open(source),
+        out,
+        [Target("size", "48"), Target("size", "32")],
+        PruneSettings("maw", recovery=RecoverySettings()),
+    )
     return out
 
 
@@ -329,7 +335,7 @@ def test_a_family_takes_turns_round_by_round_and_a_stopped_run_resumes(tiny_dir,
     source = tmp_path / "llama"
     shutil.copytree(tiny_dir("llama"), source)
     family_dir = tmp_path / "family"  # the base and one member: two models are enough to take turns
-    build_family(_open(source), family_dir, [Target("size", "48")], PruneSettings())
+    build_family(_open(source), family_dir, [Target("size", "48")], PruneSettings("maw", recovery=RecoverySettings()))
     family = manifest.load(family_dir)
 
     class Stop(Exception):

@@ -17,6 +17,7 @@ from hubprune.pruning import prune as prune_module
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import Target
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 TARGETS = [Target("ratio", "1.5"), Target("pct", "40"), Target("size", "17")]
 EXPECTED_WIDTHS = {"1.5": 48, "40": 39, "17": 17}  # ceil(1.5*32); 64 - floor(0.4*64); as given
@@ -103,7 +104,10 @@ def test_every_family_and_criterion_matches_the_oracle(tmp_path, tiny_dir, model
     # small shards on some families so the sharded writer and index are exercised too
     shard = 8_000 if model_type in ("phi3", "qwen2") else 10**9
     family = build_family(
-        open_source(str(source)), tmp_path / "fam", TARGETS, PruneSettings(criterion=criterion, max_shard_bytes=shard)
+        open_source(str(source)),
+        tmp_path / "fam",
+        TARGETS,
+        PruneSettings(criterion=criterion, max_shard_bytes=shard, recovery=RecoverySettings()),
     )
     assert [m.intermediate_size for m in family.members] == [48, 39, 17]
     source_tensors = load_tensors(source)
@@ -138,7 +142,12 @@ def test_bf16_sharded_source_with_many_ties_follows_the_tie_rule(tmp_path, tiny_
     for extra in ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"):
         (tied_source / extra).write_bytes((source / extra).read_bytes())
 
-    build_family(open_source(str(tied_source)), tmp_path / "fam", [Target("size", "40")], PruneSettings())
+    build_family(
+        open_source(str(tied_source)),
+        tmp_path / "fam",
+        [Target("size", "40")],
+        PruneSettings("maw", recovery=RecoverySettings()),
+    )
     member = tmp_path / "fam" / "tied-er1.25"
     kept = json.loads((member / "hubprune-kept-indices.json").read_text())["layers"]
     ties_at_cut = 0
@@ -158,7 +167,12 @@ def test_random_criterion_is_seeded_and_nested(tmp_path, tiny_dir):
     targets = [Target("size", "48"), Target("size", "24")]
 
     def kept(seed, folder):
-        family = build_family(source, tmp_path / folder, targets, PruneSettings(criterion="random", seed=seed))
+        family = build_family(
+            source,
+            tmp_path / folder,
+            targets,
+            PruneSettings(criterion="random", seed=seed, recovery=RecoverySettings()),
+        )
         assert family.seed == seed
         return [
             json.loads((tmp_path / folder / m.path / "hubprune-kept-indices.json").read_text())["layers"]
@@ -184,7 +198,12 @@ def test_small_chunks_stream_every_tensor_in_pieces_and_still_match_the_oracle(
     monkeypatch.setattr(prune_module, "_row_chunks", lambda *args: chunked.append(real_chunks(*args)) or chunked[-1])
     source = tiny_dir(model_type, max_shard_size="20KB")
     assert len(set(json.loads((source / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
-    family = build_family(open_source(str(source)), tmp_path / "fam", TARGETS, PruneSettings(criterion=criterion))
+    family = build_family(
+        open_source(str(source)),
+        tmp_path / "fam",
+        TARGETS,
+        PruneSettings(criterion=criterion, recovery=RecoverySettings()),
+    )
     assert max(len(ranges) for ranges in chunked) > 10 and any(start > 0 for ranges in chunked for start, _ in ranges)
     source_tensors = load_tensors(source)
     for member in family.members:

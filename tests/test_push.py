@@ -24,6 +24,7 @@ from hubprune.pruning.source import open_source
 from hubprune.publish import push as hub_module
 from hubprune.publish.licence import front_matter
 from hubprune.publish.push import PushSettings, push_family
+from hubprune.recover.settings import RecoverySettings
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
@@ -40,7 +41,12 @@ def built_family(tmp_path_factory) -> Path:
     source = build_tiny(root / "Llama-tiny", "llama")
     (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
     family = root / "family"
-    build_family(open_source(str(source)), family, [Target("size", "48"), Target("size", "32")], PruneSettings())
+    build_family(
+        open_source(str(source)),
+        family,
+        [Target("size", "48"), Target("size", "32")],
+        PruneSettings("maw", recovery=RecoverySettings()),
+    )
     return family
 
 
@@ -455,7 +461,9 @@ def test_a_family_without_a_licence_is_refused_before_any_request(hub, tmp_path)
     source = build_tiny(tmp_path / "Llama-tiny", "llama")
     assert not (source / "README.md").exists() and "license" not in json.loads((source / "config.json").read_text())
     family = tmp_path / "family"
-    build_family(open_source(str(source)), family, [Target("size", "48")], PruneSettings())
+    build_family(
+        open_source(str(source)), family, [Target("size", "48")], PruneSettings("maw", recovery=RecoverySettings())
+    )
     for rendered in (False, True):
         if rendered:
             assert CliRunner().invoke(main, ["card", str(family)]).exit_code == 0

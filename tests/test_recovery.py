@@ -98,8 +98,9 @@ def assert_member_is_the_base_with(pruned, base, kept, written) -> None:
 
 # How far the written columns may be from the float64 solve: the product sums its Gram matrices in float32, and the
 # solve carries that rounding times the condition number of G_KK + lambda I. Qwen2's attention biases give its tiny
-# model's down_proj inputs one dominant direction (condition ~1e5, against ~1e2 for the others).
-SOLVE_ATOL = {"qwen2": 1e-4}
+# model's down_proj inputs one dominant direction (condition ~1e5, against ~1e2 for the others): 1.05e-4 was measured
+# on an AVX-512/AMX CPU, whose float32 sums round differently from others'.
+SOLVE_ATOL = {"qwen2": 3e-4}
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -178,7 +179,7 @@ def test_a_family_is_one_recovery_and_a_short_text_is_refused(tmp_path, tiny_dir
     assert f"{record['held_out_error']['plain']:.3g} pruned" in card and "long.txt" in card
     assert f"{record['held_out_error']['refit']:.3g} refit" in card
     before = (family / "family.json").read_bytes()
-    assert_clean_error(invoke(*base, *text), "recovery refit", "--recover refit")
+    assert_clean_error(invoke(*base, "--recover", "none", *text), "recovery refit", "--recover refit")
     assert (family / "family.json").read_bytes() == before
 
     short = tmp_path / "short.txt"

@@ -16,7 +16,7 @@ import torch
 from support.oracle import load_tensors, mlp_modules
 from support.tiny_models import VOCAB
 from test_cli import invoke
-from test_recovery import down_inputs, held_out_error, ridge_solve  # this test's own hooks and solves
+from test_recovery import SOLVE_ATOL, down_inputs, held_out_error, ridge_solve  # this test's own hooks and solves
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune import generated as data_module
@@ -37,7 +37,7 @@ def words(seed: int, count: int) -> str:
 
 
 def prune(source, out, *options):
-    result = invoke("prune", source, "-o", out, "--pct", 50, *options)
+    result = invoke("prune", source, "-o", out, "--pct", 50, "--criterion", "maw", *options)
     assert result.exit_code == 0, result.output
     return out
 
@@ -92,7 +92,7 @@ def test_a_down_proj_of_many_chunks_is_refit_in_every_chunk(tmp_path, tiny_dir, 
         alpha = record["alpha"][str(layer)]
         assert alpha is not None  # the refit moved every layer: a chunk left as plain columns would show
         expected = ridge_solve(torch.cat([w[layer] for w in windows]), weight, kept[layer], alpha)
-        tolerance = 1e-4 if model_type == "qwen2" else 1e-6  # see test_recovery.SOLVE_ATOL
+        tolerance = SOLVE_ATOL.get(model_type, 1e-6)
         assert torch.allclose(written[layer], expected, rtol=1e-4, atol=tolerance), layer
         assert torch.allclose(written[layer], whole[layer], rtol=0, atol=1e-6), layer
         plain = weight[:, kept[layer]]
@@ -138,7 +138,7 @@ def test_micro_batches_smaller_than_a_steps_share_train_what_whole_shares_train(
     text = tmp_path / "distill.txt"
     text.write_text(words(13, 9 * 256))  # nine windows of 256 tokens: eight to learn from, one held out
     distil = (*DISTILL, "--distill-text", text, "--distill-tokens", 4096)  # two steps of eight sequences
-    plain = prune(source, tmp_path / "plain")
+    plain = prune(source, tmp_path / "plain", "--recover", "none")
     whole = prune(source, tmp_path / "whole", *distil)
     record = provenance(whole)["distillation"]
     batch, seq_len = record["batch"], record["seq_len"]
@@ -152,7 +152,9 @@ def test_micro_batches_smaller_than_a_steps_share_train_what_whole_shares_train(
     changed = {name for name in one if not torch.allclose(one[name], before[name], rtol=0, atol=1e-4)}
     assert changed and all(".mlp." in name for name in changed), changed
     for name in one:
-        assert torch.allclose(several[name], one[name], rtol=0, atol=1e-6), name
+        # float32 sums in another order, through two Adam steps (which divide by the gradients' size): 1.4e-6 measured;
+        # far below the 1e-4 the training moved the MLP by
+        assert torch.allclose(several[name], one[name], rtol=0, atol=1e-5), name
     kl = provenance(micro)["distillation"]["held_out_kl"]
     assert kl["after"] == pytest.approx(record["held_out_kl"]["after"], rel=1e-5)
     assert kl["before"] == pytest.approx(record["held_out_kl"]["before"], rel=1e-5)
@@ -233,7 +235,7 @@ def test_the_recorded_held_out_kl_is_the_kl_from_the_base_on_the_held_out_window
     source = tiny_dir("llama")
     text = tmp_path / "distill.txt"
     text.write_text(words(11, 3 * 256 + 20))  # three windows of 256 tokens (and a rest too short for a window)
-    plain = prune(source, tmp_path / "plain")
+    plain = prune(source, tmp_path / "plain", "--recover", "none")
     member = prune(source, tmp_path / "distilled", *DISTILL, "--distill-text", text, "--distill-tokens", 2048)
     record = provenance(member)["distillation"]
     seq_len = record["seq_len"]

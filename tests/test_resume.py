@@ -26,7 +26,7 @@ from hubprune.pruning.gguf import DEFAULT_INSTALL, embedded_default
 
 FAST_PROFILE = ("--batch-sizes", "1", "--prompt-tokens", "6", "--new-tokens", "3", "--min-seconds", "0")
 FAST_PROFILE += ("--rounds", "1", "--energy", "off")
-PRUNE_ONLY = ("--skip-eval", "--skip-profile")
+PRUNE_ONLY = ("--skip-eval", "--skip-profile", "--criterion", "maw", "--recover", "none")  # weights alone
 A, B = "src-llama0-er1.5", "src-llama0-er1"  # the members of sizes 48 and 32 of the tiny llama
 
 

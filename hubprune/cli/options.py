@@ -220,48 +220,56 @@ def settings_options(
             kwargs[into] = _build(cls, {name: kwargs.pop(name) for name, *_ in options})
             return func(*args, **kwargs)
 
-        for name, spec, owner, group in reversed(options):
-            wrapper = _option_of(name, spec, group, owner)(wrapper)
+        for name, spec, owner, group, default in reversed(options):
+            wrapper = _option_of(name, spec, group, owner, default)(wrapper)
         return wrapper
 
     return decorator
 
 
 def _field_options(
-    cls: type, only: tuple[str, ...] | None, stage: str
-) -> Iterator[tuple[str, dataclasses.Field[Any], type, str]]:
-    """(parameter name, field, its dataclass, its --help group) of every documented field, nested ones included;
-    the parameter is named after the flag, so that a library message's `name` is the option's."""
+    cls: type, only: tuple[str, ...] | None, stage: str, defaults: Any = None
+) -> Iterator[tuple[str, dataclasses.Field[Any], type, str, Any]]:
+    """(parameter name, field, its dataclass, its --help group, its default) of every documented field, nested ones
+    included; the parameter is named after the flag, so that a library message's `name` is the option's. A nested
+    field's defaults are those of the instance its factory makes (PruneSettings' recovery is the refit, while
+    RecoverySettings() alone is none)."""
     for spec in dataclasses.fields(cls):
         if spec.metadata.get("nested"):
-            inner = spec.default_factory().__class__  # type: ignore[misc]
-            yield from _field_options(inner, only, spec.metadata.get(fields.GROUP) or stage)
+            inner = spec.default_factory() if defaults is None else getattr(defaults, spec.name)  # type: ignore[misc]
+            yield from _field_options(inner.__class__, only, spec.metadata.get(fields.GROUP) or stage, inner)
         elif fields.HELP in spec.metadata and (only is None or spec.name in only):
-            yield _parameter(spec), spec, cls, stage
+            default = spec.default if defaults is None else getattr(defaults, spec.name)
+            yield _parameter(spec), spec, cls, stage, default
 
 
 def _parameter(spec: dataclasses.Field[Any]) -> str:
     return fields.flag_of(spec).removeprefix("--").replace("-", "_")
 
 
-def _build(cls: type, given: dict[str, Any]) -> Any:
-    """`cls` from the parsed option values: a field whose option was not given keeps the dataclass's default."""
+def _build(cls: type, given: dict[str, Any], defaults: Any = None) -> Any:
+    """`cls` from the parsed option values: a field whose option was not given keeps its default (for a nested
+    dataclass, the value in the instance its factory makes, as `_field_options` shows it)."""
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(cls):
         if spec.metadata.get("nested"):
-            values[spec.name] = _build(spec.default_factory().__class__, given)  # type: ignore[misc]
+            inner = spec.default_factory() if defaults is None else getattr(defaults, spec.name)  # type: ignore[misc]
+            values[spec.name] = _build(inner.__class__, given, inner)
             continue
         name = _parameter(spec)
         value = given.get(name)
-        if name in given and value is not None and value != ():
+        not_given = value is None or (value == () and spec.metadata.get(fields.PARSE) == "paths")  # ("none" is ())
+        if name in given and not not_given:
             values[spec.name] = tuple(value) if isinstance(value, list) else value
+        elif defaults is not None:
+            values[spec.name] = getattr(defaults, spec.name)
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             values[spec.name] = value  # a required field whose option is not exposed: the dataclass refuses it
     return cls(**values)
 
 
-def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type) -> Callable[..., Any]:
-    default = spec.default if spec.default is not dataclasses.MISSING else None
+def _option_of(name: str, spec: dataclasses.Field[Any], stage: str, cls: type, default: Any) -> Callable[..., Any]:
+    default = None if default is dataclasses.MISSING else default
     if isinstance(default, bool):  # a flag sets the value other than the default
         return option(fields.flag_of(spec), name, stage=stage, is_flag=True, flag_value=not default, default=default,
                       help=spec.metadata[fields.HELP])  # fmt: skip

@@ -12,7 +12,7 @@ import click
 from hubprune.cli.options import option, settings_options
 from hubprune.device import RuntimeSettings
 from hubprune.errors import TargetError
-from hubprune.pruning.family import PruneSettings
+from hubprune.pruning.family import PAPER_CRITERION, PruneSettings
 from hubprune.pruning.plan import PAPER_PCTS, Target, parse_targets
 
 # --- sources and widths ----------------------------------------------------------------------------------
@@ -49,6 +49,8 @@ def family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         preset = kwargs.pop("preset")
         given.append(("pct", ",".join(PAPER_PCTS) if preset is not None else None))
         kwargs["targets"] = _widths_of_one_kind(given, "--ratios, --pcts, --sizes or --preset paper")
+        if preset is not None and "criterion" in kwargs:
+            _paper_method_unless_given(kwargs)
         return func(*args, **kwargs)
 
     return _with_options(
@@ -61,10 +63,22 @@ def family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 "--preset",
                 stage="widths",
                 type=click.Choice(["paper"]),
-                help="paper: 10,20,30,40,50,60 % (arXiv 2512.22671).",
+                help=(
+                    "paper: the paper's widths, 10,20,30,40,50,60 % removed, and its method, --criterion "
+                    f"{PAPER_CRITERION} --recover none, unless those are given (arXiv 2512.22671)."
+                ),
             ),
         ],
     )
+
+
+def _paper_method_unless_given(kwargs: dict[str, Any]) -> None:
+    """--preset paper reproduces the paper: its criterion and no recovery, where the command line does not say
+    otherwise (the defaults are the method that measured best, PruneSettings)."""
+    context = click.get_current_context()
+    for name, value in (("criterion", PAPER_CRITERION), ("recover", ())):
+        if context.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT):
+            kwargs[name] = value
 
 
 def member_target_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -246,7 +246,7 @@ def calibration_windows(
         raise CriterionError(
             f"recovery holds out every {HELD_OUT_EVERY}rd calibration window (to choose its regulariser or weights), and "
             f"{label} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
-            "`calibration_tokens`"
+            "`calibration_tokens`, or no recovery (`recover` none)"
         )
     return inputs, text, label
 

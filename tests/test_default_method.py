@@ -1,0 +1,45 @@
+"""What a build does when not told: the method that measured best (activation + refit), unless `--preset paper` asks
+for the paper's (MAW, no recovery); an option given on the command line wins over either."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import invoke
+
+from hubprune.pruning.family import PruneSettings
+from hubprune.recover.settings import RecoverySettings
+
+
+def built_with(tmp_path, tiny_dir, *options) -> tuple[str, str, int]:
+    """The criterion and recovery family.json records, and how many members were built."""
+    family = tmp_path / "fam"
+    result = invoke("build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", *options)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((family / "family.json").read_text())
+    return recorded["criterion"], recorded["recovery"], len(recorded["members"])
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (("--sizes", "48"), ("activation", "refit", 1)),
+        (("--preset", "paper"), ("maw", "none", 6)),
+        (("--preset", "paper", "--criterion", "activation"), ("activation", "none", 6)),
+        (("--preset", "paper", "--recover", "refit"), ("maw", "refit", 6)),
+        (("--sizes", "48", "--recover", "none"), ("activation", "none", 1)),
+    ],
+)
+def test_the_default_is_activation_and_refit_and_the_paper_preset_is_the_papers_method(
+    tmp_path, tiny_dir, options, expected
+):
+    assert built_with(tmp_path, tiny_dir, *options) == expected
+
+
+def test_the_library_defaults_are_the_command_lines():
+    settings = PruneSettings()
+    assert (settings.criterion, settings.recovery.steps) == ("activation", ("refit",))
+    paper = settings.paper_method()
+    assert (paper.criterion, paper.recovery) == ("maw", RecoverySettings())
+    assert RecoverySettings().steps == ()  # alone (check-criteria), recovery is none
