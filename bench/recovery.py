@@ -72,9 +72,10 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     began = time.perf_counter()
     stats = collect_activations(
         model, tokenizer, names, calibration,
-        grams=any(r.reads_grams for r in recoveries.values()) or "obs" in args.criteria.split(","),
+        grams=any(r.reads_grams for r in recoveries.values()) or bool({"obs", "obs-fisher"} & set(args.criteria.split(","))),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
         keep_inputs=any(r.keeps_windows for r in recoveries.values()),
+        fishers="obs-fisher" in args.criteria.split(","),
     )  # fmt: skip
     print(
         f"\n## {checkpoint.source if source else 'embedded default'}\n\ncalibration: {stats.record['source']}, "

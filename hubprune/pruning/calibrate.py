@@ -39,6 +39,7 @@ from hubprune.fields import setting
 from hubprune.generated import SELF_GENERATED, cache_name, generated, start_tokens
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, windows
 from hubprune.progress import ProgressCallback
+from hubprune.pruning.fisher import FISHER_SEED, output_fishers
 from hubprune.recover.refit import HELD_OUT_EVERY, Grams, is_held_out
 from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
 
@@ -118,6 +119,7 @@ class ActivationStats:
     record: dict[str, Any]  # what the calibration read: source, sha256, tokens; kept in hubprune.json
     grams: Grams | None = None  # only when recovery asked for them
     inputs: tuple[torch.Tensor, ...] = ()  # the windows the model ran, for the steps that run it again
+    fishers: dict[int, torch.Tensor] | None = None  # each layer's output Fisher (fisher.py), for obs-fisher
     text: str = ""  # the calibration text (generated sequences decoded), to look for overlaps with other texts
 
 
@@ -151,24 +153,36 @@ def calibrate(
     load: LoadSettings = LoadSettings(),
     source: str = "",
     keep_inputs: bool = False,
+    fishers: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> ActivationStats:
     """Load the model in `folder` as `load` says (by default whole, float32, CPU) and collect each layer's
     down_proj input statistics over the calibration data. `down_modules` maps each layer to its down_proj module's
     name; `source`, an identity of the base, keys the cache of generated data. A text and the load settings are
     checked first, with the tokenizer alone; `announce` is called once they pass, before the model loads. With
-    `keep_inputs`, the windows the model ran are kept in the result. Any temporary folder is removed before this
+    `keep_inputs`, the windows the model ran are kept in the result; with `fishers`, each layer's output Fisher
+    (which needs the whole model in memory: refused with `max_memory`). Any temporary folder is removed before this
     returns, also on error."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = check_load(load)
+    if fishers and load.max_memory is not None:
+        raise CriterionError(
+            "the output Fisher (criterion obs-fisher) back-propagates through the whole model, which `max_memory` "
+            "keeps partly on disk: leave out `max_memory`, or choose criterion obs"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if settings.text != GENERATED:
         calibration_windows(tokenizer, settings, grams=grams or keep_inputs)
     if announce is not None:
         announce()
     run = functools.partial(
-        collect_activations, grams=grams, source=source, keep_inputs=keep_inputs, on_progress=on_progress
+        collect_activations,
+        grams=grams,
+        source=source,
+        keep_inputs=keep_inputs,
+        fishers=fishers,
+        on_progress=on_progress,
     )
     if device == "cpu" and load.max_memory is None:  # what hubprune always did: its results stay as they were
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -244,7 +258,8 @@ def calibration_windows(
     inputs = windows(ids, settings.window, special_prefix(tokenizer))
     if grams and len(inputs) < HELD_OUT_EVERY:
         raise CriterionError(
-            f"recovery holds out every {HELD_OUT_EVERY}rd calibration window (to choose its regulariser or weights), and "
+            f"recovery (and the obs criteria) hold out every {HELD_OUT_EVERY}rd calibration window (to choose a regulariser "
+            f"or weights), and "
             f"{label} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
             "`calibration_tokens`, or no recovery (`recover` none)"
         )
@@ -306,11 +321,13 @@ def collect_activations(
     files: Path | None = None,
     source: str = "",
     keep_inputs: bool = False,
+    fishers: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> ActivationStats:
     """Run a loaded model over the calibration data with hooks on each layer's down_proj input; with `grams`,
     also each layer's Gram matrices (see Grams), summed in files under the folder `files` when it is given, else
-    in memory. Sums are float32 on the device the activations are on, and end on the CPU."""
+    in memory; with `fishers`, each layer's output Fisher on the same windows (fisher.py). Sums are float32 on the
+    device the activations are on, and end on the CPU."""
     inputs, text, label = calibration_windows(
         tokenizer, settings, grams=grams or keep_inputs, model=model, source=source, on_progress=on_progress
     )
@@ -343,6 +360,9 @@ def collect_activations(
     finally:
         for handle in handles:
             handle.remove()
+    found_fishers = None
+    if fishers:
+        found_fishers = output_fishers(model, inputs, loaded_modules(model, down_modules), device=device)
     tokens = sum(counts)
     record = {
         "source": label,
@@ -355,6 +375,8 @@ def collect_activations(
     }
     if settings.text == GENERATED:
         record |= {"sequences": len(inputs), "seq_len": int(inputs[0].numel())}
+    if fishers:
+        record["output_fisher"] = f"every window, one next token drawn per position from the model, seed {FISHER_SEED}"
     if files is not None or device != "cpu" or model.dtype != torch.float32:  # not the default load: say how
         record |= {"dtype": str(model.dtype).removeprefix("torch."), "device": torch.device(device).type}
     return ActivationStats(
@@ -364,6 +386,7 @@ def collect_activations(
         grams=Grams(*sums.result(), counts[0], counts[1]) if grams else None,
         inputs=tuple(inputs) if keep_inputs else (),
         text=text,
+        fishers=found_fishers,
     )
 
 

@@ -25,7 +25,15 @@ from hubprune.model_inputs import first_predicted, loaded_modules, special_prefi
 from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.pruning.calibrate import ActivationStats, CalibrationSettings, collect_activations
 from hubprune.pruning.checkpoint import Checkpoint
-from hubprune.pruning.importance import DATA_CRITERIA, GRAM_CRITERIA, check_criterion, keep, random_scores, rank
+from hubprune.pruning.importance import (
+    DATA_CRITERIA,
+    FISHER_CRITERIA,
+    GRAM_CRITERIA,
+    check_criterion,
+    keep,
+    random_scores,
+    rank,
+)
 from hubprune.pruning.plan import Target, plan_family
 from hubprune.pruning.prune import (
     COLUMN_ROLES,
@@ -235,6 +243,7 @@ def _calibrate(
         grams=settings.recovery.reads_grams or any(c in GRAM_CRITERIA for c in settings.criteria),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
         keep_inputs=settings.recovery.keeps_windows,
+        fishers=any(c in FISHER_CRITERIA for c in settings.criteria),
         on_progress=on_progress,
     )
     return stats, shared_ngrams(stats.text, [p for p in held_out_text.split("\n\n") if p.strip()])

@@ -29,7 +29,15 @@ from hubprune.progress import Progress, ProgressCallback, report
 from hubprune.provenance import PROVENANCE
 from hubprune.pruning.calibrate import GENERATED, CalibrationSettings, LoadSettings, calibrate
 from hubprune.pruning.checkpoint import Checkpoint
-from hubprune.pruning.importance import CRITERIA, DATA_CRITERIA, GRAM_CRITERIA, check_criterion, keep, rank
+from hubprune.pruning.importance import (
+    CRITERIA,
+    DATA_CRITERIA,
+    FISHER_CRITERIA,
+    GRAM_CRITERIA,
+    check_criterion,
+    keep,
+    rank,
+)
 from hubprune.pruning.member import (
     add_records,
     calibration_identity,
@@ -280,6 +288,7 @@ def _prepare(
         w
         for w, on in (
             (f"activations for {settings.criterion}", data_aware),
+            ("output Fishers (a backward pass a window)", settings.criterion in FISHER_CRITERIA),
             ("Gram matrices", grams),
             ("windows for the sequential refit", settings.recovery.pass_runs_model),
             ("windows for local reconstruction", "reconstruct" in settings.recovery.steps),
@@ -295,6 +304,7 @@ def _prepare(
         load=_calibration_load(runtime),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
         keep_inputs=settings.recovery.keeps_windows,
+        fishers=settings.criterion in FISHER_CRITERIA,
         on_progress=on_progress,
     )
     scores = data_scores(checkpoint, layout, stats, settings.criterion) if weight_scores is None else weight_scores

@@ -49,8 +49,9 @@ WEIGHT_CRITERIA: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     "l2": l2,
 }
 # Criteria that need activations from a calibration text (hubprune/calibrate.py) as well as the weights.
-DATA_CRITERIA = ("activation", "hybrid", "obs")
-GRAM_CRITERIA = ("obs",)  # those that read the calibration's Gram matrices, not only per-neuron statistics
+DATA_CRITERIA = ("activation", "hybrid", "obs", "obs-fisher")
+GRAM_CRITERIA = ("obs", "obs-fisher")  # those that read the calibration's Gram matrices, not only per-neuron statistics
+FISHER_CRITERIA = ("obs-fisher",)  # those that read each layer's output Fisher (fisher.py): a backward pass a window
 CRITERIA = (*WEIGHT_CRITERIA, *DATA_CRITERIA, "random")
 
 
@@ -83,7 +84,9 @@ def obs_group(width: int) -> int:
     return max(8, -(-width // 256))
 
 
-def obs(down: torch.Tensor, gram: torch.Tensor, group: int | None = None) -> torch.Tensor:
+def obs(
+    down: torch.Tensor, gram: torch.Tensor, group: int | None = None, fisher: torch.Tensor | None = None
+) -> torch.Tensor:
     """obs: structured Optimal Brain Surgeon with compensation (ZipLM, Kurtic et al. 2023; SlimGPT; OSSCAR): the
     order in which greedy removal takes the neurons out, the last removed scoring highest.
 
@@ -93,6 +96,11 @@ def obs(down: torch.Tensor, gram: torch.Tensor, group: int | None = None) -> tor
     under the weights and inverse as the earlier removals left them, then updates both exactly:
     W <- W - W_:,S (Ginv_SS)^-1 Ginv_S,: and Ginv <- Ginv - Ginv_:,S (Ginv_SS)^-1 Ginv_S,:. The order is nested, so
     one run ranks the neurons for every width of a family. Cost: about n / group steps of O(n^2 group), in float64.
+
+    obs-fisher, with `fisher` F (hidden x hidden, the layer's output Fisher, fisher.py): the error is measured as the
+    model's predictions feel it, E[(g^T dW h)^2] ~ tr(dW^T F dW G) (LLM-Surgeon's Kronecker-factored curvature, van der
+    Ouderaa et al. 2024), so a neuron costs W_:,j^T F W_:,j / [(G + lambda I)^-1]_jj. The compensation that minimises
+    it is the same as without F (F factors out of the solve for the other columns), so only the costs change.
     """
     w = down.double().clone()
     width = w.shape[1]
@@ -103,8 +111,10 @@ def obs(down: torch.Tensor, gram: torch.Tensor, group: int | None = None) -> tor
     alive = torch.ones(width, dtype=torch.bool)
     scores = torch.empty(width, dtype=torch.float32)
     removed = 0
+    output_metric = None if fisher is None else fisher.double()
     while removed < width:
-        cost = w.square().sum(dim=0) / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
+        error = w.square().sum(dim=0) if output_metric is None else (w * (output_metric @ w)).sum(dim=0)
+        cost = error / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
         cost[~alive] = torch.inf
         chosen = torch.sort(cost, stable=True).indices[: min(group, width - removed)]
         block = torch.linalg.inv(inverse[chosen][:, chosen])

@@ -402,10 +402,11 @@ def data_scores(
             low = torch.minimum(low, rows.amin(dim=0))
         if criterion == "activation":
             scores = activation(stats.abs_mean[layer], sq_sum.sqrt())
-        elif criterion == "obs":
-            assert stats.grams is not None, "the obs criterion reads the calibration's Gram matrices"
+        elif criterion in ("obs", "obs-fisher"):
+            assert stats.grams is not None, "the obs criteria read the calibration's Gram matrices"
             gram = stats.grams.fit[layer].double() + stats.grams.held_out[layer].double()
-            scores = obs(read_tensor(info, 0, info.shape[0]).float(), gram)
+            fisher = None if criterion == "obs" else stats.fishers[layer]  # type: ignore[index]
+            scores = obs(read_tensor(info, 0, info.shape[0]).float(), gram, fisher=fisher)
         else:
             gate_ptp, up_ptp = _gate_up_peak_to_peak(checkpoint, layout, layer)
             scores = hybrid(gate_ptp, up_ptp, high + low.abs(), stats.l2[layer])

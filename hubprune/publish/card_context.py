@@ -38,6 +38,24 @@ CRITERIA = {
     "vow": ("VOW", "s_i = var(G_i) + var(U_i)   (unbiased variance of each row)"),
     "pon": ("PON", "s_i = ||G_i||_1 * ||U_i||_1"),
     "l2": ("L2", "s_i = ||G_i||_2 + ||U_i||_2"),
+    "activation": (
+        "activation",
+        "s_i = mean_t |h_i(t)| * ||D[:,i]||_2   (h: down_proj's input on the calibration text, D: down_proj)",
+    ),
+    "hybrid": (
+        "hybrid (optipfair)",
+        "s_i = (g_i/max g + u_i/max u + d_i/max d) * ||h_i||_2   (g, u, d: MAW peak-to-peak)",
+    ),
+    "obs": (
+        "structured OBS",
+        "greedy removal by ||W[:,j]||^2 / [(G + lambda I)^-1]_jj, the others re-solved after each group "
+        "(G = sum_t h(t) h(t)^T)",
+    ),
+    "obs-fisher": (
+        "structured OBS, output-weighted",
+        "greedy removal by W[:,j]^T F W[:,j] / [(G + lambda I)^-1]_jj, the others re-solved after each group "
+        "(F: the layer's output Fisher, the curvature of KL(base || member))",
+    ),
     "random": ("random", "s_i drawn uniformly at random (seeded): the baseline every criterion must beat"),
 }
 COMMAND_ORDER = ("build-family", "eval", "profile")  # the commands that made the weights and the numbers
