@@ -258,10 +258,9 @@ def calibration_windows(
     inputs = windows(ids, settings.window, special_prefix(tokenizer))
     if grams and len(inputs) < HELD_OUT_EVERY:
         raise CriterionError(
-            f"recovery (and the obs criteria) hold out every {HELD_OUT_EVERY}rd calibration window (to choose a regulariser "
-            f"or weights), and "
-            f"{label} gives {len(inputs)} window(s) of {settings.window} tokens: give a longer text or more "
-            "`calibration_tokens`, or no recovery (`recover` none)"
+            f"recovery (and the obs criteria) hold out every {HELD_OUT_EVERY}rd calibration window (to choose a "
+            f"regulariser or weights), and {label} gives {len(inputs)} window(s) of {settings.window} tokens: give a "
+            "longer text or more `calibration_tokens`, or no recovery (`recover` none)"
         )
     return inputs, text, label
 

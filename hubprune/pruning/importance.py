@@ -100,7 +100,8 @@ def obs(
     obs-fisher, with `fisher` F (hidden x hidden, the layer's output Fisher, fisher.py): the error is measured as the
     model's predictions feel it, E[(g^T dW h)^2] ~ tr(dW^T F dW G) (LLM-Surgeon's Kronecker-factored curvature, van der
     Ouderaa et al. 2024), so a neuron costs W_:,j^T F W_:,j / [(G + lambda I)^-1]_jj. The compensation that minimises
-    it is the same as without F (F factors out of the solve for the other columns), so only the costs change.
+    it is the same as without F (F factors out of the solve for the other columns), so only the costs change: obs
+    runs on S W, with S^T S = F.
     """
     w = down.double().clone()
     width = w.shape[1]
@@ -111,10 +112,11 @@ def obs(
     alive = torch.ones(width, dtype=torch.bool)
     scores = torch.empty(width, dtype=torch.float32)
     removed = 0
-    output_metric = None if fisher is None else fisher.double()
+    if fisher is not None:  # W_:,j^T F W_:,j = ||S W_:,j||^2 with S^T S = F; every update multiplies W on the right
+        values, vectors = torch.linalg.eigh(fisher.double())
+        w = (values.clamp_min(0).sqrt()[:, None] * vectors.T) @ w
     while removed < width:
-        error = w.square().sum(dim=0) if output_metric is None else (w * (output_metric @ w)).sum(dim=0)
-        cost = error / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
+        cost = w.square().sum(dim=0) / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
         cost[~alive] = torch.inf
         chosen = torch.sort(cost, stable=True).indices[: min(group, width - removed)]
         block = torch.linalg.inv(inverse[chosen][:, chosen])
