@@ -43,3 +43,31 @@ def test_the_library_defaults_are_the_command_lines():
     paper = settings.paper_method()
     assert (paper.criterion, paper.recovery) == ("maw", RecoverySettings())
     assert RecoverySettings().steps == ()  # alone (check-criteria), recovery is none
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (
+            ("--sizes", "48"),
+            [
+                "the **activation** criterion, on the base's activations over calibration text. It has",
+                "After pruning: down_proj's kept columns refit without training (see Method); the attention",
+                "computed in float32 from the stored weights and the calibration text (below).",
+            ],
+        ),
+        (
+            ("--sizes", "48", "--criterion", "maw", "--recover", "none"),
+            [
+                "the **MAW (PPM)** weight criterion. It has",
+                "Nothing else was changed or trained: the attention, embeddings and norms are the base's own.",
+                "computed in float32 from the stored weights. The k highest-scoring",
+            ],
+        ),
+    ],
+)
+def test_a_members_card_says_how_its_neurons_were_chosen_and_what_changed_after(tmp_path, tiny_dir, options, says):
+    built_with(tmp_path, tiny_dir, *options)
+    card = " ".join((tmp_path / "fam" / "src-llama0-er1.5" / "README.md").read_text().split())
+    for sentence in says:
+        assert sentence in card

@@ -240,7 +240,8 @@ def test_build_family_distils_and_the_card_says_how(tiny_dir, tmp_path):
     assert f"{record['held_out_kl']['before']:.4g} before, {record['held_out_kl']['after']:.4g} after" in card
     assert "sequences the base model generated itself" in card
     assert (
-        "Only the MLP width was reduced, then refit (down_proj, no training) and distilled from the base" in card
+        "Only the MLP width was reduced, then down_proj's kept columns refit without training and the MLPs distilled from "
+        "the base (see Method)" in card
     )  # the limitations
     assert not (family / DISTILL_WORK).exists()
 

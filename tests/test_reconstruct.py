@@ -199,7 +199,7 @@ def test_a_calibration_too_short_to_hold_windows_out_is_refused_before_the_model
     result = invoke(
         "prune", tiny_dir("llama"), "-o", out, "--pct", "25", "--recover", "reconstruct", "--calibration", calibration
     )
-    assert_clean_error(result, "holds out every 3rd calibration window", "1 window(s)")
+    assert_clean_error(result, "hold out every 3rd calibration window", "1 window(s)")
     assert "[calibrate]" not in result.output and not out.exists()
 
 

@@ -14,6 +14,7 @@ from hubprune import manifest, provenance
 from hubprune.local_paths import command_without_local_paths
 from hubprune.measure.base_model import base_label
 from hubprune.pruning.gguf import DEFAULT_PACKAGE, DEFAULT_PACKAGE_VERSION, EMBEDDED_DEFAULT_BASE, is_embedded_default
+from hubprune.pruning.importance import DATA_CRITERIA
 from hubprune.publish import gguf_context, recovery_context
 from hubprune.publish.formatting import (
     bytes_text,
@@ -82,6 +83,7 @@ def common_context(
     written = _provenances(members)  # read once: the method section's recovery and distillation both use them
     label = base_label(family)
     name, formula = CRITERIA.get(family.criterion, (family.criterion, "see hubprune/pruning/importance.py"))
+    data_aware = family.criterion in DATA_CRITERIA
     note = None
     if family.criterion == "random":
         note = f"Random scores, seed {family.seed}: this family is a baseline, not the paper's method."
@@ -95,7 +97,14 @@ def common_context(
             "width": base.width,
             "ratio": f"{base.ratio:.2f}",
         },
-        "criterion": {"name": name, "formula": f"    {formula}", "note": note},
+        "criterion": {
+            "name": name,
+            "formula": f"    {formula}",
+            "note": note,
+            "kind": "criterion, on the base's activations over calibration text" if data_aware else "weight criterion",
+            "read": "the stored weights and the calibration text (below)" if data_aware else "the stored weights",
+        },
+        "after_pruning": _after_pruning_sentences(family),
         "versions": {"hubprune": family.hubprune_version},
         "table": _family_table(models, namespace, current=None),
         "efficiency": _efficiency(models),
@@ -438,15 +447,37 @@ def _source_label(family: manifest.Family, base_id: str | None) -> str:
     return f"a local checkpoint named `{Path(source.id).name}`"
 
 
-def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[str]:
-    done = {
-        "refit": "refit (down_proj, no training)",
-        "sequential": "refit layer by layer (down_proj, no training)",
-        "distill": "distilled from the base (see Method)",
-        "reconstruct": "each MLP trained layer by layer toward the unpruned one (see Method)",
+RECOVERY_DONE = {
+    "refit": "down_proj's kept columns refit without training",
+    "sequential": "down_proj's kept columns refit layer by layer without training",
+    "distill": "the MLPs distilled from the base",
+    "reconstruct": "each MLP trained layer by layer toward the unpruned one",
+}
+
+
+def _after_pruning(family: manifest.Family) -> str:
+    """What the recovery steps did after pruning, as a phrase ("" for none)."""
+    steps = [RECOVERY_DONE.get(step, step) for step in family.recovery.split("+") if step != "none"]
+    return " and ".join(steps)
+
+
+def _after_pruning_sentences(family: manifest.Family) -> dict[str, str]:
+    """What the cards' opening lines say happened after pruning: the member card's sentence, the family card's end."""
+    done = _after_pruning(family)
+    if not done:
+        return {
+            "member": "Nothing else was changed or trained: the attention, embeddings and norms are the base's own.",
+            "family": " and nothing else changed",
+        }
+    return {
+        "member": f"After pruning: {done} (see Method); the attention, embeddings and norms are the base's own.",
+        "family": f", then {done}",
     }
-    steps = [done.get(step, step) for step in family.recovery.split("+") if step != "none"]
-    afterwards = "then " + " and ".join(steps) if steps else "with no retraining or distillation afterwards"
+
+
+def _limitations(family: manifest.Family, models: list[ModelResults]) -> list[str]:
+    done = _after_pruning(family)
+    afterwards = f"then {done} (see Method)" if done else "with no retraining or distillation afterwards"
     lines = [
         f"Only the MLP width was reduced, {afterwards}. The paper (Martra 2025) found "
         "that knowledge-heavy benchmarks (MMLU, GSM8K) degrade with pruning, while instruction "
