@@ -3,7 +3,9 @@ the criteria check and the offline benchmarks all read them.
 
 The shipped text is the Jargon File 4.4.7, chapters 1-8 (public domain). The offline suite scores its first
 paragraphs; `--calibration shipped` reads the paragraphs from SHIPPED_CALIBRATION_START on, and check-criteria holds
-out the ones before (shared_ngrams counts the 13-word sequences two texts share).
+out the ones before (shared_ngrams counts the 13-word sequences two texts share). A second text, of another domain
+(OTHER_DOMAIN_FILE: fiction, Botchan in the 1919 translation, public domain), is scored by the offline suite only:
+no calibration, default or tuning reads it, so the cards give each member's figure off the calibration's domain.
 """
 
 from __future__ import annotations
@@ -16,14 +18,21 @@ from hubprune.errors import CriterionError
 
 TEXT_FILE = "jargon-file-4.4.7-ch1-8.txt"
 SHIPPED_TEXT = f"hubprune/data/texts/{TEXT_FILE}"
+OTHER_DOMAIN_FILE = "botchan-ch1-2.txt"
 SHIPPED_CALIBRATION_START = 65
 NGRAM = 13  # the span GPT-3's contamination check used; long enough that a shared one is no coincidence
 
 
-def paragraphs() -> list[str]:
-    """The shipped text's paragraphs, in order."""
-    text = (resources.files("hubprune") / "data" / "texts" / TEXT_FILE).read_text(encoding="utf-8")
+def paragraphs(name: str = TEXT_FILE) -> list[str]:
+    """The paragraphs of a shipped text (by default the Jargon File's), in order."""
+    text = (resources.files("hubprune") / "data" / "texts" / name).read_text(encoding="utf-8")
     return [p for p in text.split("\n\n") if p.strip()]
+
+
+def offline_suite_paragraphs() -> list[str]:
+    """Every paragraph an offline task may score: a calibration or distillation text that shares a 13-word sequence
+    with one of them flatters the cards' figures (shared_ngrams)."""
+    return paragraphs() + paragraphs(OTHER_DOMAIN_FILE)
 
 
 def read_text(path: Path, what: str) -> str:

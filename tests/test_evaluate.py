@@ -38,7 +38,11 @@ def test_builtin_suites_carry_the_papers_settings():
     shots = {t.task: t.num_fewshot for t in paper.tasks}
     assert shots["mmlu"] == 5 and shots["gsm8k"] == 5 and shots["hellaswag"] == 0
     assert {t.task: t.metric for t in paper.tasks}["gsm8k"] == "exact_match,flexible-extract"
-    assert [t.task for t in load_suite("offline").tasks] == ["hubprune_jargon_ppl", "hubprune_jargon_lastword"]
+    assert [t.task for t in load_suite("offline").tasks] == [
+        "hubprune_jargon_ppl",
+        "hubprune_botchan_ppl",
+        "hubprune_jargon_lastword",
+    ]
 
 
 def test_results_equal_lm_eval_called_directly(tmp_path, tiny_dir, task_dir):

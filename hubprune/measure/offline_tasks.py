@@ -1,4 +1,6 @@
-"""lm-eval tasks built from the public-domain text shipped in hubprune/data/texts, so evaluation can run with no network.
+"""lm-eval tasks built from the public-domain texts shipped in hubprune/data/texts, so evaluation can run with no network:
+perplexity and last-word prediction on the Jargon File (whose other half is the default calibration), and perplexity
+on a text of another domain, fiction (Botchan), that no calibration, default or tuning reads.
 
 The task YAMLs need absolute data paths (lm-eval's `dataset_path: json` reads `data_files` as given), so they
 are written at run time into hubprune's cache, named by a hash of their content: the same text and code give
@@ -12,13 +14,13 @@ import json
 import re
 from pathlib import Path
 
-from hubprune.texts import paragraphs
+from hubprune.texts import OTHER_DOMAIN_FILE, TEXT_FILE, paragraphs
 
 TASK_VERSION = 2
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 FINAL_WORD = re.compile(r"^(?P<context>.*\S)\s+(?P<word>[A-Za-z]{3,})[.!?]$")
 
-PPL_YAML = """task: hubprune_jargon_ppl
+PPL_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -33,8 +35,22 @@ metric_list:
   - metric: bits_per_byte
 metadata:
   version: {version}
-  description: Perplexity on the paragraphs of the Jargon File 4.4.7, chapters 1-8 (public domain)
+  description: {description}
 """
+# task -> (shipped text, data file, description)
+PPL_TASKS = {
+    "hubprune_jargon_ppl": (
+        TEXT_FILE,
+        "jargon_paragraphs.jsonl",
+        "Perplexity on the paragraphs of the Jargon File 4.4.7, chapters 1-8 (public domain)",
+    ),
+    "hubprune_botchan_ppl": (
+        OTHER_DOMAIN_FILE,
+        "botchan_passages.jsonl",
+        "Perplexity on passages of Botchan (Natsume Soseki, tr. Morri 1919, public domain), chapters 1-2, fiction, "
+        "a domain no calibration default reads",
+    ),
+}
 
 LASTWORD_YAML = """task: hubprune_jargon_lastword
 dataset_path: json
@@ -77,8 +93,8 @@ def evaluated_documents(tasks: list[tuple[str, int | None]]) -> list[str]:
     check: lm-eval reads the first `limit` documents."""
     found: list[str] = []
     for name, limit in tasks:
-        if name == "hubprune_jargon_ppl":
-            found += paragraphs()[:limit]
+        if name in PPL_TASKS:
+            found += paragraphs(PPL_TASKS[name][0])[:limit]
         elif name == "hubprune_jargon_lastword":
             found += [f"{item['context']} {item['word']}" for item in last_word_items()[:limit]]
     return found
@@ -86,18 +102,23 @@ def evaluated_documents(tasks: list[tuple[str, int | None]]) -> list[str]:
 
 def task_folder(cache: Path) -> Path:
     """The folder of offline task YAMLs (and their data) for TaskManager(include_path=...), written if missing."""
-    ppl = "".join(json.dumps({"text": p}) + "\n" for p in paragraphs())
+    ppl = {
+        task: "".join(json.dumps({"text": p}) + "\n" for p in paragraphs(text))
+        for task, (text, _, _) in PPL_TASKS.items()
+    }
     lastword = "".join(json.dumps(item) + "\n" for item in last_word_items())
-    digest = hashlib.sha256(f"{TASK_VERSION}\n{PPL_YAML}\n{LASTWORD_YAML}\n{ppl}\n{lastword}".encode()).hexdigest()
-    folder = cache / "tasks" / digest[:16]
+    content = f"{TASK_VERSION}\n{PPL_YAML}\n{PPL_TASKS}\n{LASTWORD_YAML}\n{ppl}\n{lastword}"
+    folder = cache / "tasks" / hashlib.sha256(content.encode()).hexdigest()[:16]
     if (folder / "hubprune_jargon_lastword.yaml").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "jargon_paragraphs.jsonl").write_text(ppl, encoding="utf-8")
+    for task, (_, data, description) in PPL_TASKS.items():
+        (folder / data).write_text(ppl[task], encoding="utf-8")
+        (folder / f"{task}.yaml").write_text(
+            PPL_YAML.format(task=task, data=folder / data, version=TASK_VERSION, description=description),
+            encoding="utf-8",
+        )
     (folder / "jargon_lastword.jsonl").write_text(lastword, encoding="utf-8")
-    (folder / "hubprune_jargon_ppl.yaml").write_text(
-        PPL_YAML.format(data=folder / "jargon_paragraphs.jsonl", version=TASK_VERSION), encoding="utf-8"
-    )
     # written last: its presence marks the folder complete
     (folder / "hubprune_jargon_lastword.yaml").write_text(
         LASTWORD_YAML.format(data=folder / "jargon_lastword.jsonl", version=TASK_VERSION), encoding="utf-8"

@@ -41,7 +41,14 @@ from hubprune.model_inputs import loaded_modules, special_prefix, token_ids, win
 from hubprune.progress import ProgressCallback
 from hubprune.pruning.fisher import FISHER_SEED, output_fishers
 from hubprune.recover.refit import HELD_OUT_EVERY, Grams, is_held_out
-from hubprune.texts import SHIPPED_CALIBRATION_START, SHIPPED_TEXT, paragraphs, read_text, shared_ngrams
+from hubprune.texts import (
+    SHIPPED_CALIBRATION_START,
+    SHIPPED_TEXT,
+    offline_suite_paragraphs,
+    paragraphs,
+    read_text,
+    shared_ngrams,
+)
 
 DEFAULT_TOKENS = 4096
 DEFAULT_WINDOW = 512
@@ -370,7 +377,7 @@ def collect_activations(
         "window": settings.window,
         "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
         # the offline suite scores the shipped text: a calibration that read part of it flatters its figures
-        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, paragraphs()),
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, offline_suite_paragraphs()),
     }
     if settings.text == GENERATED:
         record |= {"sequences": len(inputs), "seq_len": int(inputs[0].numel())}

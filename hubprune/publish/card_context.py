@@ -59,6 +59,13 @@ CRITERIA = {
     ),
     "random": ("random", "s_i drawn uniformly at random (seeded): the baseline every criterion must beat"),
 }
+# What the offline suite's texts are, beside the calibration's (a score on the calibration's own domain flatters)
+TEXT_DOMAINS = {
+    "hubprune_jargon_ppl": "hubprune_jargon_ppl scores paragraphs of the Jargon File, the text whose other half is "
+    "hubprune's default calibration: the calibration's own domain.",
+    "hubprune_botchan_ppl": "hubprune_botchan_ppl scores a text of another domain, fiction (Botchan, tr. 1919), which "
+    "no calibration default, setting or tuning of hubprune reads.",
+}
 COMMAND_ORDER = ("build-family", "eval", "profile")  # the commands that made the weights and the numbers
 SPREAD_NOTE_ABOVE = 0.05  # the bench's target for repeatable medians
 FIGURE_LABELS = {"ttft": "time to first token", "decode_throughput": "decode throughput", "e2e_latency": "end-to-end"}
@@ -199,6 +206,8 @@ def _family_table(models: list[ModelResults], namespace: str | None, current: st
         )
     if not columns:
         notes.append("Benchmarks: not measured.")
+    if any(column.task in TEXT_DOMAINS for column in columns):
+        notes.append(" ".join(TEXT_DOMAINS[c.task] for c in columns if c.task in TEXT_DOMAINS))
     return {"header": header, "rows": rows, "notes": notes}
 
 

@@ -19,7 +19,7 @@ from hubprune.errors import CriterionError
 from hubprune.generated import SELF_GENERATED, generated, start_tokens
 from hubprune.model_inputs import first_predicted, special_prefix, token_ids, windows
 from hubprune.progress import ProgressCallback
-from hubprune.texts import paragraphs, read_text, shared_ngrams
+from hubprune.texts import offline_suite_paragraphs, read_text, shared_ngrams
 
 if TYPE_CHECKING:
     from hubprune.recover.distill import DistillSettings
@@ -65,7 +65,7 @@ def prepare_data(
         "seq_len": settings.seq_len,
         "seed": settings.seed,
         "sha256": sha256_hex(sequences.numpy().tobytes()),
-        "offline_suite_paragraphs_sharing_13_words": shared_ngrams("\n".join(texts), paragraphs()),
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams("\n".join(texts), offline_suite_paragraphs()),
     }
     # the samples are independent draws: the last ones are as good a held-out set as any
     return DistillData(sequences[:needed], sequences[needed:], first_predicted(first), record)
@@ -101,7 +101,7 @@ def text_data(tokenizer: Any, settings: DistillSettings) -> DistillData:
         "sha256": sha256_hex(text.encode("utf-8")),
         "sequences": {"train": int((~is_held_out).sum()), "held_out": int(is_held_out.sum())},
         "seq_len": settings.seq_len,
-        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, paragraphs()),
+        "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, offline_suite_paragraphs()),
     }
     return DistillData(sequences[~is_held_out], sequences[is_held_out], first_predicted(prefix), record)
 
