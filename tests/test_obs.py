@@ -45,14 +45,20 @@ def greedy_order(weight: torch.Tensor, h: torch.Tensor) -> list[int]:
     return removed
 
 
+HIDDEN, TOKENS = 6, 40
+
+
+def layer(generator: torch.Generator, width: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """A down_proj input over TOKENS tokens and a down_proj weight, float64. The inputs are correlated, so that
+    compensation matters: a neuron another one can stand in for is cheap to remove."""
+    mix = torch.randn(width, width, generator=generator, dtype=torch.float64)
+    h = torch.randn(TOKENS, width, generator=generator, dtype=torch.float64) @ mix
+    return h, torch.randn(HIDDEN, width, generator=generator, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_obs_removes_neurons_in_the_order_exact_least_squares_gives(seed):
-    generator = torch.Generator().manual_seed(seed)
-    width, hidden, tokens = 10, 6, 40
-    # correlated inputs, so that compensation matters: a neuron another one can stand in for is cheap to remove
-    mix = torch.randn(width, width, generator=generator, dtype=torch.float64)
-    h = torch.randn(tokens, width, generator=generator, dtype=torch.float64) @ mix
-    weight = torch.randn(hidden, width, generator=generator, dtype=torch.float64)
+    h, weight = layer(torch.Generator().manual_seed(seed))
     scores = obs(weight.float(), (h.T @ h).float(), group=1)
     expected = greedy_order(weight, h)
     assert rank(scores).flip(0).tolist() == expected  # the first removed ranks last
@@ -64,12 +70,9 @@ def test_obs_removes_neurons_in_the_order_exact_least_squares_gives(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_obs_fisher_removes_neurons_in_the_order_exact_least_squares_gives_in_the_fishers_metric(seed):
     generator = torch.Generator().manual_seed(seed)
-    width, hidden, tokens = 10, 6, 40
-    mix = torch.randn(width, width, generator=generator, dtype=torch.float64)
-    h = torch.randn(tokens, width, generator=generator, dtype=torch.float64) @ mix
-    weight = torch.randn(hidden, width, generator=generator, dtype=torch.float64)
+    h, weight = layer(generator)
     # an output metric far from the identity: the model cares about some output directions much more than others
-    grads = torch.randn(tokens, hidden, generator=generator, dtype=torch.float64) * torch.logspace(0, 2, hidden)
+    grads = torch.randn(TOKENS, HIDDEN, generator=generator, dtype=torch.float64) * torch.logspace(0, 2, HIDDEN)
     fisher = grads.T @ grads
     scores = obs(weight.float(), (h.T @ h).float(), group=1, fisher=fisher.float())
     expected = greedy_order(torch.linalg.cholesky(fisher).T @ weight, h)
