@@ -112,7 +112,7 @@ def main() -> None:
         family = args.family or Path(tmp) / "family"
         checkpoint = open_source(None)
         start = time.perf_counter()
-        build_family(checkpoint, family, parse_targets("pct", args.pcts), PruneSettings())
+        build_family(checkpoint, family, parse_targets("pct", args.pcts), PruneSettings().paper_method())
         print(f"family: {family} (built or reused in {time.perf_counter() - start:.0f} s)", flush=True)
         runs, spreads = [], []
         for repeat in range(args.repeats):
