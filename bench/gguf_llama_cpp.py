@@ -103,7 +103,7 @@ def bench_model(source: str | None, label: str, args: argparse.Namespace, text: 
 
     member = work / f"{label}-member"
     command = ["hubprune", "prune", *([source] if source else []), "-o", str(member), "--pct", str(args.pct)]
-    command += ["--criterion", args.criterion]
+    command += ["--criterion", args.criterion, "--recover", "none"]  # the member its docs measured
     subprocess.run(command, check=True, capture_output=True)
     text_file = work / "text.txt"
     text_file.write_text(text, encoding="utf-8")
