@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from test_cli import invoke
 
 from hubprune.measure.offline_tasks import evaluated_documents, task_folder
@@ -21,17 +22,28 @@ def test_the_task_reads_the_shipped_passages_which_share_nothing_with_the_calibr
     assert shared_ngrams("\n\n".join(paragraphs()), passages) == 0  # another text: not one 13-word sequence in common
 
 
-def test_a_familys_cards_give_each_member_on_the_text_of_another_domain(tmp_path, tiny_dir):
+@pytest.mark.parametrize(
+    "criterion, read",
+    [
+        (
+            "activation",
+            "This family was calibrated on hubprune/data/texts/jargon-file-4.4.7-ch1-8.txt, paragraphs 66-130.",
+        ),
+        ("maw", "This family read no calibration text."),
+    ],
+)
+def test_a_familys_cards_give_each_member_on_the_text_of_another_domain(tmp_path, tiny_dir, criterion, read):
     family = tmp_path / "fam"
     options = ("--sizes", "48", "--suite", "offline", "--limit", "2", "--skip-profile", "--recover", "none")
-    result = invoke("build-family", tiny_dir("llama"), "-o", family, *options)
+    result = invoke("build-family", tiny_dir("llama"), "-o", family, *options, "--criterion", criterion)
     assert result.exit_code == 0, result.output
     for results in (family / "base-results", family / "src-llama0-er1.5" / "results"):
         score = json.loads((results / "eval.json").read_text())["tasks"]["hubprune_botchan_ppl"]
         assert math.isfinite(score["value"]) and score["value"] > 1
     card = " ".join((family / "src-llama0-er1.5" / "README.md").read_text().split())
-    assert "hubprune_botchan_ppl scores a text of another domain, fiction (Botchan, tr. 1919)" in card
-    assert "hubprune_jargon_ppl scores paragraphs of the Jargon File, the text whose other half is" in card
+    assert "hubprune_botchan_ppl scores fiction (Botchan, tr. 1919), another domain, which no calibration" in card
+    assert "hubprune_jargon_ppl scores the first paragraphs of the Jargon File, whose second half is" in card
+    assert read in card
 
 
 def test_a_calibration_that_read_the_passages_is_counted_as_overlapping_the_benchmarks(tmp_path, tiny_dir):

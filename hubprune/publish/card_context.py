@@ -61,10 +61,10 @@ CRITERIA = {
 }
 # What the offline suite's texts are, beside the calibration's (a score on the calibration's own domain flatters)
 TEXT_DOMAINS = {
-    "hubprune_jargon_ppl": "hubprune_jargon_ppl scores paragraphs of the Jargon File, the text whose other half is "
-    "hubprune's default calibration: the calibration's own domain.",
-    "hubprune_botchan_ppl": "hubprune_botchan_ppl scores a text of another domain, fiction (Botchan, tr. 1919), which "
-    "no calibration default, setting or tuning of hubprune reads.",
+    "hubprune_jargon_ppl": "hubprune_jargon_ppl scores the first paragraphs of the Jargon File, whose second half is "
+    "hubprune's default calibration text.",
+    "hubprune_botchan_ppl": "hubprune_botchan_ppl scores fiction (Botchan, tr. 1919), another domain, which no "
+    "calibration default, setting or tuning of hubprune reads.",
 }
 COMMAND_ORDER = ("build-family", "eval", "profile")  # the commands that made the weights and the numbers
 SPREAD_NOTE_ABOVE = 0.05  # the bench's target for repeatable medians
@@ -113,7 +113,8 @@ def common_context(
         },
         "after_pruning": _after_pruning_sentences(family),
         "versions": {"hubprune": family.hubprune_version},
-        "table": _family_table(models, namespace, current=None),
+        "calibration": family.calibration,  # what the family read, if anything (the benchmark table's note)
+        "table": _family_table(models, namespace, current=None, calibration=family.calibration),
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
         "criteria_check": _criteria_check(family.analysis.get("criteria_check")),
@@ -151,7 +152,7 @@ def member_context(
             "params_vs_base": f"{member.params / base.params * 100:.1f} %",
             "size": bytes_text(member.weight_bytes),
         },
-        "table": _family_table([base, *members], namespace, current=member.name),
+        "table": _family_table([base, *members], namespace, current=member.name, calibration=common["calibration"]),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
         "member_recovery": recovery_context.member_recovery(written),
         "member_distillation": recovery_context.member_distillation(written),
@@ -164,7 +165,9 @@ def member_context(
 # --- the family table and a member's results ---------------------------------------------------------------------
 
 
-def _family_table(models: list[ModelResults], namespace: str | None, current: str | None) -> dict[str, Any]:
+def _family_table(
+    models: list[ModelResults], namespace: str | None, current: str | None, calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
     base = models[0]
     columns = benchmarks(models)
     fractions = fraction_tasks(models)
@@ -206,8 +209,10 @@ def _family_table(models: list[ModelResults], namespace: str | None, current: st
         )
     if not columns:
         notes.append("Benchmarks: not measured.")
-    if any(column.task in TEXT_DOMAINS for column in columns):
-        notes.append(" ".join(TEXT_DOMAINS[c.task] for c in columns if c.task in TEXT_DOMAINS))
+    texts = [TEXT_DOMAINS[c.task] for c in columns if c.task in TEXT_DOMAINS]
+    if texts:  # which benchmark text is of the calibration's domain: a score there flatters a data-aware member
+        read = "read no calibration text" if calibration is None else f"was calibrated on {calibration.get('source')}"
+        notes.append(" ".join(texts) + f" This family {read}.")
     return {"header": header, "rows": rows, "notes": notes}
 
 
