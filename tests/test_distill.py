@@ -30,7 +30,7 @@ from hubprune.recover import distill_data as distill_data_module
 from hubprune.recover.distill import DistillSettings, token_kl
 from hubprune.recover.distill_data import prepare_data
 from hubprune.recover.settings import RecoverySettings
-from hubprune.texts import paragraphs
+from hubprune.texts import offline_suite_paragraphs
 
 # Small enough for seconds on the CPU: 8 steps of 4 sequences of 32 tokens; a high learning rate, since a tiny
 # random model learns little in 8 steps at the default.
@@ -108,7 +108,7 @@ def test_the_data_record_counts_the_offline_paragraphs_it_shares_13_words_with(t
     holds suite paragraphs, and sequences the base generates once the suite holds a run of 13 of their words."""
     source = tiny_dir("llama")
     base, tokenizer = load(source), AutoTokenizer.from_pretrained(source)
-    suite = paragraphs()
+    suite = offline_suite_paragraphs()  # both texts the offline suite scores
     text = tmp_path / "distill.txt"
     text.write_text(f"{words(5, 100)} {suite[0]}\n\n{words(6, 100)} {' '.join(suite[3].split()[:13])} {words(7, 50)}")
     with_text = DistillSettings(tokens=128, batch=4, seq_len=32, text=text)
@@ -124,7 +124,7 @@ def test_the_data_record_counts_the_offline_paragraphs_it_shares_13_words_with(t
     short = tokenizer.decode(data.train[2, 3:15])  # only 12
     assert len(run.split()) == len(held_out.split()) == 13 and len(short.split()) == 12
     fake_suite = [f"Before {run} after.", short, words(9, 40), held_out]
-    monkeypatch.setattr(distill_data_module, "paragraphs", lambda: fake_suite)
+    monkeypatch.setattr(distill_data_module, "offline_suite_paragraphs", lambda: fake_suite)
     assert prepare_data(base, tokenizer, generated).record["offline_suite_paragraphs_sharing_13_words"] == 2
 
 
