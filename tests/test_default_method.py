@@ -71,3 +71,23 @@ def test_a_members_card_says_how_its_neurons_were_chosen_and_what_changed_after(
     card = " ".join((tmp_path / "fam" / "src-llama0-er1.5" / "README.md").read_text().split())
     for sentence in says:
         assert sentence in card
+
+
+def test_a_family_built_with_the_papers_method_names_every_setting_to_resume_it(tmp_path, tiny_dir):
+    """A family built before the defaults changed (MAW, no recovery) differs from a plain rerun in two settings:
+    one message names both, so one more command resumes it."""
+    built_with(tmp_path, tiny_dir, "--sizes", "48", "--criterion", "maw", "--recover", "none")
+    family = tmp_path / "fam"
+    result = invoke(
+        "build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", "--sizes", "48,40"
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(
+        "holds a family built with criterion maw, recovery none; this run asks for criterion activation, recovery "
+        "refit: give --criterion maw and give --recover none to resume it, or choose a new folder"
+    )
+    resumed = invoke(
+        "build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", "--sizes", "48,40",
+        "--criterion", "maw", "--recover", "none",
+    )  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output

@@ -364,6 +364,13 @@ def _write_members(
         raise
 
 
+def _resume_fix(name: str, built: Any) -> str:
+    """What to give to ask again for the setting `name` a family was built with."""
+    if name == "source":
+        return f"give the source {built}"
+    return f"leave out `{name}`" if built is None else f"give `{name}` {built}"
+
+
 def check_family_folder(
     out: Path, checkpoint: Checkpoint, settings: PruneSettings, runtime: RuntimeSettings = DEFAULT_RUNTIME
 ) -> None:
@@ -380,18 +387,14 @@ def check_family_folder(
         ("multiple-of", "multiple_of", existing.multiple_of, settings.multiple_of),
         ("recovery", "recover", existing.recovery, settings.recovery.label),
     )
-    for label, name, built, asked in wanted:
-        if built != asked:
-            if name == "source":
-                fix = f"give the source {built}"
-            elif built is None:
-                fix = f"leave out `{name}`"
-            else:
-                fix = f"give `{name}` {built}"
-            raise OutputError(
-                f"{out} holds a family built with {label} {_shown(built)}; this run asks for {label} {_shown(asked)}: "
-                f"{fix} to resume it, or choose a new folder"
-            )
+    differ = [(label, name, built, asked) for label, name, built, asked in wanted if built != asked]
+    if differ:  # every difference in one message: a family built with other defaults differs in several
+        fixes = [_resume_fix(name, built) for _, name, built, _ in differ]
+        raise OutputError(
+            f"{out} holds a family built with {', '.join(f'{label} {_shown(built)}' for label, _, built, _ in differ)}; "
+            f"this run asks for {', '.join(f'{label} {_shown(asked)}' for label, _, _, asked in differ)}: "
+            f"{' and '.join(fixes)} to resume it, or choose a new folder"
+        )
     for done, step, built, asked in (
         ("distilled", "distillation", existing.distill or {}, settings.recovery.distill_identity() or {}),
         (
