@@ -21,6 +21,7 @@ from hubprune.measure.evaluate import EvalSettings, evaluate
 from hubprune.pruning.family import PruneSettings, build_family
 from hubprune.pruning.plan import parse_targets
 from hubprune.pruning.source import open_source
+from hubprune.recover.settings import RecoverySettings
 
 CRITERIA = ("maw", "vow", "pon", "l2")
 RANDOM_SEEDS = (0, 1, 2)
@@ -65,12 +66,17 @@ def main() -> None:
     started = time.perf_counter()
     table: dict[str, dict[str, float]] = {}
     for criterion in CRITERIA:
-        settings = PruneSettings(criterion=criterion)
+        settings = PruneSettings(criterion=criterion, recovery=RecoverySettings())  # the paper's table: no recovery
         table[criterion] = family_perplexities(work, criterion, settings, args.pcts, suite, criterion == "maw")
         print(f"  {criterion}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     random_runs = [
         family_perplexities(
-            work, f"random-{seed}", PruneSettings(criterion="random", seed=seed), args.pcts, suite, False
+            work,
+            f"random-{seed}",
+            PruneSettings(criterion="random", seed=seed, recovery=RecoverySettings()),
+            args.pcts,
+            suite,
+            False,
         )
         for seed in RANDOM_SEEDS
     ]

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hubprune.model_inputs import special_prefix, token_ids
 from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
 from hubprune.pruning.check import CheckSettings, _perplexity, _scores, held_out_text, prune_in_memory
-from hubprune.pruning.importance import keep, rank
+from hubprune.pruning.importance import FISHER_CRITERIA, GRAM_CRITERIA, keep, rank
 from hubprune.pruning.plan import Target, plan_family
 from hubprune.pruning.prune import analyse, down_modules, model_shape
 from hubprune.pruning.source import open_source
@@ -64,7 +64,10 @@ def main() -> None:
     base = {name: _perplexity(model, ids, WINDOW, prefix) for name, ids in texts.items()}
 
     names = down_modules(layout)
-    stats = collect_activations(model, tokenizer, names, CalibrationSettings("shipped"), grams=args.refit)
+    stats = collect_activations(
+        model, tokenizer, names, CalibrationSettings("shipped"),
+        grams=args.refit or args.criterion in GRAM_CRITERIA, fishers=args.criterion in FISHER_CRITERIA,
+    )  # fmt: skip
     scores = _scores(checkpoint, layout, args.criterion, stats)
     kept = {layer: keep(rank(s), width.intermediate_size) for layer, s in scores.items()}
     updates = None

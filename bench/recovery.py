@@ -6,7 +6,9 @@ asked for (`refit`, `sequential`, or steps joined by `+` such as `refit+reconstr
 pruned copy in memory as check-criteria does), as a ratio to the base's, on four texts:
 - shipped: the held-out paragraphs of the text hubprune ships (the shipped calibration's own domain);
 - news, fiction, faq: English texts of other domains from registry packages (bench/other_texts.py names them and
-  their licences). No default was chosen on fiction or faq; news was read by the probe that chose generated data.
+  their licences). No calibration reads them; news was read by the probe that chose generated data, and the default
+  method (activation + refit) was chosen on all three. The cards' fiction task scores chapters III-IV of the same
+  book, which this bench never reads (it reads the first 4,096 tokens).
 It also gives each step's time and the process's peak memory after it. The calibration is hubprune's default
 (the shipped text's second half) unless --calibration says otherwise (generated: sequences the base samples itself;
 mixed: the shipped half, then generated sequences up to --calibration-tokens).

@@ -18,7 +18,7 @@ from hubprune.errors import CriterionError
 
 TEXT_FILE = "jargon-file-4.4.7-ch1-8.txt"
 SHIPPED_TEXT = f"hubprune/data/texts/{TEXT_FILE}"
-OTHER_DOMAIN_FILE = "botchan-ch1-2.txt"
+OTHER_DOMAIN_FILE = "botchan-ch3-4.txt"
 SHIPPED_CALIBRATION_START = 65
 NGRAM = 13  # the span GPT-3's contamination check used; long enough that a shared one is no coincidence
 

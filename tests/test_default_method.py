@@ -53,7 +53,7 @@ def test_the_library_defaults_are_the_command_lines():
             [
                 "the **activation** criterion, on the base's activations over calibration text. It has",
                 "After pruning: down_proj's kept columns refit without training (see Method); the attention",
-                "computed in float32 from the stored weights and the calibration text (below).",
+                "computed in float32 from the stored weights and the calibration text, hubprune/data/texts/jargon-file-4.4.7-ch1-8.txt, paragraphs 66-130.",
             ],
         ),
         (
@@ -78,6 +78,8 @@ def test_a_family_built_with_the_papers_method_names_every_setting_to_resume_it(
     one message names both, so one more command resumes it."""
     built_with(tmp_path, tiny_dir, "--sizes", "48", "--criterion", "maw", "--recover", "none")
     family = tmp_path / "fam"
+    recorded = json.loads((family / "family.json").read_text())["commands"]["build-family"]
+    assert "--criterion maw --recover none" in recorded  # as typed: a command that parses again
     result = invoke(
         "build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", "--sizes", "48,40"
     )

@@ -115,7 +115,7 @@ def test_the_card_says_whether_the_benchmarks_score_text_the_calibration_read(tm
     assert invoke("build-family", "--skip-eval", "--skip-profile", tiny_dir("llama"), "-o", family, "--sizes", "40",
                   *given).exit_code == 0  # fmt: skip
     card = " ".join((next(p for p in family.iterdir() if p.is_dir()) / "README.md").read_text().split())
-    assert "paragraph(s) of the offline suite's text share a 13-word sequence" in card and "flatter this model" in card
+    assert "paragraph(s) of the offline suite's texts share a 13-word sequence" in card and "flatter this model" in card
 
 
 def test_mixed_calibration_reads_the_shipped_part_then_what_the_base_samples(tmp_path, tiny_dir, cache, monkeypatch):

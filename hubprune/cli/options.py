@@ -258,7 +258,8 @@ def _build(cls: type, given: dict[str, Any], defaults: Any = None) -> Any:
             continue
         name = _parameter(spec)
         value = given.get(name)
-        not_given = value is None or (value == () and spec.metadata.get(fields.PARSE) == "paths")  # ("none" is ())
+        # an empty tuple is "not given", except for recovery steps, where it is what `none` parses to
+        not_given = value is None or (value == () and spec.metadata.get(fields.PARSE) != "recovery")
         if name in given and not not_given:
             values[spec.name] = tuple(value) if isinstance(value, list) else value
         elif defaults is not None:
@@ -335,12 +336,15 @@ def typed_command() -> str:
         elif getattr(param, "multiple", False):
             parts += [word for item in value or () for word in (flag, str(item))]
         elif value is not None:
-            parts += [flag, _as_typed(value)]
+            parts += [flag, _as_typed(value, param.type)]
     return shlex.join(parts)
 
 
-def _as_typed(value: Any) -> str:
-    """A parsed value written back as the user typed it: comma lists joined again."""
+def _as_typed(value: Any, kind: Any = None) -> str:
+    """A parsed value written back as the user typed it: comma lists joined again, recovery steps by their label
+    (`none` for no step, which parses to an empty tuple)."""
+    if isinstance(kind, RecoverySteps):
+        return methods.label(value)
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 

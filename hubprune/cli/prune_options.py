@@ -64,8 +64,8 @@ def family_target_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 stage="widths",
                 type=click.Choice(["paper"]),
                 help=(
-                    "paper: the paper's widths, 10,20,30,40,50,60 % removed, and its method, --criterion "
-                    f"{PAPER_CRITERION} --recover none, unless those are given (arXiv 2512.22671)."
+                    "paper: the paper's widths, 10,20,30,40,50,60 % removed (arXiv 2512.22671); where the command "
+                    f"prunes, also its method, --criterion {PAPER_CRITERION} --recover none, unless those are given."
                 ),
             ),
         ],

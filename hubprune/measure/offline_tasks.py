@@ -47,8 +47,8 @@ PPL_TASKS = {
     "hubprune_botchan_ppl": (
         OTHER_DOMAIN_FILE,
         "botchan_passages.jsonl",
-        "Perplexity on passages of Botchan (Natsume Soseki, tr. Morri 1919, public domain), chapters 1-2, fiction, "
-        "a domain no calibration default reads",
+        "Perplexity on passages of Botchan (Natsume Soseki, tr. Morri 1919, public domain), chapters 3-4, fiction, "
+        "which no calibration, default or tuning of hubprune reads",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Activations from calibration data, for the data-aware criteria (activation, hybrid, obs) and for recovery.
+"""Activations from calibration data, for the data-aware criteria (activation, hybrid, obs, obs-fisher) and for recovery.
 
 The data (CalibrationSettings.text): by default the second half of the text hubprune ships; `generated`, sequences
 the base model samples itself (generated.py), kept in the cache; or a text file of the user's.
@@ -267,7 +267,8 @@ def calibration_windows(
         raise CriterionError(
             f"recovery (and the obs criteria) hold out every {HELD_OUT_EVERY}rd calibration window (to choose a "
             f"regulariser or weights), and {label} gives {len(inputs)} window(s) of {settings.window} tokens: give a "
-            "longer text or more `calibration_tokens`, or no recovery (`recover` none)"
+            "longer text or more `calibration_tokens`, or leave out what needs them (`recover` none; a criterion other "
+            "than obs)"
         )
     return inputs, text, label
 

@@ -83,7 +83,8 @@ PAPER_CRITERION = "maw"
 @dataclass(frozen=True)
 class PruneSettings:
     criterion: str = setting(
-        DEFAULT_CRITERION, f"Neuron importance: {', '.join(CRITERIA)} ({PAPER_CRITERION} with --preset paper)."
+        DEFAULT_CRITERION,
+        f"Neuron importance: {', '.join(CRITERIA)} (the paper's is {PAPER_CRITERION}: build-family --preset paper).",
     )
     seed: int | None = setting(None, "Seed of the random criterion (default 0).")
     multiple_of: int | None = setting(None, "Round every width to the nearest multiple of N.", minimum=1)

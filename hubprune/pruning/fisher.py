@@ -34,7 +34,9 @@ def output_fishers(
 
             def add(grad: torch.Tensor) -> None:
                 g = grad.detach().float().reshape(-1, grad.shape[-1])
-                fishers[layer] = fishers.get(layer, 0) + g.T @ g
+                if layer not in fishers:
+                    fishers[layer] = torch.zeros(g.shape[1], g.shape[1], device=g.device)
+                fishers[layer].addmm_(g.T, g)  # in place: one hidden x hidden sum a layer, beside the model
 
             output.register_hook(add)
 

@@ -405,6 +405,7 @@ def data_scores(
         elif criterion in ("obs", "obs-fisher"):
             assert stats.grams is not None, "the obs criteria read the calibration's Gram matrices"
             gram = stats.grams.fit[layer].double() + stats.grams.held_out[layer].double()
+            assert criterion == "obs" or stats.fishers is not None, "obs-fisher reads the calibration's output Fishers"
             fisher = None if criterion == "obs" else stats.fishers[layer]  # type: ignore[index]
             scores = obs(read_tensor(info, 0, info.shape[0]).float(), gram, fisher=fisher)
         else:

@@ -109,7 +109,9 @@ def common_context(
             "formula": f"    {formula}",
             "note": note,
             "kind": "criterion, on the base's activations over calibration text" if data_aware else "weight criterion",
-            "read": "the stored weights and the calibration text (below)" if data_aware else "the stored weights",
+            "read": f"the stored weights and the calibration text, {(family.calibration or {}).get('source')}"
+            if data_aware
+            else "the stored weights",
         },
         "after_pruning": _after_pruning_sentences(family),
         "versions": {"hubprune": family.hubprune_version},

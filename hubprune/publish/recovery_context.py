@@ -26,17 +26,17 @@ def family_recovery(family: manifest.Family, members: list[provenance.MemberProv
 
 
 def calibration_overlap(read: dict[str, Any]) -> str:
-    """Whether the offline suite's text, which the benchmarks score, is of another domain than the calibration."""
+    """Whether the offline suite's texts, which the benchmarks score, share text with the calibration."""
     shared = read.get("offline_suite_paragraphs_sharing_13_words")
     if shared is None:  # a member calibrated before hubprune counted it
         return ""
     if shared == 0:
         return (
-            "No paragraph of the offline suite's text shares a 13-word sequence with the calibration data: its "
+            "No paragraph of the offline suite's texts shares a 13-word sequence with the calibration data: its "
             "figures are on text the calibration did not read."
         )
     return (
-        f"{shared} paragraph(s) of the offline suite's text share a 13-word sequence with the calibration data: "
+        f"{shared} paragraph(s) of the offline suite's texts share a 13-word sequence with the calibration data: "
         "its figures partly score text the calibration read, and flatter this model."
     )
 
