@@ -8,6 +8,7 @@ import json
 import pytest
 from test_cli import invoke
 
+from hubprune.pruning import family as family_module
 from hubprune.pruning.family import PruneSettings
 from hubprune.recover.settings import RecoverySettings
 
@@ -93,3 +94,21 @@ def test_a_family_built_with_the_papers_method_names_every_setting_to_resume_it(
         "--criterion", "maw", "--recover", "none",
     )  # fmt: skip
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_model_whose_float32_load_would_not_fit_is_refused_before_calibration(tmp_path, tiny_dir, monkeypatch):
+    """The default calibrates, loading the whole model in float32; where the machine has less memory available than
+    that, the build stops first with the two ways out (a memory cap, or the weights alone), and writes nothing."""
+    monkeypatch.setattr(family_module, "available_memory", lambda: 10_000)  # bytes: less than the tiny model's
+    family = tmp_path / "fam"
+    result = invoke("build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", "--sizes", "48")
+    assert result.exit_code == 1
+    assert "calibration loads the whole model in float32 on the CPU" in result.output
+    assert (
+        "give --max-memory to keep part of it on disk, or prune by weights alone (--criterion maw, --recover none)"
+        in (result.output)
+    )
+    assert not family.exists()
+    weights_alone = ("--criterion", "maw", "--recover", "none")
+    assert invoke("build-family", tiny_dir("llama"), "-o", family, "--skip-eval", "--skip-profile", "--sizes", "48",
+                  *weights_alone).exit_code == 0  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 
 from hubprune import manifest
 from hubprune._version import __version__
-from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings
+from hubprune.device import DEFAULT_RUNTIME, RuntimeSettings, available_memory
 from hubprune.errors import CriterionError, OutputError
 from hubprune.fields import nested, setting
 from hubprune.manifest import Family
@@ -285,6 +286,8 @@ def _prepare(
     )
     if weight_scores is not None and not settings.recovery.reads_calibration:
         return _Prepared(weight_scores, None)
+    if runtime.max_memory is None:
+        _check_whole_model_fits(checkpoint)
     wanted = " and ".join(
         w
         for w, on in (
@@ -474,6 +477,19 @@ def _own_leftover(path: Path) -> bool:
     temporary file, or the recovery's work folder (its generated data is made before the manifest). A folder
     holding only these is the build's own, not someone else's that needs `force`."""
     return path.name in (DISTILL_WORK, f".{manifest.MANIFEST}.tmp") or path.name.startswith(PARTIAL_PREFIX)
+
+
+def _check_whole_model_fits(checkpoint: Checkpoint) -> None:
+    """Refuse a calibration whose whole-model float32 load would not fit in the memory available, before it starts:
+    the default method calibrates, and a model the paper's weight criterion streamed in a few MiB may not fit."""
+    float32_bytes = 4 * sum(math.prod(t.shape) for t in checkpoint.tensors.values())
+    available = available_memory()
+    if available is not None and float32_bytes > available:
+        raise CriterionError(
+            f"calibration loads the whole model in float32 on the CPU ({float32_bytes / 1e9:.1f} GB), more than the "
+            f"{available / 1e9:.1f} GB this machine has available: give `max_memory` to keep part of it on disk, or "
+            "prune by weights alone (`criterion` maw, `recover` none)"
+        )
 
 
 def _calibration_load(runtime: RuntimeSettings) -> LoadSettings:
