@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from recovery import news_text
+from other_texts import news as fetch_news
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hubprune.model_inputs import special_prefix, token_ids
@@ -56,7 +55,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.folder)
     model = AutoModelForCausalLM.from_pretrained(checkpoint.folder, dtype=torch.float32).eval()
     prefix = special_prefix(tokenizer)
-    news = args.news or news_text(Path(tempfile.mkdtemp()))
+    news = args.news or fetch_news()
     texts = {
         "shipped": token_ids(tokenizer, held_out_text(CheckSettings())[0], EVAL_TOKENS),
         "news": token_ids(tokenizer, news.read_text(encoding="utf-8"), EVAL_TOKENS),

@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hubprune.model_inputs import loaded_modules, special_prefix, token_ids
 from hubprune.pruning.calibrate import CalibrationSettings, collect_activations
 from hubprune.pruning.check import CheckSettings, _perplexity, _pruned_perplexity, held_out_text, prune_in_memory
-from hubprune.pruning.importance import DATA_CRITERIA, keep, rank
+from hubprune.pruning.importance import DATA_CRITERIA, FISHER_CRITERIA, GRAM_CRITERIA, keep, rank
 from hubprune.pruning.plan import Target, plan_family
 from hubprune.pruning.prune import analyse, data_scores, down_modules, model_shape, weight_scores
 from hubprune.pruning.source import open_source, source_identity
@@ -67,6 +67,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
         args.calibration if args.calibration in ("generated", "shipped", "mixed") else Path(args.calibration),
         args.calibration_tokens,
     )
+    criteria = args.criteria.split(",")
     reconstruct = ReconstructSettings(
         tokens=args.reconstruct_tokens, learning_rate=args.reconstruct_lr, batch=args.reconstruct_batch
     )
@@ -74,10 +75,10 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     began = time.perf_counter()
     stats = collect_activations(
         model, tokenizer, names, calibration,
-        grams=any(r.reads_grams for r in recoveries.values()) or bool({"obs", "obs-fisher"} & set(args.criteria.split(","))),
+        grams=any(r.reads_grams for r in recoveries.values()) or any(c in GRAM_CRITERIA for c in criteria),
         source=json.dumps(source_identity(checkpoint), sort_keys=True),
         keep_inputs=any(r.keeps_windows for r in recoveries.values()),
-        fishers="obs-fisher" in args.criteria.split(","),
+        fishers=any(c in FISHER_CRITERIA for c in criteria),
     )  # fmt: skip
     print(
         f"\n## {checkpoint.source if source else 'embedded default'}\n\ncalibration: {stats.record['source']}, "
@@ -91,7 +92,7 @@ def run(source: str | None, args: argparse.Namespace) -> None:
     inputs = PassInputs(weights, stats.grams, model, stats.inputs, names)
     targets = [Target("pct", p) for p in args.pcts.split(",")]
     plan = plan_family(checkpoint.base_name, model_shape(checkpoint, layout), targets)
-    for criterion in args.criteria.split(","):
+    for criterion in criteria:
         if criterion in DATA_CRITERIA:
             scores = data_scores(checkpoint, layout, stats, criterion)
         else:

@@ -16,7 +16,7 @@ from hubprune.texts import OTHER_DOMAIN_FILE, paragraphs, shared_ngrams
 
 def test_the_task_reads_the_shipped_passages_which_share_nothing_with_the_calibration_text(tmp_path):
     folder = task_folder(tmp_path)
-    passages = [json.loads(line)["text"] for line in (folder / "botchan_passages.jsonl").read_text().splitlines()]
+    passages = [json.loads(line)["text"] for line in (folder / "hubprune_botchan_ppl.jsonl").read_text().splitlines()]
     assert passages == paragraphs(OTHER_DOMAIN_FILE) and len(passages) >= 16
     assert evaluated_documents([("hubprune_botchan_ppl", 3)]) == passages[:3]
     assert shared_ngrams("\n\n".join(paragraphs()), passages) == 0  # another text: not one 13-word sequence in common

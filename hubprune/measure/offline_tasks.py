@@ -37,16 +37,14 @@ metadata:
   version: {version}
   description: {description}
 """
-# task -> (shipped text, data file, description)
+# task -> (shipped text, description); the task's data is `<task>.jsonl`
 PPL_TASKS = {
     "hubprune_jargon_ppl": (
         TEXT_FILE,
-        "jargon_paragraphs.jsonl",
         "Perplexity on the paragraphs of the Jargon File 4.4.7, chapters 1-8 (public domain)",
     ),
     "hubprune_botchan_ppl": (
         OTHER_DOMAIN_FILE,
-        "botchan_passages.jsonl",
         "Perplexity on passages of Botchan (Natsume Soseki, tr. Morri 1919, public domain), chapters 3-4, fiction, "
         "which no calibration, default or tuning of hubprune reads",
     ),
@@ -103,8 +101,7 @@ def evaluated_documents(tasks: list[tuple[str, int | None]]) -> list[str]:
 def task_folder(cache: Path) -> Path:
     """The folder of offline task YAMLs (and their data) for TaskManager(include_path=...), written if missing."""
     ppl = {
-        task: "".join(json.dumps({"text": p}) + "\n" for p in paragraphs(text))
-        for task, (text, _, _) in PPL_TASKS.items()
+        task: "".join(json.dumps({"text": p}) + "\n" for p in paragraphs(text)) for task, (text, _) in PPL_TASKS.items()
     }
     lastword = "".join(json.dumps(item) + "\n" for item in last_word_items())
     content = f"{TASK_VERSION}\n{PPL_YAML}\n{PPL_TASKS}\n{LASTWORD_YAML}\n{ppl}\n{lastword}"
@@ -112,10 +109,10 @@ def task_folder(cache: Path) -> Path:
     if (folder / "hubprune_jargon_lastword.yaml").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for task, (_, data, description) in PPL_TASKS.items():
-        (folder / data).write_text(ppl[task], encoding="utf-8")
+    for task, (_, description) in PPL_TASKS.items():
+        (folder / f"{task}.jsonl").write_text(ppl[task], encoding="utf-8")
         (folder / f"{task}.yaml").write_text(
-            PPL_YAML.format(task=task, data=folder / data, version=TASK_VERSION, description=description),
+            PPL_YAML.format(task=task, data=folder / f"{task}.jsonl", version=TASK_VERSION, description=description),
             encoding="utf-8",
         )
     (folder / "jargon_lastword.jsonl").write_text(lastword, encoding="utf-8")

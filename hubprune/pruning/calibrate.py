@@ -354,10 +354,11 @@ def collect_activations(
 
         return record
 
+    modules = loaded_modules(model, down_modules)
     handles = []
     counts = [0, 0]  # tokens in the fitting and the held-out windows
     try:
-        for layer, module in loaded_modules(model, down_modules).items():
+        for layer, module in modules.items():
             handles.append(module.register_forward_pre_hook(hook(layer)))
         with torch.no_grad():
             for i, window in enumerate(inputs):
@@ -369,7 +370,7 @@ def collect_activations(
             handle.remove()
     found_fishers = None
     if fishers:
-        found_fishers = output_fishers(model, inputs, loaded_modules(model, down_modules), device=device)
+        found_fishers = output_fishers(model, inputs, modules, device=device)
     tokens = sum(counts)
     record = {
         "source": label,
@@ -377,7 +378,7 @@ def collect_activations(
         "tokens": tokens,
         "window": settings.window,
         "special_prefix": tokenizer.convert_ids_to_tokens(list(prefix)),  # what began every window
-        # the offline suite scores the shipped text: a calibration that read part of it flatters its figures
+        # the offline suite scores the shipped texts: a calibration that read part of them flatters its figures
         "offline_suite_paragraphs_sharing_13_words": shared_ngrams(text, offline_suite_paragraphs()),
     }
     if settings.text == GENERATED:

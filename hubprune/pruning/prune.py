@@ -26,6 +26,7 @@ from hubprune.pruning.arch import ArchSpec, resolve
 from hubprune.pruning.calibrate import ActivationStats
 from hubprune.pruning.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
 from hubprune.pruning.importance import (
+    FISHER_CRITERIA,
     activation,
     hybrid,
     keep,
@@ -405,8 +406,10 @@ def data_scores(
         elif criterion in ("obs", "obs-fisher"):
             assert stats.grams is not None, "the obs criteria read the calibration's Gram matrices"
             gram = stats.grams.fit[layer].double() + stats.grams.held_out[layer].double()
-            assert criterion == "obs" or stats.fishers is not None, "obs-fisher reads the calibration's output Fishers"
-            fisher = None if criterion == "obs" else stats.fishers[layer]  # type: ignore[index]
+            fisher = None
+            if criterion in FISHER_CRITERIA:
+                assert stats.fishers is not None, "obs-fisher reads the calibration's output Fishers"
+                fisher = stats.fishers[layer]
             scores = obs(read_tensor(info, 0, info.shape[0]).float(), gram, fisher=fisher)
         else:
             gate_ptp, up_ptp = _gate_up_peak_to_peak(checkpoint, layout, layer)

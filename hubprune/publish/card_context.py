@@ -115,7 +115,6 @@ def common_context(
         },
         "after_pruning": _after_pruning_sentences(family),
         "versions": {"hubprune": family.hubprune_version},
-        "calibration": family.calibration,  # what the family read, if anything (the benchmark table's note)
         "table": _family_table(models, namespace, current=None, calibration=family.calibration),
         "efficiency": _efficiency(models),
         "correlations": _correlations(family.analysis.get("correlations") or []),
@@ -134,6 +133,7 @@ def common_context(
 
 def member_context(
     common: dict[str, Any],
+    family: manifest.Family,
     base: ModelResults,
     members: list[ModelResults],
     member: ModelResults,
@@ -154,7 +154,7 @@ def member_context(
             "params_vs_base": f"{member.params / base.params * 100:.1f} %",
             "size": bytes_text(member.weight_bytes),
         },
-        "table": _family_table([base, *members], namespace, current=member.name, calibration=common["calibration"]),
+        "table": _family_table([base, *members], namespace, current=member.name, calibration=family.calibration),
         "member_results": _member_results(member, base, fraction_tasks([base, *members])),
         "member_recovery": recovery_context.member_recovery(written),
         "member_distillation": recovery_context.member_distillation(written),

@@ -91,7 +91,7 @@ def render_cards(family_dir: Path, settings: CardSettings = CardSettings(), *, w
     texts: dict[str, str] = {}
     images: dict[Path, dict[str, bytes]] = {}
     for member in members:
-        context = member_context(common, base, members, member, settings.namespace)
+        context = member_context(common, family, base, members, member, settings.namespace)
         metadata = member_metadata(family, member, base_id, license_info)
         validate_metadata(metadata, f"{member.name}/{CARD_FILE}")
         texts[member.name] = _render(environment, "member.md.j2", {**context, "metadata": _yaml(metadata)})
