@@ -83,13 +83,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says a new process can use without swapping (Linux's MemAvailable); None where
-    the system does not say."""
+def meminfo_bytes(field: str) -> int | None:
+    """A field of Linux's /proc/meminfo (MemTotal, MemAvailable, ...) in bytes; None where the system does not say."""
     try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new process can use without swapping (Linux's MemAvailable); None where
+    the system does not say."""
+    return meminfo_bytes("MemAvailable")

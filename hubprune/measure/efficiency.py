@@ -35,11 +35,11 @@ from typing import Any
 import torch
 
 from hubprune._version import __version__
-from hubprune.device import cpu_model, resolve_device
+from hubprune.device import cpu_model, meminfo_bytes, resolve_device
 from hubprune.errors import HubpruneError, ProfileError, ProfileSettingsError
 from hubprune.fields import setting
 from hubprune.measure.energy import EnergySource, check_energy, open_energy
-from hubprune.measure.process_stats import MemoryWatch, cpu_times, figure, meminfo_total, other_cpu_load
+from hubprune.measure.process_stats import MemoryWatch, cpu_times, figure, other_cpu_load
 
 FORMAT = 2  # profile.json format: 2 pools rounds of fresh processes (profile.py); 1 was one process
 RESULTS_DIR = "results"
@@ -434,7 +434,7 @@ def _environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_total_bytes": meminfo_total(),
+        "memory_total_bytes": meminfo_bytes("MemTotal"),
         "gpu": torch.cuda.get_device_name(device) if gpu else None,
         "gpu_memory_bytes": torch.cuda.get_device_properties(device).total_memory if gpu else None,
         "cuda": torch.version.cuda if gpu else None,

@@ -125,11 +125,3 @@ def other_cpu_load(
         return figure(None, "CPUs", how)
     other = (after[0] - before[0]) - (after[1] - before[1])
     return figure(max(other, 0.0) / window, "CPUs", how)
-
-
-def meminfo_total() -> int | None:
-    try:
-        match = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(encoding="ascii"), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None

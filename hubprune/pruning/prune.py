@@ -27,6 +27,7 @@ from hubprune.pruning.calibrate import ActivationStats
 from hubprune.pruning.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, read_tensor
 from hubprune.pruning.importance import (
     FISHER_CRITERIA,
+    GRAM_CRITERIA,
     activation,
     hybrid,
     keep,
@@ -403,7 +404,7 @@ def data_scores(
             low = torch.minimum(low, rows.amin(dim=0))
         if criterion == "activation":
             scores = activation(stats.abs_mean[layer], sq_sum.sqrt())
-        elif criterion in ("obs", "obs-fisher"):
+        elif criterion in GRAM_CRITERIA:
             assert stats.grams is not None, "the obs criteria read the calibration's Gram matrices"
             gram = stats.grams.fit[layer].double() + stats.grams.held_out[layer].double()
             fisher = None
